@@ -1,0 +1,194 @@
+"""The text service's only door to Triton: the vLLM-backend tensor contract over tritonclient.grpc.aio.
+
+Any Triton model that speaks this contract can serve text: the CPU default (a python-backend
+SmolLM2 model in ./model_repository) or, on GPU nodes, Triton's official vLLM backend.
+Inputs: text_input, stream, sampling_parameters (JSON), exclude_input_in_output,
+return_finish_reason, return_num_input_tokens, return_num_output_tokens.
+Outputs: text_output[n] (deltas when streaming), finish_reason[n], num_input_tokens,
+num_output_tokens[n] (deltas).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import grpc
+import numpy as np
+import tritonclient.grpc.aio as triton
+from tritonclient.utils import InferenceServerException
+
+from services.common.errors import (
+    BackendUnavailable,
+    Cancelled,
+    DeadlineExceeded,
+    InvalidArgument,
+    ServiceError,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GenerationChunk:
+    """One response of the model: per-choice text deltas and finish reasons, token counts."""
+
+    texts: list[str]
+    finish_reasons: list[str | None]
+    num_input_tokens: int | None = None
+    num_output_tokens: list[int] = field(default_factory=list)
+
+
+class TextBackend(Protocol):
+    """What the servicer needs from a model server."""
+
+    async def is_ready(self, model: str) -> bool:
+        """True when `model` can take requests now."""
+        ...
+
+    def generate(
+        self, model: str, prompt: str, sampling: dict[str, Any], stream: bool
+    ) -> AsyncIterator[GenerationChunk]:
+        """Chunks of one generation; closing the iterator early cancels the work in the model."""
+        ...
+
+    async def close(self) -> None:
+        """Releases connections."""
+        ...
+
+
+# Messages by which models (ours and vLLM's) report input errors; everything else is internal.
+_INPUT_ERROR_MARKERS = (
+    "invalid argument",
+    "maximum context length",
+    "maximum model length",
+    "longer than the maximum",
+    "out of vocabulary",
+)
+
+
+def classify_triton_error(message: str, code: grpc.StatusCode | None = None) -> ServiceError:
+    """The one table from Triton failures to the service's domain errors."""
+    lowered = message.lower()
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN) and "connect" in lowered:
+        return BackendUnavailable("the text model server (Triton) is unreachable")
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return BackendUnavailable(f"the text model server (Triton) is unavailable: {message}")
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return DeadlineExceeded("the model did not finish in time")
+    if code == grpc.StatusCode.CANCELLED or "cancelled" in lowered:
+        return Cancelled("the generation was cancelled")
+    if any(marker in lowered for marker in _INPUT_ERROR_MARKERS):
+        return InvalidArgument(message.removeprefix("invalid argument: "))
+    if "unknown model" in lowered or "not ready" in lowered or "is not found" in lowered:
+        return BackendUnavailable(f"the model is not loaded in Triton: {message}")
+    log.error("unexpected Triton error: %s", message)
+    return ServiceError("the model server failed while generating")
+
+
+def _bool_input(name: str, value: bool) -> triton.InferInput:
+    tensor = triton.InferInput(name, [1], "BOOL")
+    tensor.set_data_from_numpy(np.array([value], dtype=bool))
+    return tensor
+
+
+def _string_input(name: str, value: str) -> triton.InferInput:
+    tensor = triton.InferInput(name, [1], "BYTES")
+    tensor.set_data_from_numpy(np.array([value.encode("utf-8")], dtype=np.object_))
+    return tensor
+
+
+def _decode_strings(array: np.ndarray | None) -> list[str]:
+    if array is None:
+        return []
+    return [v.decode("utf-8", errors="replace") if isinstance(v, bytes) else str(v) for v in array.reshape(-1)]
+
+
+def _parse_result(result: triton.InferResult) -> GenerationChunk:
+    texts = _decode_strings(result.as_numpy("text_output"))
+    reasons = [None if r in ("None", "") else r for r in _decode_strings(result.as_numpy("finish_reason"))]
+    num_in = result.as_numpy("num_input_tokens")
+    num_out = result.as_numpy("num_output_tokens")
+    return GenerationChunk(
+        texts=texts,
+        finish_reasons=reasons or [None] * len(texts),
+        num_input_tokens=int(num_in.reshape(-1)[0]) if num_in is not None else None,
+        num_output_tokens=[int(v) for v in num_out.reshape(-1)] if num_out is not None else [],
+    )
+
+
+def _is_final(result: triton.InferResult) -> bool:
+    params = result.get_response().parameters
+    return "triton_final_response" in params and params["triton_final_response"].bool_param
+
+
+class TritonTextBackend:
+    """TextBackend over one tritonclient.grpc.aio client per process."""
+
+    def __init__(self, url: str, timeout_s: float) -> None:
+        self._client = triton.InferenceServerClient(
+            url=url,
+            keepalive_options=triton.KeepAliveOptions(
+                keepalive_time_ms=20_000, keepalive_timeout_ms=10_000, keepalive_permit_without_calls=True
+            ),
+        )
+        self._timeout_s = timeout_s
+
+    async def is_ready(self, model: str) -> bool:
+        try:
+            return bool(await self._client.is_model_ready(model, client_timeout=2.0))
+        except (InferenceServerException, grpc.aio.AioRpcError):
+            return False
+
+    async def generate(
+        self, model: str, prompt: str, sampling: dict[str, Any], stream: bool
+    ) -> AsyncIterator[GenerationChunk]:
+        request = {
+            "model_name": model,
+            "request_id": uuid.uuid4().hex,
+            "inputs": [
+                _string_input("text_input", prompt),
+                _bool_input("stream", stream),
+                _string_input("sampling_parameters", json.dumps(sampling)),
+                _bool_input("exclude_input_in_output", True),
+                _bool_input("return_finish_reason", True),
+                _bool_input("return_num_input_tokens", True),
+                _bool_input("return_num_output_tokens", True),
+            ],
+        }
+
+        async def requests():
+            yield request
+
+        responses = self._client.stream_infer(requests(), stream_timeout=self._timeout_s)
+        finished = False
+        try:
+            while True:
+                try:
+                    result, error = await anext(responses)
+                except StopAsyncIteration:
+                    break
+                except grpc.aio.AioRpcError as err:
+                    raise classify_triton_error(err.details() or str(err), err.code()) from err
+                except InferenceServerException as err:
+                    raise classify_triton_error(err.message()) from err
+                if error is not None:
+                    raise classify_triton_error(error.message())
+                chunk = _parse_result(result)
+                if chunk.texts or chunk.num_input_tokens is not None:
+                    yield chunk
+                if _is_final(result):
+                    finished = True
+                    break
+            finished = True
+        finally:
+            if not finished:
+                # The consumer went away (client disconnect, deadline): stop the model too.
+                responses.cancel()
+
+    async def close(self) -> None:
+        await self._client.close()
