@@ -1,0 +1,204 @@
+"""What chat completions and completions share: sampling fields, proto mapping, the gRPC calls."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+
+import grpc
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
+
+from facade.clients import Clients
+from aiohttp import web
+
+from facade.errors import OpenAIError, from_grpc, invalid
+from facade.sse import EventStream
+from hubmesh.text.v1 import text_generation_pb2 as pb
+
+FINISH_REASONS = {pb.FINISH_REASON_STOP: "stop", pb.FINISH_REASON_LENGTH: "length"}
+SYSTEM_FINGERPRINT = "fp_hubmesh_0_1"
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+    include_usage: StrictBool = False
+
+
+class SamplingFields(BaseModel):
+    """OpenAI's sampling fields, validated with OpenAI's limits."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    model: StrictStr = Field(min_length=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    n: StrictInt | None = Field(default=None, ge=1, le=128)
+    stream: StrictBool | None = False
+    stream_options: StreamOptions | None = None
+    stop: StrictStr | list[StrictStr] | None = None
+    max_tokens: StrictInt | None = Field(default=None, ge=1)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    logit_bias: dict[StrictStr, float] | None = None
+    seed: StrictInt | None = None
+    user: StrictStr | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stop(cls, value):
+        stops = [value] if isinstance(value, str) else (value or [])
+        if len(stops) > 4:
+            raise ValueError(f"at most 4 stop sequences are allowed, got {len(stops)}")
+        if any(s == "" for s in stops):
+            raise ValueError("stop sequences must not be empty")
+        return value
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _logit_bias(cls, value):
+        for token, bias in (value or {}).items():
+            if not token.isdigit():
+                raise ValueError(f"keys must be token ids, got {token!r}")
+            if not -100 <= bias <= 100:
+                raise ValueError(f"bias for token {token} must be between -100 and 100, got {bias:g}")
+        return value
+
+    def sampling_proto(self, max_tokens: int | None) -> pb.SamplingParameters:
+        stops = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
+        sampling = pb.SamplingParameters(
+            n=self.n or 1,
+            stop=stops,
+            logit_bias={int(k): v for k, v in (self.logit_bias or {}).items()},
+        )
+        for name in ("temperature", "top_p", "presence_penalty", "frequency_penalty", "seed"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(sampling, name, value)
+        if max_tokens is not None:
+            sampling.max_tokens = max_tokens
+        return sampling
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    def check_stream_options(self) -> None:
+        if self.stream_options is not None and not self.stream:
+            raise invalid("stream_options is only allowed when stream is true.", param="stream_options")
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def usage_json(usage: pb.Usage) -> dict:
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+    }
+
+
+def _metadata(user: str | None) -> list[tuple[str, str]]:
+    return [("hubmesh-user", user)] if user else []
+
+
+async def generate(clients: Clients, request: pb.GenerateRequest, input_param: str) -> pb.GenerateResponse:
+    """Unary Generate; gRPC failures become OpenAI errors. Cancelling the caller cancels the call."""
+    call = clients.text.Generate(request, timeout=clients.timeout_s, metadata=_metadata(request.user))
+    try:
+        return await call
+    except grpc.aio.AioRpcError as err:
+        raise from_grpc(err, "text", default_param=input_param) from err
+    finally:
+        if not call.done():
+            call.cancel()
+
+
+class GenerationStream:
+    """A GenerateStream call whose first message (or error) is read before any HTTP byte is sent,
+    so that errors such as an unknown model still get their own HTTP status."""
+
+    def __init__(self, clients: Clients, request: pb.GenerateRequest, input_param: str) -> None:
+        self._call = clients.text.GenerateStream(request, timeout=clients.timeout_s, metadata=_metadata(request.user))
+        self._input_param = input_param
+        self._first: pb.GenerateStreamResponse | None = None
+
+    async def start(self) -> None:
+        try:
+            self._first = await self._call.read()
+        except grpc.aio.AioRpcError as err:
+            raise from_grpc(err, "text", default_param=self._input_param) from err
+
+    async def messages(self) -> AsyncIterator[pb.GenerateStreamResponse]:
+        """The stream's messages; raises OpenAIError on a mid-stream failure."""
+        message = self._first
+        try:
+            while message is not grpc.aio.EOF and message is not None:
+                yield message
+                message = await self._call.read()
+        except grpc.aio.AioRpcError as err:
+            raise from_grpc(err, "text", default_param=self._input_param) from err
+
+    def cancel(self) -> None:
+        """Stops the generation upstream (client gone, or done early)."""
+        if not self._call.done():
+            self._call.cancel()
+
+
+def max_tokens_of(body: SamplingFields, max_completion_tokens: int | None, default: int | None) -> int | None:
+    """max_completion_tokens wins over the deprecated max_tokens."""
+    if max_completion_tokens is not None:
+        return max_completion_tokens
+    if body.max_tokens is not None:
+        return body.max_tokens
+    return default
+
+
+
+async def respond_with_stream(
+    request: web.Request,
+    upstreams: Sequence[tuple[int, GenerationStream]],
+    base: dict,
+    include_usage: bool,
+    render: Callable[[pb.ChoiceDelta, int], list[dict]],
+    opening: list[dict] | None = None,
+) -> web.StreamResponse:
+    """Relays generation streams as OpenAI SSE chunks; the first stream's errors keep their HTTP status.
+
+    `upstreams` pairs each stream with the offset added to its choice indices (completions with
+    several prompts); `render` turns one delta into chunk choices. Every upstream call is cancelled
+    when the response ends for any reason, the client going away included.
+    """
+    try:
+        await upstreams[0][1].start()
+        events = EventStream(request)
+        await events.open()
+        if include_usage:
+            base = {**base, "usage": None}
+        if opening:
+            await events.send({**base, "choices": opening})
+        usage = pb.Usage()
+        try:
+            for position, (offset, upstream) in enumerate(upstreams):
+                if position:
+                    await upstream.start()
+                async for message in upstream.messages():
+                    choices = [c for delta in message.deltas for c in render(delta, offset)]
+                    if choices:
+                        await events.send({**base, "choices": choices})
+                    if message.HasField("usage"):
+                        usage.prompt_tokens += message.usage.prompt_tokens
+                        usage.completion_tokens += message.usage.completion_tokens
+            if include_usage:
+                await events.send({**base, "choices": [], "usage": usage_json(usage)})
+        except OpenAIError as err:
+            await events.send_error(err)
+        return await events.close()
+    finally:
+        for _, upstream in upstreams:
+            upstream.cancel()

@@ -1,0 +1,50 @@
+"""`make run`: start the whole stack on 127.0.0.1, print how to call it, stop it all on Ctrl-C/SIGTERM."""
+
+import logging
+import os
+import signal
+import threading
+import time
+
+from facade.settings import generate_api_key
+from local.stack import ROOT, LocalStack, StackConfig, describe
+
+log = logging.getLogger("hubmesh")
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    env = os.environ
+    config = StackConfig(
+        api_key=env.get("HUBMESH_API_KEY") or generate_api_key(),
+        run_dir=ROOT / "run",
+        http_port=int(env.get("HUBMESH_HTTP_PORT", "8080")),
+        text_port=int(env.get("HUBMESH_TEXT_PORT", "50051")),
+        triton_http_port=int(env.get("HUBMESH_TRITON_HTTP_PORT", "8000")),
+        triton_grpc_port=int(env.get("HUBMESH_TRITON_GRPC_PORT", "8001")),
+        triton_metrics_port=int(env.get("HUBMESH_TRITON_METRICS_PORT", "8002")),
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stack = LocalStack(config)
+    started = time.monotonic()
+    log.info("starting Triton, the text service and the façade (logs in %s)", config.run_dir / "logs")
+    try:
+        stack.start()
+        log.info("ready in %.1f s", time.monotonic() - started)
+        print(describe(config), flush=True)
+        while not stop.wait(1.0):
+            for name, proc in stack.children().items():
+                if proc is not None and proc.poll() is not None:
+                    log.error("%s exited with code %s; stopping (see %s)", name, proc.returncode, config.run_dir / "logs")
+                    return 1
+        return 0
+    finally:
+        log.info("stopping")
+        stack.stop()
+        log.info("stopped")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
