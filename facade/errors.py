@@ -7,6 +7,8 @@ import logging
 import grpc
 from aiohttp import web
 
+from services.common.errors import PARAM_METADATA_KEY
+
 log = logging.getLogger(__name__)
 
 
@@ -56,7 +58,6 @@ GRPC_TO_HTTP: dict[grpc.StatusCode, tuple[int, str, str | None]] = {
     grpc.StatusCode.CANCELLED: (503, "server_error", "cancelled"),
     grpc.StatusCode.DEADLINE_EXCEEDED: (504, "server_error", "timeout"),
 }
-PARAM_METADATA_KEY = "hubmesh-param"  # trailing metadata in which services name the bad field
 
 
 def from_grpc(err: grpc.aio.AioRpcError, service: str, default_param: str | None = None) -> OpenAIError:

@@ -1,14 +1,24 @@
-"""Domain errors of the services and the one table that maps them to gRPC status codes."""
+"""Domain errors of the services and the one table that maps them to gRPC status codes.
+
+A service reports the field at fault in the trailing metadata key PARAM_METADATA_KEY, so the
+façade can name OpenAI's `param` without knowing each service's rules.
+"""
 
 from __future__ import annotations
 
 import grpc
+
+PARAM_METADATA_KEY = "hubmesh-param"
 
 
 class ServiceError(Exception):
     """An error a caller can act on; its message is safe to return to the caller."""
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param  # the request field at fault, in OpenAI's naming, when known
 
 
 class InvalidArgument(ServiceError):

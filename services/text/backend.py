@@ -83,7 +83,9 @@ def classify_triton_error(message: str, code: grpc.StatusCode | None = None) -> 
     if code == grpc.StatusCode.CANCELLED or "cancelled" in lowered:
         return Cancelled("the generation was cancelled")
     if any(marker in lowered for marker in _INPUT_ERROR_MARKERS):
-        return InvalidArgument(message.removeprefix("invalid argument: "))
+        return InvalidArgument(
+            message.removeprefix("invalid argument: "), "logit_bias" if "logit_bias" in lowered else None
+        )
     if "unknown model" in lowered or "not ready" in lowered or "is not found" in lowered:
         return BackendUnavailable(f"the model is not loaded in Triton: {message}")
     log.error("unexpected Triton error: %s", message)

@@ -30,4 +30,4 @@ class ChatTemplate:
                 messages=list(messages), add_generation_prompt=add_generation_prompt
             )
         except TemplateError as err:
-            raise InvalidArgument(f"messages cannot be rendered for this model: {err}") from err
+            raise InvalidArgument(f"messages cannot be rendered for this model: {err}", "messages") from err

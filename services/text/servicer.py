@@ -12,7 +12,7 @@ import grpc
 
 from hubmesh.text.v1 import text_generation_pb2 as pb
 from hubmesh.text.v1 import text_generation_pb2_grpc as pb_grpc
-from services.common.errors import InvalidArgument, ModelNotFound, ServiceError
+from services.common.errors import PARAM_METADATA_KEY, InvalidArgument, ModelNotFound, ServiceError
 from services.text.backend import GenerationChunk, TextBackend
 from services.text.catalog import ModelEntry
 
@@ -28,6 +28,8 @@ def _abort_on_service_error(method: Callable) -> Callable:
 
     async def abort(context: grpc.aio.ServicerContext, err: Exception) -> None:
         if isinstance(err, ServiceError):
+            if err.param:
+                context.set_trailing_metadata(((PARAM_METADATA_KEY, err.param),))
             await context.abort(err.code, str(err))
         log.exception("unexpected error")
         await context.abort(grpc.StatusCode.INTERNAL, "internal error in the text service")
@@ -54,41 +56,42 @@ def _abort_on_service_error(method: Callable) -> Callable:
     return unary_wrapper
 
 
-def _check_range(name: str, value: float, low: float, high: float) -> None:
+def _check_range(name: str, value: float, low: float, high: float, param: str | None = None) -> None:
     if not (math.isfinite(value) and low <= value <= high):
-        raise InvalidArgument(f"{name} must be between {low:g} and {high:g}, got {value:g}")
+        raise InvalidArgument(f"{name} must be between {low:g} and {high:g}, got {value:g}", param or name)
 
 
 def sampling_to_contract(sampling: pb.SamplingParameters, entry: ModelEntry) -> dict[str, Any]:
     """The `sampling_parameters` JSON of the vLLM-backend contract; validates every field."""
     params: dict[str, Any] = {"n": sampling.n or 1}
     if not 1 <= params["n"] <= MAX_CHOICES:
-        raise InvalidArgument(f"n must be between 1 and {MAX_CHOICES}, got {params['n']}")
+        raise InvalidArgument(f"n must be between 1 and {MAX_CHOICES}, got {params['n']}", "n")
     if sampling.HasField("temperature"):
         _check_range("temperature", sampling.temperature, 0.0, 2.0)
         params["temperature"] = sampling.temperature
     if sampling.HasField("top_p"):
         _check_range("top_p", sampling.top_p, 0.0, 1.0)
         if sampling.top_p == 0.0:
-            raise InvalidArgument("top_p must be greater than 0")
+            raise InvalidArgument("top_p must be greater than 0", "top_p")
         params["top_p"] = sampling.top_p
     for name in ("presence_penalty", "frequency_penalty"):
         if sampling.HasField(name):
             _check_range(name, getattr(sampling, name), -2.0, 2.0)
             params[name] = getattr(sampling, name)
     if len(sampling.stop) > MAX_STOP_SEQUENCES:
-        raise InvalidArgument(f"stop takes at most {MAX_STOP_SEQUENCES} sequences, got {len(sampling.stop)}")
+        raise InvalidArgument(f"stop takes at most {MAX_STOP_SEQUENCES} sequences, got {len(sampling.stop)}", "stop")
     if any(s == "" for s in sampling.stop):
-        raise InvalidArgument("stop sequences must not be empty")
+        raise InvalidArgument("stop sequences must not be empty", "stop")
     if sampling.stop:
         params["stop"] = list(sampling.stop)
     if sampling.HasField("max_tokens"):
         if sampling.max_tokens < 1:
-            raise InvalidArgument("max_tokens must be at least 1")
+            raise InvalidArgument("max_tokens must be at least 1", "max_tokens")
         if sampling.max_tokens > entry.context_length:
             raise InvalidArgument(
                 f"max_tokens is {sampling.max_tokens}, but this model's maximum context length is "
-                f"{entry.context_length} tokens"
+                f"{entry.context_length} tokens",
+                "max_tokens",
             )
         params["max_tokens"] = sampling.max_tokens
     else:
@@ -96,8 +99,8 @@ def sampling_to_contract(sampling: pb.SamplingParameters, entry: ModelEntry) -> 
         params["max_tokens"] = entry.context_length
     for token, bias in sampling.logit_bias.items():
         if token < 0:
-            raise InvalidArgument(f"logit_bias token ids must be non-negative, got {token}")
-        _check_range(f"logit_bias[{token}]", bias, -100.0, 100.0)
+            raise InvalidArgument(f"logit_bias token ids must be non-negative, got {token}", "logit_bias")
+        _check_range(f"logit_bias[{token}]", bias, -100.0, 100.0, "logit_bias")
     if sampling.logit_bias:
         params["logit_bias"] = {str(k): v for k, v in sampling.logit_bias.items()}
     if sampling.HasField("seed"):
@@ -115,11 +118,11 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
     def _prepare(self, request: pb.GenerateRequest) -> tuple[ModelEntry, str, dict[str, Any]]:
         entry = self._catalog.get(request.model)
         if entry is None:
-            raise ModelNotFound(f"The model '{request.model}' does not exist")
+            raise ModelNotFound(f"The model '{request.model}' does not exist", "model")
         which = request.WhichOneof("input")
         if which == "chat":
             if not request.chat.messages:
-                raise InvalidArgument("messages must not be empty")
+                raise InvalidArgument("messages must not be empty", "messages")
             messages = []
             for m in request.chat.messages:
                 message = {"role": m.role, "content": m.content}
@@ -130,7 +133,7 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
         elif which == "prompt":
             prompt = request.prompt
         else:
-            raise InvalidArgument("either chat messages or a prompt is required")
+            raise InvalidArgument("either chat messages or a prompt is required", "messages")
         return entry, prompt, sampling_to_contract(request.sampling, entry)
 
     async def is_ready(self) -> bool:

@@ -1,0 +1,7 @@
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL_DIR = ROOT / "services" / "text" / "model_repository" / "smollm2" / "1"
+# sampling.py lives beside model.py inside the Triton model repository
+sys.path.insert(0, str(MODEL_DIR))

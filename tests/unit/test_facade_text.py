@@ -1,0 +1,246 @@
+"""The façade through aiohttp's test client, in front of the real servicer with a fake backend."""
+
+import asyncio
+import json
+
+import pytest
+
+from facade.app import create_app
+from facade.settings import Settings
+from services.common.errors import BackendUnavailable, InvalidArgument
+from tests.fakes import FakeTextBackend, chunk
+from tests.unit.text_service_fixture import MODEL, running_text_service
+
+KEY = "test-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+@pytest.fixture
+async def services():
+    """Running text services started by a test, stopped after it."""
+    contexts = []
+
+    async def start(backend):
+        context = running_text_service(backend)
+        contexts.append(context)
+        return await context.__aenter__()
+
+    yield start
+    for context in reversed(contexts):
+        await context.__aexit__(None, None, None)
+
+
+async def client_for(aiohttp_client, services, backend, **settings):
+    target = await services(backend)
+    return await aiohttp_client(create_app(Settings(api_keys=(KEY,), text_target=target, **settings)))
+
+
+def chat_body(**extra):
+    return {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], **extra}
+
+
+async def test_chat_completion_body_is_openai_shaped(aiohttp_client, services):
+    client = await client_for(aiohttp_client, services, FakeTextBackend([chunk(["Hello!"], ["stop"], n_in=9, n_out=[2])]))
+    response = await client.post("/v1/chat/completions", json=chat_body(), headers=AUTH)
+    assert response.status == 200
+    body = await response.json()
+    assert body["id"].startswith("chatcmpl-") and body["object"] == "chat.completion"
+    assert isinstance(body["created"], int) and body["model"] == MODEL and body["system_fingerprint"]
+    assert body["choices"] == [
+        {"index": 0, "message": {"role": "assistant", "content": "Hello!", "refusal": None},
+         "logprobs": None, "finish_reason": "stop"}
+    ]
+    assert body["usage"] == {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11}
+
+
+async def test_chat_stream_exact_sse_bytes(aiohttp_client, services):
+    backend = FakeTextBackend([chunk(["Hel"]), chunk(["lo"]), chunk([""], ["length"], n_out=[0])])
+    client = await client_for(aiohttp_client, services, backend)
+    response = await client.post(
+        "/v1/chat/completions", json=chat_body(stream=True, stream_options={"include_usage": True}), headers=AUTH
+    )
+    assert response.status == 200
+    assert response.headers["Content-Type"].startswith("text/event-stream")
+    assert response.headers["X-Accel-Buffering"] == "no"
+    raw = (await response.read()).decode()
+    events = raw.split("\n\n")
+    assert events[-2:] == ["data: [DONE]", ""]
+    assert all(e.startswith("data: ") and "\n" not in e for e in events[:-1])
+    chunks = [json.loads(e.removeprefix("data: ")) for e in events[:-2]]
+    assert len({c["id"] for c in chunks}) == 1
+    assert all(c["object"] == "chat.completion.chunk" and c["model"] == MODEL for c in chunks)
+    assert [c["choices"] for c in chunks] == [
+        [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}],
+        [{"index": 0, "delta": {"content": "Hel"}, "logprobs": None, "finish_reason": None}],
+        [{"index": 0, "delta": {"content": "lo"}, "logprobs": None, "finish_reason": None}],
+        [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "length"}],
+        [],
+    ]
+    assert [c["usage"] for c in chunks[:-1]] == [None] * 4
+    assert chunks[-1]["usage"] == {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}
+
+
+async def test_completion_stream_and_json(aiohttp_client, services):
+    backend = FakeTextBackend([chunk([" a", " b"]), chunk(["", ""], ["stop", "stop"], n_out=[0, 0])])
+    client = await client_for(aiohttp_client, services, backend)
+    response = await client.post(
+        "/v1/completions", json={"model": MODEL, "prompt": "x", "n": 2, "stream": True}, headers=AUTH
+    )
+    events = (await response.read()).decode().split("\n\n")
+    chunks = [json.loads(e.removeprefix("data: ")) for e in events[:-2]]
+    assert [c["choices"] for c in chunks] == [
+        [{"index": 0, "text": " a", "logprobs": None, "finish_reason": None},
+         {"index": 1, "text": " b", "logprobs": None, "finish_reason": None}],
+        [{"index": 0, "text": "", "logprobs": None, "finish_reason": "stop"},
+         {"index": 1, "text": "", "logprobs": None, "finish_reason": "stop"}],
+    ]
+    assert "usage" not in chunks[0]
+    assert backend.calls[0]["sampling"]["max_tokens"] == 16  # OpenAI's default for completions
+
+    response = await client.post(
+        "/v1/completions", json={"model": MODEL, "prompt": ["p", "q"], "n": 2, "echo": True}, headers=AUTH
+    )
+    body = await response.json()
+    assert body["object"] == "text_completion"
+    assert [(c["index"], c["text"]) for c in body["choices"]] == [(0, "p a"), (1, "p b"), (2, "q a"), (3, "q b")]
+
+
+async def test_max_completion_tokens_wins_over_max_tokens(aiohttp_client, services):
+    backend = FakeTextBackend([chunk(["x"], ["length"])])
+    client = await client_for(aiohttp_client, services, backend)
+    await client.post("/v1/chat/completions", json=chat_body(max_tokens=50, max_completion_tokens=7), headers=AUTH)
+    assert backend.calls[0]["sampling"]["max_tokens"] == 7
+
+
+@pytest.mark.parametrize(
+    "body, param",
+    [
+        ({"messages": [{"role": "user", "content": "x"}]}, "model"),
+        ({"model": MODEL}, "messages"),
+        (chat_body(messages=[]), "messages"),
+        (chat_body(messages="hi"), "messages"),
+        (chat_body(messages=[{"role": "wizard", "content": "x"}]), "messages[0].role"),
+        (chat_body(messages=[{"content": "x"}]), "messages[0].role"),
+        (chat_body(messages=[{"role": "user"}]), "messages[0]"),
+        (chat_body(temperature=2.5), "temperature"),
+        (chat_body(temperature="hot"), "temperature"),
+        (chat_body(top_p=0), "top_p"),
+        (chat_body(top_p=1.5), "top_p"),
+        (chat_body(n=0), "n"),
+        (chat_body(n=129), "n"),
+        (chat_body(presence_penalty=3), "presence_penalty"),
+        (chat_body(frequency_penalty=-2.5), "frequency_penalty"),
+        (chat_body(stop=["a", "b", "c", "d", "e"]), "stop"),
+        (chat_body(logit_bias={"5": 101}), "logit_bias"),
+        (chat_body(logit_bias={"token": 1}), "logit_bias"),
+        (chat_body(max_tokens=0), "max_tokens"),
+        (chat_body(max_tokens=9000), "max_tokens"),
+        (chat_body(stream="yes"), "stream"),
+        (chat_body(stream_options={"include_usage": True}), "stream_options"),
+        (chat_body(response_format={"type": "json_object"}), "response_format"),
+    ],
+)
+async def test_bad_chat_inputs_are_400_naming_the_param(aiohttp_client, services, body, param):
+    client = await client_for(aiohttp_client, services, FakeTextBackend())
+    response = await client.post("/v1/chat/completions", json=body, headers=AUTH)
+    assert response.status == 400, await response.text()
+    error = (await response.json())["error"]
+    assert error["type"] == "invalid_request_error" and error["param"] == param and error["message"]
+
+
+async def test_malformed_json_and_non_object_bodies(aiohttp_client, services):
+    client = await client_for(aiohttp_client, services, FakeTextBackend())
+    for data in (b"{not json", b"[1, 2]", b"\xff\xfe"):
+        response = await client.post("/v1/chat/completions", data=data, headers=AUTH)
+        assert response.status == 400
+        assert set((await response.json())["error"]) == {"message", "type", "param", "code"}
+    deep = b"[" * 100 + b"]" * 100
+    response = await client.post("/v1/chat/completions", data=b'{"model": ' + deep + b"}", headers=AUTH)
+    assert response.status == 400 and "nested" in (await response.json())["error"]["message"]
+
+
+async def test_body_over_the_limit_is_413(aiohttp_client, services):
+    client = await client_for(aiohttp_client, services, FakeTextBackend(), max_body_bytes=1024)
+    response = await client.post("/v1/chat/completions", data=b"x" * 4096, headers=AUTH)
+    assert response.status == 413
+    assert (await response.json())["error"]["code"] == "request_too_large"
+
+
+async def test_auth_failures_are_401_and_never_echo_the_key(aiohttp_client, services):
+    client = await client_for(aiohttp_client, services, FakeTextBackend())
+    for headers in ({}, {"Authorization": "Basic abc"}, {"Authorization": "Bearer wrong-secret-value"}):
+        response = await client.post("/v1/chat/completions", json=chat_body(), headers=headers)
+        assert response.status == 401
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+        text = await response.text()
+        assert "wrong-secret-value" not in text and (await response.json())["error"]["type"] == "authentication_error"
+    assert (await client.get("/health")).status == 200
+
+
+async def test_unknown_model_is_404_model_not_found(aiohttp_client, services):
+    client = await client_for(aiohttp_client, services, FakeTextBackend())
+    for path, body in (("/v1/chat/completions", chat_body(model="nope")), ("/v1/completions", {"model": "nope", "prompt": "x"})):
+        response = await client.post(path, json=body, headers=AUTH)
+        assert response.status == 404
+        assert (await response.json())["error"] == {
+            "message": "The model 'nope' does not exist", "type": "invalid_request_error",
+            "param": "model", "code": "model_not_found",
+        }
+    response = await client.get("/v1/models/nope", headers=AUTH)
+    assert response.status == 404 and (await response.json())["error"]["code"] == "model_not_found"
+
+
+async def test_models_list_and_retrieve_with_slash_in_id(aiohttp_client, services):
+    client = await client_for(aiohttp_client, services, FakeTextBackend())
+    listing = await (await client.get("/v1/models", headers=AUTH)).json()
+    assert listing["object"] == "list" and [m["id"] for m in listing["data"]] == [MODEL]
+    model = await (await client.get(f"/v1/models/{MODEL}", headers=AUTH)).json()
+    assert model == {"id": MODEL, "object": "model", "created": 1730419200, "owned_by": "HuggingFaceTB"}
+
+
+async def test_model_input_errors_map_to_400_with_param(aiohttp_client, services):
+    backend = FakeTextBackend(error=InvalidArgument("Prompt length of 9000 tokens is longer than the maximum model length"))
+    client = await client_for(aiohttp_client, services, backend)
+    response = await client.post("/v1/completions", json={"model": MODEL, "prompt": "x"}, headers=AUTH)
+    assert response.status == 400
+    assert (await response.json())["error"]["param"] == "prompt"
+    response = await client.post("/v1/chat/completions", json=chat_body(stream=True), headers=AUTH)
+    assert response.status == 400  # streams read the first message before sending headers
+    assert (await response.json())["error"]["param"] == "messages"
+
+
+async def test_triton_down_is_503(aiohttp_client, services):
+    client = await client_for(aiohttp_client, services, FakeTextBackend(error=BackendUnavailable("Triton is unreachable")))
+    response = await client.post("/v1/chat/completions", json=chat_body(), headers=AUTH)
+    assert response.status == 503
+    assert (await response.json())["error"]["type"] == "server_error"
+
+
+async def test_service_down_is_503_not_a_hang(aiohttp_client):
+    from local.processes import free_port
+
+    app = create_app(Settings(api_keys=(KEY,), text_target=f"127.0.0.1:{free_port()}"))
+    client = await aiohttp_client(app)
+    for path, body in (("/v1/chat/completions", chat_body()), ("/v1/chat/completions", chat_body(stream=True))):
+        response = await asyncio.wait_for(client.post(path, json=body, headers=AUTH), timeout=30)
+        assert response.status == 503
+        assert "text service is unavailable" in (await response.json())["error"]["message"]
+    response = await client.get("/v1/models", headers=AUTH)
+    assert response.status == 503
+
+
+async def test_client_disconnect_cancels_the_generation(aiohttp_client, services):
+    backend = FakeTextBackend([chunk(["a"]), chunk(["b"])], hang_after=1)
+    target = await services(backend)
+    app = create_app(Settings(api_keys=(KEY,), text_target=target))
+    client = await aiohttp_client(app, server_kwargs={"handler_cancellation": True})
+    response = await client.post("/v1/chat/completions", json=chat_body(stream=True), headers=AUTH)
+    await response.content.readuntil(b'"a"')
+    response.close()  # the client goes away mid-stream
+    await asyncio.wait_for(backend.closed_early.wait(), timeout=10)
+
+
+async def test_unknown_route_is_openai_shaped_404(aiohttp_client, services):
+    client = await client_for(aiohttp_client, services, FakeTextBackend())
+    response = await client.get("/v1/nothing", headers=AUTH)
+    assert response.status == 404 and "error" in await response.json()

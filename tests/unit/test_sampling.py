@@ -1,0 +1,80 @@
+"""The CPU text model's token selection and stop handling (pure numpy, no Triton)."""
+
+import numpy as np
+import pytest
+from sampling import InvalidSampling, Sampler, SamplingConfig, StopMatcher
+
+VOCAB = 8
+
+
+def logits(*values):
+    return np.array(values, dtype=np.float32)
+
+
+def test_temperature_zero_is_greedy():
+    sampler = Sampler(SamplingConfig(temperature=0.0), VOCAB)
+    assert sampler.choose(logits(0, 1, 5, 2, 0, 0, 0, 0)) == 2
+
+
+def test_logit_bias_minus_100_bans_and_plus_100_forces():
+    ban = Sampler(SamplingConfig(temperature=0.0, logit_bias={2: -100}), VOCAB)
+    assert ban.choose(logits(0, 1, 5, 2, 0, 0, 0, 0)) == 3
+    force = Sampler(SamplingConfig(temperature=1.0, logit_bias={6: 100}, seed=1), VOCAB)
+    assert {force.choose(logits(0, 1, 50, 2, 0, 0, -30, 0)) for _ in range(20)} == {6}
+
+
+def test_small_bias_is_added():
+    sampler = Sampler(SamplingConfig(temperature=0.0, logit_bias={1: 4.5}), VOCAB)
+    assert sampler.choose(logits(0, 1, 5, 2, 0, 0, 0, 0)) == 1
+
+
+def test_frequency_and_presence_penalties_apply_to_generated_tokens():
+    cfg = SamplingConfig(temperature=0.0, frequency_penalty=1.0, presence_penalty=0.5)
+    sampler = Sampler(cfg, VOCAB)
+    base = logits(0, 0, 3, 2.5, 0, 0, 0, 0)
+    assert sampler.choose(base) == 2  # counts[2] = 1 -> 3 - 1 - 0.5 = 1.5 < 2.5
+    assert sampler.choose(base) == 3
+    adjusted = sampler.adjusted_logits(base)
+    assert adjusted[2] == pytest.approx(1.5) and adjusted[3] == pytest.approx(1.0)
+
+
+def test_same_seed_same_tokens_and_choices_differ():
+    rng = np.random.default_rng(0)
+    steps = [rng.normal(size=VOCAB) for _ in range(30)]
+
+    def run(seed, index=0):
+        sampler = Sampler(SamplingConfig(temperature=1.0, seed=seed), VOCAB, choice_index=index)
+        return [sampler.choose(s) for s in steps]
+
+    assert run(7) == run(7)
+    assert run(7) != run(8)
+    assert run(7, 0) != run(7, 1)
+
+
+def test_top_p_keeps_only_the_nucleus():
+    sampler = Sampler(SamplingConfig(temperature=1.0, top_p=0.5, seed=3), VOCAB)
+    # token 0 holds ~88% of the mass: it alone reaches top_p=0.5
+    assert {sampler.choose(logits(4, 2, 0, 0, 0, 0, 0, 0)) for _ in range(50)} == {0}
+
+
+def test_config_rejects_tokens_outside_the_vocabulary():
+    with pytest.raises(InvalidSampling, match="out of vocabulary"):
+        SamplingConfig.from_json_dict({"logit_bias": {"99": 1}}, VOCAB)
+    cfg = SamplingConfig.from_json_dict({"n": 2, "stop": "x", "seed": 5, "max_tokens": 9}, VOCAB)
+    assert (cfg.n, cfg.stop, cfg.seed, cfg.max_tokens) == (2, ["x"], 5, 9)
+
+
+def test_stop_matcher_finds_earliest_stop_across_pieces():
+    stops = StopMatcher(["\n", "END"])
+    assert stops.find("hello wor") is None
+    assert stops.find("hello EN", start=6) is None
+    assert stops.find("hello END", start=8) == 6  # the stop straddles the last piece
+    assert stops.find("a\nb END") == 1
+
+
+def test_stop_matcher_holds_back_possible_stop_prefixes():
+    stops = StopMatcher(["END"])
+    assert stops.safe_length("hello E") == 6
+    assert stops.safe_length("hello EN") == 6
+    assert stops.safe_length("hello X") == 7
+    assert StopMatcher([]).safe_length("abc") == 3
