@@ -62,6 +62,7 @@ class TritonPythonModel:
         self.n_vocab = self.llm.n_vocab()
         self.vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
         self.add_bos = self.llm.metadata.get("tokenizer.ggml.add_bos_token", "false") == "true"
+        self._primed = None  # (prompt tokens, logits after them) of the prompt in the KV cache
 
         labels = {"model": self.name}
         # Families must outlive their metrics, hence kept on self.
@@ -220,16 +221,20 @@ class TritonPythonModel:
         return np.ctypeslib.as_array(pointer, shape=(self.n_vocab,)).copy()
 
     def _prime(self, tokens) -> np.ndarray:
-        """Evaluates the prompt, reusing the longest prefix already in the KV cache."""
-        cached = self.llm.input_ids[: self.llm.n_tokens]
-        common = 0
-        limit = min(len(cached), len(tokens))
-        while common < limit and cached[common] == tokens[common]:
-            common += 1
-        common = min(common, len(tokens) - 1)  # always evaluate at least one token for fresh logits
-        self.llm.n_tokens = common
-        self.llm.eval(tokens[common:])
-        return self._logits()
+        """Evaluates the prompt; the next choice of the same prompt reuses its KV cache and logits.
+
+        Only an exact prompt is reused: llama.cpp's logits differ slightly (~1e-2) between a
+        batched and a token-by-token evaluation, and seeded sampling must not depend on what
+        the previous request left in the cache.
+        """
+        n = len(tokens)
+        cached = self._primed is not None and self._primed[0] == tokens and self.llm.n_tokens >= n
+        if not cached:
+            self.llm.n_tokens = 0
+            self.llm.eval(tokens)
+            self._primed = (list(tokens), self._logits())
+        self.llm.n_tokens = n  # tokens generated after the prompt are dropped by the next eval
+        return self._primed[1].copy()
 
     def _step(self, token) -> np.ndarray:
         self.llm.eval([token])
