@@ -44,3 +44,6 @@ unit: setup
 
 clean:
 	rm -rf $(GEN) $(TRITON)
+
+bench: setup
+	PYTHONPATH=.:$(GEN) $(PY) -m bench.text_stream
