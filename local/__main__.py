@@ -7,7 +7,7 @@ import threading
 import time
 
 from facade.settings import generate_api_key
-from local.stack import ROOT, LocalStack, StackConfig, describe
+from local.stack import MODALITIES, ROOT, LocalStack, StackConfig, describe
 
 log = logging.getLogger("hubmesh")
 
@@ -15,21 +15,20 @@ log = logging.getLogger("hubmesh")
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     env = os.environ
-    config = StackConfig(
-        api_key=env.get("HUBMESH_API_KEY") or generate_api_key(),
-        run_dir=ROOT / "run",
-        http_port=int(env.get("HUBMESH_HTTP_PORT", "8080")),
-        text_port=int(env.get("HUBMESH_TEXT_PORT", "50051")),
-        triton_http_port=int(env.get("HUBMESH_TRITON_HTTP_PORT", "8000")),
-        triton_grpc_port=int(env.get("HUBMESH_TRITON_GRPC_PORT", "8001")),
-        triton_metrics_port=int(env.get("HUBMESH_TRITON_METRICS_PORT", "8002")),
-    )
+    config = StackConfig(api_key=env.get("HUBMESH_API_KEY") or generate_api_key(), run_dir=ROOT / "run")
+    config.http_port = int(env.get("HUBMESH_HTTP_PORT", config.http_port))
+    for modality in MODALITIES:  # HUBMESH_TEXT_PORT=50051, HUBMESH_TEXT_TRITON_PORTS=8000,8001,8002, ...
+        ports = config.ports[modality.name]
+        ports["service"] = int(env.get(f"HUBMESH_{modality.env_prefix}_PORT", ports["service"]))
+        triton = env.get(f"HUBMESH_{modality.env_prefix}_TRITON_PORTS")
+        if triton:
+            ports["triton_http"], ports["triton_grpc"], ports["triton_metrics"] = (int(p) for p in triton.split(","))
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     stack = LocalStack(config)
     started = time.monotonic()
-    log.info("starting Triton, the text service and the façade (logs in %s)", config.run_dir / "logs")
+    log.info("starting Triton, the services and the façade (logs in %s)", config.run_dir / "logs")
     try:
         stack.start()
         log.info("ready in %.1f s", time.monotonic() - started)

@@ -18,7 +18,27 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from local import processes
 from local.triton import ROOT, TritonServer
 
-TEXT_REPOSITORY = ROOT / "services" / "text" / "model_repository"
+
+
+@dataclass(frozen=True)
+class Modality:
+    """One modality: its Triton (own process, own models) and its gRPC service."""
+
+    name: str  # text, embeddings
+    models: tuple[str, ...]  # Triton models to load
+    service_module: str  # python -m <module>
+    grpc_service: str  # name in gRPC health checking
+    env_prefix: str  # HUBMESH_<PREFIX>_LISTEN / _TRITON_URL
+
+    @property
+    def repository(self) -> Path:
+        return ROOT / "services" / self.name / "model_repository"
+
+
+MODALITIES = (
+    Modality("text", ("smollm2",), "services.text", "hubmesh.text.v1.TextGeneration", "TEXT"),
+    Modality("embeddings", ("minilm",), "services.embeddings", "hubmesh.embeddings.v1.Embeddings", "EMBEDDINGS"),
+)
 
 
 @dataclass
@@ -28,19 +48,25 @@ class StackConfig:
     api_key: str
     run_dir: Path
     http_port: int = 8080
-    text_port: int = 50051
-    triton_http_port: int = 8000
-    triton_grpc_port: int = 8001
-    triton_metrics_port: int = 8002
+    # per modality: service gRPC port and its Triton's HTTP, gRPC and metrics ports
+    ports: dict[str, dict[str, int]] = field(
+        default_factory=lambda: {
+            "text": {"service": 50051, "triton_http": 8000, "triton_grpc": 8001, "triton_metrics": 8002},
+            "embeddings": {"service": 50052, "triton_http": 8010, "triton_grpc": 8011, "triton_metrics": 8012},
+        }
+    )
     extra_env: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def with_free_ports(cls, api_key: str, run_dir: Path, **overrides) -> StackConfig:
         ports = {
-            name: processes.free_port()
-            for name in ("http_port", "text_port", "triton_http_port", "triton_grpc_port", "triton_metrics_port")
+            m.name: {k: processes.free_port() for k in ("service", "triton_http", "triton_grpc", "triton_metrics")}
+            for m in MODALITIES
         }
-        return cls(api_key=api_key, run_dir=run_dir, **{**ports, **overrides})
+        return cls(api_key=api_key, run_dir=run_dir, http_port=processes.free_port(), ports=ports, **overrides)
+
+    def service_target(self, modality: str) -> str:
+        return f"127.0.0.1:{self.ports[modality]['service']}"
 
     @property
     def base_url(self) -> str:
@@ -69,48 +95,58 @@ def http_ok(url: str, headers: dict[str, str] | None = None) -> bool:
 
 
 class LocalStack:
-    """Starts Triton, then the text service, then the façade; each waits for the one before."""
+    """Starts each modality's Triton, then its service, then the façade; each waits for the one before."""
 
-    def __init__(self, config: StackConfig) -> None:
+    def __init__(self, config: StackConfig, modalities: tuple[Modality, ...] = MODALITIES) -> None:
         self.config = config
-        logs = config.run_dir / "logs"
-        self.triton = TritonServer(
-            model_repository=TEXT_REPOSITORY,
-            models=["smollm2"],
-            log_path=logs / "triton.log",
-            http_port=config.triton_http_port,
-            grpc_port=config.triton_grpc_port,
-            metrics_port=config.triton_metrics_port,
-        )
-        self.text_log = logs / "text.log"
-        self.facade_log = logs / "facade.log"
-        self.text = None
+        self.modalities = modalities
+        self.logs = config.run_dir / "logs"
+        self.tritons = {
+            m.name: TritonServer(
+                model_repository=m.repository,
+                models=list(m.models),
+                log_path=self.logs / f"triton-{m.name}.log",
+                http_port=config.ports[m.name]["triton_http"],
+                grpc_port=config.ports[m.name]["triton_grpc"],
+                metrics_port=config.ports[m.name]["triton_metrics"],
+                shm_prefix=f"hubmesh{os.getpid()}{m.name}_",
+            )
+            for m in modalities
+        }
+        self.services: dict[str, object] = {}
         self.facade = None
 
     @property
-    def text_target(self) -> str:
-        return f"127.0.0.1:{self.config.text_port}"
+    def triton(self) -> TritonServer:
+        """The text modality's Triton."""
+        return self.tritons["text"]
 
     def start(self, timeout_s: float = 300.0) -> None:
         try:
-            self.triton.start()
-            self.triton.wait_ready(timeout_s)
-            self.start_text()
+            for triton in self.tritons.values():  # the servers load their models in parallel
+                triton.start()
+            for modality in self.modalities:
+                self.tritons[modality.name].wait_ready(timeout_s)
+                self.start_service(modality)
             self.start_facade(timeout_s)
         except BaseException:
             self.stop()
             raise
 
-    def start_text(self, timeout_s: float = 60.0) -> None:
+    def start_service(self, modality: Modality, timeout_s: float = 60.0) -> None:
+        target = self.config.service_target(modality.name)
+        log_path = self.logs / f"{modality.name}.log"
         env = _python_env(
             self.config,
-            HUBMESH_TEXT_LISTEN=self.text_target,
-            HUBMESH_TEXT_TRITON_URL=f"127.0.0.1:{self.config.triton_grpc_port}",
+            **{
+                f"HUBMESH_{modality.env_prefix}_LISTEN": target,
+                f"HUBMESH_{modality.env_prefix}_TRITON_URL": f"127.0.0.1:{self.config.ports[modality.name]['triton_grpc']}",
+            },
         )
-        self.text = processes.spawn([sys.executable, "-m", "services.text"], env, self.text_log, cwd=ROOT)
+        proc = processes.spawn([sys.executable, "-m", modality.service_module], env, log_path, cwd=ROOT)
+        self.services[modality.name] = proc
         processes.wait_until(
-            lambda: grpc_serving(self.text_target, "hubmesh.text.v1.TextGeneration"),
-            timeout_s, "text service", self.text, self.text_log,
+            lambda: grpc_serving(target, modality.grpc_service), timeout_s, f"{modality.name} service", proc, log_path
         )
 
     def start_facade(self, timeout_s: float = 60.0) -> None:
@@ -119,17 +155,18 @@ class LocalStack:
             HUBMESH_HTTP_HOST="127.0.0.1",
             HUBMESH_HTTP_PORT=str(self.config.http_port),
             HUBMESH_API_KEY=self.config.api_key,
-            HUBMESH_TEXT_TARGET=self.text_target,
+            **{f"HUBMESH_{m.env_prefix}_TARGET": self.config.service_target(m.name) for m in self.modalities},
         )
-        self.facade = processes.spawn([sys.executable, "-m", "facade"], env, self.facade_log, cwd=ROOT)
+        log_path = self.logs / "facade.log"
+        self.facade = processes.spawn([sys.executable, "-m", "facade"], env, log_path, cwd=ROOT)
         auth = {"Authorization": f"Bearer {self.config.api_key}"}
         processes.wait_until(
-            lambda: http_ok(f"{self.config.base_url}/models", auth), timeout_s, "façade", self.facade, self.facade_log
+            lambda: http_ok(f"{self.config.base_url}/models", auth), timeout_s, "façade", self.facade, log_path
         )
 
-    def triton_metric(self, name: str, **labels: str) -> float:
-        """Sum of a Prometheus metric on Triton's metrics port (the model's own counters live there)."""
-        url = f"http://127.0.0.1:{self.config.triton_metrics_port}/metrics"
+    def triton_metric(self, name: str, modality: str = "text", **labels: str) -> float:
+        """Sum of a Prometheus metric on a Triton's metrics port (the models' own counters live there)."""
+        url = f"http://127.0.0.1:{self.config.ports[modality]['triton_metrics']}/metrics"
         with urllib.request.urlopen(url, timeout=5) as response:
             text = response.read().decode()
         total = 0.0
@@ -141,14 +178,16 @@ class LocalStack:
         return total
 
     def children(self) -> dict[str, object]:
-        return {"triton": self.triton.proc, "text": self.text, "facade": self.facade}
+        procs = {f"triton-{name}": t.proc for name, t in self.tritons.items()}
+        return {**procs, **self.services, "facade": self.facade}
 
     def stop(self) -> None:
-        """Stops the façade, then the service, then Triton; leaves no process and no /dev/shm region."""
-        for proc in (self.facade, self.text):
+        """Stops the façade, then the services, then the Tritons; leaves no process and no /dev/shm region."""
+        for proc in (self.facade, *self.services.values()):
             if proc is not None:
                 processes.stop(proc)
-        self.triton.stop()
+        for triton in self.tritons.values():
+            triton.stop()
 
     def __enter__(self) -> LocalStack:
         self.start()
@@ -161,13 +200,17 @@ class LocalStack:
 def describe(config: StackConfig) -> str:
     """What `make run` prints: where it is and how to call it."""
     model = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    services = "\n".join(
+        f"  {name:<9}: gRPC service 127.0.0.1:{p['service']}; its Triton on 127.0.0.1:{p['triton_grpc']} (gRPC), "
+        f":{p['triton_http']} (HTTP), :{p['triton_metrics']} (metrics)"
+        for name, p in config.ports.items()
+    )
     body = json.dumps({"model": model, "messages": [{"role": "user", "content": "What is the capital of France?"}]})
     return f"""
 hubmesh is running.
   Base URL : {config.base_url}
   API key  : {config.api_key}
-  gRPC     : text service on 127.0.0.1:{config.text_port}; Triton on 127.0.0.1:{config.triton_grpc_port} (gRPC), \
-:{config.triton_http_port} (HTTP), :{config.triton_metrics_port} (metrics)
+{services}
   Logs     : {config.run_dir / 'logs'}
 
 curl {config.base_url}/chat/completions \\

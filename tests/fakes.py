@@ -51,3 +51,39 @@ def chunk(texts: list[str], reasons: list[str | None] | None = None, n_in: int =
         num_input_tokens=n_in,
         num_output_tokens=n_out if n_out is not None else [1 if t else 0 for t in texts],
     )
+
+
+class FakeEmbeddingsBackend:
+    """An EmbeddingsBackend whose vector for a text is a deterministic function of it."""
+
+    def __init__(self, dims: int = 4, error: Exception | None = None) -> None:
+        self.dims = dims
+        self.error = error
+        self.requests: list[tuple[str, list]] = []
+
+    async def is_ready(self, model: str) -> bool:
+        return True
+
+    def _vector(self, seed: int):
+        import numpy as np
+
+        vector = np.random.default_rng(seed).normal(size=self.dims).astype(np.float32)
+        return vector / np.linalg.norm(vector)
+
+    async def embed_texts(self, model: str, texts: list[str]):
+        import numpy as np
+
+        self.requests.append(("text", list(texts)))
+        if self.error is not None:
+            raise self.error
+        await asyncio.sleep(0)
+        return np.stack([self._vector(sum(t.encode())) for t in texts]), [len(t.split()) for t in texts]
+
+    async def embed_tokens(self, model: str, ids: list[int]):
+        import numpy as np
+
+        self.requests.append(("tokens", list(ids)))
+        return np.stack([self._vector(sum(ids))]), [len(ids)]
+
+    async def close(self) -> None:
+        pass

@@ -2,20 +2,45 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
 import grpc
 from aiohttp import web
 
 from facade.clients import CLIENTS, Clients
 from facade.errors import OpenAIError, from_grpc
+from hubmesh.embeddings.v1 import embeddings_pb2 as embeddings_pb
 from hubmesh.text.v1 import text_generation_pb2 as text_pb
+
+log = logging.getLogger(__name__)
+LIST_TIMEOUT_S = 10.0
+
+
+def _model_json(m) -> dict:
+    return {"id": m.id, "object": "model", "created": m.created, "owned_by": m.owned_by}
 
 
 async def _all_models(clients: Clients) -> list[dict]:
-    try:
-        text = await clients.text.ListModels(text_pb.ListModelsRequest(), timeout=min(clients.timeout_s, 10.0))
-    except grpc.aio.AioRpcError as err:
-        raise from_grpc(err, "text") from err
-    return [{"id": m.id, "object": "model", "created": m.created, "owned_by": m.owned_by} for m in text.models]
+    """Models of every reachable service; 503 only when no service answers."""
+    calls = {
+        "text": clients.text.ListModels(text_pb.ListModelsRequest(), timeout=LIST_TIMEOUT_S),
+        "embeddings": clients.embeddings.ListModels(embeddings_pb.ListModelsRequest(), timeout=LIST_TIMEOUT_S),
+    }
+    replies = await asyncio.gather(*calls.values(), return_exceptions=True)
+    models, failures = [], []
+    for service, reply in zip(calls, replies, strict=True):
+        if isinstance(reply, grpc.aio.AioRpcError):
+            log.warning("%s service did not list its models: %s", service, reply.code().name)
+            failures.append((service, reply))
+        elif isinstance(reply, BaseException):
+            raise reply
+        else:
+            models.extend(_model_json(m) for m in reply.models)
+    if failures and not models:
+        service, err = failures[0]
+        raise from_grpc(err, service)
+    return models
 
 
 async def list_models(request: web.Request) -> web.Response:

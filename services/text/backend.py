@@ -22,13 +22,7 @@ import numpy as np
 import tritonclient.grpc.aio as triton
 from tritonclient.utils import InferenceServerException
 
-from services.common.errors import (
-    BackendUnavailable,
-    Cancelled,
-    DeadlineExceeded,
-    InvalidArgument,
-    ServiceError,
-)
+from services.common.triton_errors import classify_triton_error, from_triton_exception
 
 log = logging.getLogger(__name__)
 
@@ -59,37 +53,6 @@ class TextBackend(Protocol):
     async def close(self) -> None:
         """Releases connections."""
         ...
-
-
-# Messages by which models (ours and vLLM's) report input errors; everything else is internal.
-_INPUT_ERROR_MARKERS = (
-    "invalid argument",
-    "maximum context length",
-    "maximum model length",
-    "longer than the maximum",
-    "out of vocabulary",
-)
-
-
-def classify_triton_error(message: str, code: grpc.StatusCode | None = None) -> ServiceError:
-    """The one table from Triton failures to the service's domain errors."""
-    lowered = message.lower()
-    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN) and "connect" in lowered:
-        return BackendUnavailable("the text model server (Triton) is unreachable")
-    if code == grpc.StatusCode.UNAVAILABLE:
-        return BackendUnavailable(f"the text model server (Triton) is unavailable: {message}")
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return DeadlineExceeded("the model did not finish in time")
-    if code == grpc.StatusCode.CANCELLED or "cancelled" in lowered:
-        return Cancelled("the generation was cancelled")
-    if any(marker in lowered for marker in _INPUT_ERROR_MARKERS):
-        return InvalidArgument(
-            message.removeprefix("invalid argument: "), "logit_bias" if "logit_bias" in lowered else None
-        )
-    if "unknown model" in lowered or "not ready" in lowered or "is not found" in lowered:
-        return BackendUnavailable(f"the model is not loaded in Triton: {message}")
-    log.error("unexpected Triton error: %s", message)
-    return ServiceError("the model server failed while generating")
 
 
 def _bool_input(name: str, value: bool) -> triton.InferInput:
@@ -174,10 +137,8 @@ class TritonTextBackend:
                     result, error = await anext(responses)
                 except StopAsyncIteration:
                     break
-                except grpc.aio.AioRpcError as err:
-                    raise classify_triton_error(err.details() or str(err), err.code()) from err
-                except InferenceServerException as err:
-                    raise classify_triton_error(err.message()) from err
+                except (grpc.aio.AioRpcError, InferenceServerException) as err:
+                    raise from_triton_exception(err) from err
                 if error is not None:
                     raise classify_triton_error(error.message())
                 chunk = _parse_result(result)

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 
 from hubmesh.text.v1 import text_generation_pb2 as pb
 from hubmesh.text.v1 import text_generation_pb2_grpc as pb_grpc
-from services.common.errors import PARAM_METADATA_KEY, InvalidArgument, ModelNotFound, ServiceError
+from services.common.errors import InvalidArgument, ModelNotFound
+from services.common.grpc_errors import abort_on_service_error
 from services.text.backend import GenerationChunk, TextBackend
 from services.text.catalog import ModelEntry
 
@@ -21,39 +21,6 @@ log = logging.getLogger(__name__)
 MAX_CHOICES = 128
 MAX_STOP_SEQUENCES = 4
 FINISH_REASONS = {"stop": pb.FINISH_REASON_STOP, "length": pb.FINISH_REASON_LENGTH}
-
-
-def _abort_on_service_error(method: Callable) -> Callable:
-    """Turns domain errors into gRPC statuses (the table lives in ServiceError.code)."""
-
-    async def abort(context: grpc.aio.ServicerContext, err: Exception) -> None:
-        if isinstance(err, ServiceError):
-            if err.param:
-                context.set_trailing_metadata(((PARAM_METADATA_KEY, err.param),))
-            await context.abort(err.code, str(err))
-        log.exception("unexpected error")
-        await context.abort(grpc.StatusCode.INTERNAL, "internal error in the text service")
-
-    if hasattr(method, "__code__") and method.__code__.co_flags & 0x200:  # async generator
-
-        @functools.wraps(method)
-        async def stream_wrapper(self, request, context):
-            try:
-                async for item in method(self, request, context):
-                    yield item
-            except ServiceError as err:
-                await abort(context, err)
-
-        return stream_wrapper
-
-    @functools.wraps(method)
-    async def unary_wrapper(self, request, context):
-        try:
-            return await method(self, request, context)
-        except ServiceError as err:
-            await abort(context, err)
-
-    return unary_wrapper
 
 
 def _check_range(name: str, value: float, low: float, high: float, param: str | None = None) -> None:
@@ -143,7 +110,7 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
                 return False
         return True
 
-    @_abort_on_service_error
+    @abort_on_service_error
     async def Generate(self, request: pb.GenerateRequest, context) -> pb.GenerateResponse:
         entry, prompt, sampling = self._prepare(request)
         n = sampling["n"]
@@ -161,7 +128,7 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
         ]
         return pb.GenerateResponse(model=entry.id, choices=choices, usage=usage)
 
-    @_abort_on_service_error
+    @abort_on_service_error
     async def GenerateStream(
         self, request: pb.GenerateRequest, context
     ) -> AsyncIterator[pb.GenerateStreamResponse]:

@@ -27,7 +27,8 @@ def stack(tmp_path_factory):
             if proc is not None:
                 with pytest.raises(ProcessLookupError):
                     os.killpg(proc.pid, 0)  # nothing of its process group is left
-        assert not list(Path("/dev/shm").glob(f"{stack.triton.shm_prefix}*"))
+        for triton in stack.tritons.values():
+            assert not list(Path("/dev/shm").glob(f"{triton.shm_prefix}*"))
 
 
 @pytest.fixture(scope="session")

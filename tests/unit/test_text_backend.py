@@ -5,7 +5,8 @@ import pytest
 
 from local.processes import free_port
 from services.common.errors import BackendUnavailable, Cancelled, InvalidArgument, ServiceError
-from services.text.backend import TritonTextBackend, classify_triton_error
+from services.common.triton_errors import classify_triton_error
+from services.text.backend import TritonTextBackend
 
 
 async def test_unreachable_triton_is_unavailable_not_a_hang():
