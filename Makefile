@@ -46,4 +46,4 @@ clean:
 	rm -rf $(GEN) $(TRITON)
 
 bench: setup
-	PYTHONPATH=.:$(GEN) $(PY) -m bench.text_stream
+	PYTHONPATH=.:$(GEN) $(PY) -m bench

@@ -1,24 +1,21 @@
 """Streamed tokens/s through the façade vs the same model straight from Triton, plus each process's RSS.
 
-Starts the real local stack on free ports, measures, stops it. Run: `make bench`.
 Both paths generate the same number of tokens with the same request (greedy, end tokens banned),
 alternating façade and direct runs so machine noise hits both alike.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
 import httpx
 
-from local.stack import LocalStack, StackConfig
+from local.stack import LocalStack
 from services.text.backend import TritonTextBackend
 from services.text.catalog import load_catalog
 from services.text.settings import DEFAULT_CATALOG
@@ -107,20 +104,3 @@ async def measure(stack: LocalStack, tokens: int, rounds: int) -> dict:
         }
     summary["ratio_facade_vs_direct"] = summary["facade"]["tokens_per_s"] / summary["direct"]["tokens_per_s"]
     return summary
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--tokens", type=int, default=256)
-    parser.add_argument("--rounds", type=int, default=5)
-    args = parser.parse_args()
-    run_dir = Path(tempfile.mkdtemp(prefix="hubmesh-bench-"))
-    with LocalStack(StackConfig.with_free_ports(api_key="bench", run_dir=run_dir)) as stack:
-        result = asyncio.run(measure(stack, args.tokens, args.rounds))
-        result["rss_mib"] = process_memory(stack)
-    result["settings"] = {"tokens": args.tokens, "rounds": args.rounds, "cores": os.cpu_count()}
-    print(json.dumps(result, indent=2))
-
-
-if __name__ == "__main__":
-    main()

@@ -217,6 +217,9 @@ curl {config.base_url}/chat/completions \\
   -H "Authorization: Bearer {config.api_key}" -H "Content-Type: application/json" \\
   -d '{body}'
 
+curl {config.base_url}/embeddings -H "Authorization: Bearer {config.api_key}" -H "Content-Type: application/json" \\
+  -d '{{"model": "sentence-transformers/all-MiniLM-L6-v2", "input": "The food was delicious"}}'
+
 python -c 'from openai import OpenAI; c = OpenAI(base_url="{config.base_url}", api_key="{config.api_key}"); \
 print(c.chat.completions.create(model="{model}", messages=[{{"role": "user", "content": "What is the capital of France?"}}]).choices[0].message.content)'
 
