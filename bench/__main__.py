@@ -10,7 +10,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from bench import embeddings_throughput, text_stream
+from bench import embeddings_throughput, images_latency, text_stream
 from local.stack import ROOT, LocalStack, StackConfig
 
 
@@ -21,6 +21,7 @@ def main() -> None:
             "cores": os.cpu_count(),
             "text_streaming": asyncio.run(text_stream.measure(stack, tokens=256, rounds=5)),
             "embeddings": embeddings_throughput.measure(stack, n=640, rounds=3),
+            "images": asyncio.run(images_latency.measure(stack, rounds=3)),
             "rss_mib": text_stream.process_memory(stack),
         }
     out = ROOT / "build" / "bench" / "report.json"

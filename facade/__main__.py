@@ -14,8 +14,8 @@ log = logging.getLogger("facade")
 
 
 async def main(settings: Settings) -> None:
-    if not settings.api_keys:
-        raise SystemExit("HUBMESH_API_KEY is required (make run generates one)")
+    if not (settings.api_keys or settings.jwt_secret or settings.jwks):
+        raise SystemExit("configure HUBMESH_API_KEY, HUBMESH_JWT_SECRET or HUBMESH_JWKS (make run generates a key and a secret)")
     # handler_cancellation: a client that goes away cancels its handler, hence its gRPC call
     runner = web.AppRunner(create_app(settings), handler_cancellation=True, access_log=None)
     await runner.setup()

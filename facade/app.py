@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from aiohttp import web
+import asyncio
 
-from facade.api import chat, completions, embeddings, models
-from facade.auth import api_key_middleware
-from facade.clients import clients_ctx
+import grpc
+from aiohttp import web
+from grpc_health.v1 import health_pb2
+
+from facade.api import chat, completions, embeddings, images, models
+from facade.auth.limits import RateLimiter
+from facade.auth.middleware import LIMITER, VERIFIER, auth_middleware, jwks_refresher
+from facade.auth.tokens import JwtSettings, TokenVerifier
+from facade.clients import CLIENTS, SERVICE_NAMES, clients_ctx
 from facade.errors import error_middleware
+from facade.openapi import OPENAPI, build_document, openapi
 from facade.settings import Settings
+from facade.signed_urls import URL_SIGNER, UrlSigner
 from facade.sse import SSE_PING_S
 
 
@@ -17,17 +25,54 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+async def ready(request: web.Request) -> web.Response:
+    """Ready when every service reports SERVING on gRPC health checking (what Kubernetes probes)."""
+    health = request.app[CLIENTS].health
+
+    async def status(name: str) -> str:
+        try:
+            reply = await health[name].Check(health_pb2.HealthCheckRequest(service=SERVICE_NAMES[name]), timeout=2.0)
+        except grpc.aio.AioRpcError as err:
+            return err.code().name
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+    names = list(SERVICE_NAMES)
+    statuses = dict(zip(names, await asyncio.gather(*(status(n) for n in names)), strict=True))
+    ok = all(s == "SERVING" for s in statuses.values())
+    return web.json_response({"status": "ready" if ok else "not ready", "services": statuses}, status=200 if ok else 503)
+
+
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
-        middlewares=[error_middleware, api_key_middleware(settings.api_keys)],
+        middlewares=[error_middleware, auth_middleware(allow=images.signed_download)],
         client_max_size=settings.max_body_bytes,
     )
     app[SSE_PING_S] = settings.sse_ping_s
+    app[VERIFIER] = TokenVerifier(
+        settings.api_keys,
+        JwtSettings(
+            secret=settings.jwt_secret,
+            jwks=settings.jwks,
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+            leeway_s=settings.jwt_leeway_s,
+            jwks_refresh_s=settings.jwks_refresh_s,
+        ),
+    )
+    app[LIMITER] = RateLimiter(settings.rate_limit_rpm, settings.rate_limit_tpm)
+    app.cleanup_ctx.append(jwks_refresher(settings.jwks_refresh_s))
+    app[URL_SIGNER] = UrlSigner(settings.url_signing_key)
+    app[images.PUBLIC_URL] = settings.public_url
     app.cleanup_ctx.append(clients_ctx(settings))
     app.router.add_get("/health", health)
+    app.router.add_get("/ready", ready)
+    app[OPENAPI] = build_document()
+    app.router.add_get("/openapi.json", openapi)
     app.router.add_get("/v1/models", models.list_models)
     app.router.add_get("/v1/models/{model:.+}", models.retrieve_model)
     app.router.add_post("/v1/chat/completions", chat.create_chat_completion)
     app.router.add_post("/v1/completions", completions.create_completion)
     app.router.add_post("/v1/embeddings", embeddings.create_embeddings)
+    app.router.add_post("/v1/images/generations", images.create_image)
+    app.router.add_get(images.FILES_PREFIX + "{image_id}", images.download_image)
     return app

@@ -8,22 +8,21 @@ from dataclasses import dataclass
 import grpc
 from aiohttp import web
 
+from grpc_health.v1 import health_pb2_grpc
+
 from facade.settings import Settings
 from hubmesh.embeddings.v1 import embeddings_pb2_grpc as embeddings_grpc
+from hubmesh.images.v1 import images_pb2_grpc as images_grpc
 from hubmesh.text.v1 import text_generation_pb2_grpc as text_grpc
+from services.common.channels import CHANNEL_OPTIONS
+from services.common.internal_auth import secret_interceptors
 
-CHANNEL_OPTIONS = [
-    ("grpc.keepalive_time_ms", 20_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-    ("grpc.max_send_message_length", 64 * 1024 * 1024),
-    # a restarted service is found again quickly
-    ("grpc.initial_reconnect_backoff_ms", 200),
-    ("grpc.max_reconnect_backoff_ms", 2_000),
-]
-
+# gRPC health-checking names of the services the façade needs
+SERVICE_NAMES = {
+    "text": "hubmesh.text.v1.TextGeneration",
+    "embeddings": "hubmesh.embeddings.v1.Embeddings",
+    "images": "hubmesh.images.v1.Images",
+}
 
 @dataclass
 class Clients:
@@ -31,25 +30,42 @@ class Clients:
 
     text: text_grpc.TextGenerationStub
     embeddings: embeddings_grpc.EmbeddingsStub
+    images: images_grpc.ImagesStub
+    health: dict[str, health_pb2_grpc.HealthStub]
     timeout_s: float
 
 
 CLIENTS = web.AppKey("clients", Clients)
 
 
+def call_metadata(subject: str, user: str | None) -> list[tuple[str, str]]:
+    """gRPC metadata for the services: the verified subject and OpenAI's `user` (never the credential)."""
+    metadata = [("hubmesh-subject", subject)] if subject else []
+    return metadata + ([("hubmesh-user", user)] if user else [])
+
+
 def clients_ctx(settings: Settings):
     """cleanup_ctx: opens the channels at start-up, closes them at shutdown."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        text_channel = grpc.aio.insecure_channel(settings.text_target, options=CHANNEL_OPTIONS)
-        embeddings_channel = grpc.aio.insecure_channel(settings.embeddings_target, options=CHANNEL_OPTIONS)
+        interceptors = secret_interceptors(settings.internal_secret) if settings.internal_secret else None
+        channels = {
+            name: grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS, interceptors=interceptors)
+            for name, target in (
+                ("text", settings.text_target),
+                ("embeddings", settings.embeddings_target),
+                ("images", settings.images_target),
+            )
+        }
         app[CLIENTS] = Clients(
-            text=text_grpc.TextGenerationStub(text_channel),
-            embeddings=embeddings_grpc.EmbeddingsStub(embeddings_channel),
+            text=text_grpc.TextGenerationStub(channels["text"]),
+            embeddings=embeddings_grpc.EmbeddingsStub(channels["embeddings"]),
+            images=images_grpc.ImagesStub(channels["images"]),
+            health={name: health_pb2_grpc.HealthStub(channel) for name, channel in channels.items()},
             timeout_s=settings.request_timeout_s,
         )
         yield
-        await text_channel.close(grace=None)
-        await embeddings_channel.close(grace=None)
+        for channel in channels.values():
+            await channel.close(grace=None)
 
     return ctx

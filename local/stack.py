@@ -15,6 +15,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from facade.auth.tokens import issue_local_token
+from facade.settings import generate_secret
 from local import processes
 from local.triton import ROOT, TritonServer
 
@@ -38,6 +40,7 @@ class Modality:
 MODALITIES = (
     Modality("text", ("smollm2",), "services.text", "hubmesh.text.v1.TextGeneration", "TEXT"),
     Modality("embeddings", ("minilm",), "services.embeddings", "hubmesh.embeddings.v1.Embeddings", "EMBEDDINGS"),
+    Modality("images", ("tiny_sd",), "services.images", "hubmesh.images.v1.Images", "IMAGES"),
 )
 
 
@@ -47,12 +50,16 @@ class StackConfig:
 
     api_key: str
     run_dir: Path
+    # HS256 secret the façade verifies JWTs with, and the secret only the façade presents to services
+    jwt_secret: str = field(default_factory=generate_secret)
+    internal_secret: str = field(default_factory=generate_secret)
     http_port: int = 8080
     # per modality: service gRPC port and its Triton's HTTP, gRPC and metrics ports
     ports: dict[str, dict[str, int]] = field(
         default_factory=lambda: {
             "text": {"service": 50051, "triton_http": 8000, "triton_grpc": 8001, "triton_metrics": 8002},
             "embeddings": {"service": 50052, "triton_http": 8010, "triton_grpc": 8011, "triton_metrics": 8012},
+            "images": {"service": 50053, "triton_http": 8020, "triton_grpc": 8021, "triton_metrics": 8022},
         }
     )
     extra_env: dict[str, str] = field(default_factory=dict)
@@ -77,6 +84,8 @@ def _python_env(config: StackConfig, **extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "build" / "gen")])
     env["PYTHONUNBUFFERED"] = "1"
+    env["HUBMESH_IMAGES_STORE_DIR"] = str(config.run_dir / "images")  # images kept for `url` responses
+    env["HUBMESH_INTERNAL_SECRET"] = config.internal_secret
     env.update(config.extra_env)
     env.update(extra)
     return env
@@ -155,13 +164,16 @@ class LocalStack:
             HUBMESH_HTTP_HOST="127.0.0.1",
             HUBMESH_HTTP_PORT=str(self.config.http_port),
             HUBMESH_API_KEY=self.config.api_key,
+            HUBMESH_JWT_SECRET=self.config.jwt_secret,
             **{f"HUBMESH_{m.env_prefix}_TARGET": self.config.service_target(m.name) for m in self.modalities},
         )
         log_path = self.logs / "facade.log"
         self.facade = processes.spawn([sys.executable, "-m", "facade"], env, log_path, cwd=ROOT)
         auth = {"Authorization": f"Bearer {self.config.api_key}"}
+        ready = f"http://127.0.0.1:{self.config.http_port}/ready"
         processes.wait_until(
-            lambda: http_ok(f"{self.config.base_url}/models", auth), timeout_s, "façade", self.facade, log_path
+            lambda: http_ok(ready) and http_ok(f"{self.config.base_url}/models", auth),
+            timeout_s, "façade", self.facade, log_path,
         )
 
     def triton_metric(self, name: str, modality: str = "text", **labels: str) -> float:
@@ -210,6 +222,8 @@ def describe(config: StackConfig) -> str:
 hubmesh is running.
   Base URL : {config.base_url}
   API key  : {config.api_key}
+  JWT      : {issue_local_token(config.jwt_secret)}
+             (HS256, every scope, valid 30 days: either one works as the Bearer credential)
 {services}
   Logs     : {config.run_dir / 'logs'}
 

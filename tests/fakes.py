@@ -87,3 +87,27 @@ class FakeEmbeddingsBackend:
 
     async def close(self) -> None:
         pass
+
+
+class FakeImagesBackend:
+    """An ImagesBackend drawing a solid colour that depends on the seed."""
+
+    def __init__(self, error: Exception | None = None) -> None:
+        self.error = error
+        self.calls: list[dict] = []
+
+    async def is_ready(self, model: str) -> bool:
+        return True
+
+    async def generate(self, model, prompt, width, height, n, seed, quality, style):
+        import numpy as np
+
+        self.calls.append({"model": model, "prompt": prompt, "width": width, "height": height, "n": n,
+                           "seed": seed, "quality": quality, "style": style})
+        if self.error is not None:
+            raise self.error
+        base = 0 if seed is None else seed
+        return np.stack([np.full((height, width, 3), (base + i) % 256, dtype=np.uint8) for i in range(n)])
+
+    async def close(self) -> None:
+        pass

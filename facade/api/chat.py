@@ -9,7 +9,6 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_v
 
 from facade.api import text_common as tc
 from facade.api.validation import parse_body
-from facade.clients import CLIENTS
 from facade.errors import invalid
 from hubmesh.text.v1 import text_generation_pb2 as pb
 
@@ -106,10 +105,9 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
     """Creates a model response for the given chat conversation (JSON or SSE)."""
     body = await parse_body(request, ChatCompletionRequest)
     proto = body.to_proto()
-    clients = request.app[CLIENTS]
     if body.stream:
         return await _stream(request, body, proto)
-    result = await tc.generate(clients, proto, input_param="messages")
+    result = await tc.generate(request, proto, input_param="messages")
     return web.json_response(
         {
             "id": tc.new_id("chatcmpl"),
@@ -135,7 +133,7 @@ async def _stream(request: web.Request, body: ChatCompletionRequest, proto: pb.G
         {"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
         for i in range(body.n or 1)
     ]
-    upstream = tc.GenerationStream(request.app[CLIENTS], proto, input_param="messages")
+    upstream = tc.GenerationStream(request, proto, input_param="messages")
     return await tc.respond_with_stream(request, [(0, upstream)], base, body.include_usage, _render, opening)
 
 

@@ -9,7 +9,6 @@ from pydantic import Field, StrictBool, StrictInt, StrictStr, field_validator
 
 from facade.api import text_common as tc
 from facade.api.validation import parse_body
-from facade.clients import CLIENTS
 from facade.errors import invalid
 from hubmesh.text.v1 import text_generation_pb2 as pb
 
@@ -57,12 +56,11 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
     """Creates a completion for the provided prompt(s) (JSON or SSE)."""
     body = await parse_body(request, CompletionRequest)
     protos = body.to_protos()
-    clients = request.app[CLIENTS]
     n = body.n or 1
     base = {"id": tc.new_id("cmpl"), "object": "text_completion", "created": tc.now(), "model": body.model}
     prompts = body.prompts
     if body.stream:
-        upstreams = [(i * n, tc.GenerationStream(clients, p, input_param="prompt")) for i, p in enumerate(protos)]
+        upstreams = [(i * n, tc.GenerationStream(request, p, input_param="prompt")) for i, p in enumerate(protos)]
 
         def render(delta: pb.ChoiceDelta, offset: int) -> list[dict]:
             reason = tc.FINISH_REASONS.get(delta.finish_reason) if delta.finish_reason else None
@@ -70,7 +68,7 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
 
         return await tc.respond_with_stream(request, upstreams, base, body.include_usage, render)
 
-    results = await asyncio.gather(*(tc.generate(clients, p, input_param="prompt") for p in protos))
+    results = await asyncio.gather(*(tc.generate(request, p, input_param="prompt") for p in protos))
     choices, usage = [], pb.Usage()
     for i, result in enumerate(results):
         usage.prompt_tokens += result.usage.prompt_tokens

@@ -11,7 +11,8 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
 
 from facade.api.validation import parse_body
-from facade.clients import CLIENTS
+from facade.auth.middleware import charge_tokens, subject_of
+from facade.clients import CLIENTS, call_metadata
 from facade.errors import from_grpc
 from hubmesh.embeddings.v1 import embeddings_pb2 as pb
 
@@ -73,7 +74,7 @@ async def create_embeddings(request: web.Request) -> web.Response:
     body = await parse_body(request, EmbeddingRequest)
     clients = request.app[CLIENTS]
     call = clients.embeddings.Embed(
-        body.to_proto(), timeout=clients.timeout_s, metadata=[("hubmesh-user", body.user)] if body.user else []
+        body.to_proto(), timeout=clients.timeout_s, metadata=call_metadata(subject_of(request), body.user)
     )
     try:
         result = await call
@@ -82,6 +83,7 @@ async def create_embeddings(request: web.Request) -> web.Response:
     finally:
         if not call.done():
             call.cancel()
+    charge_tokens(request, result.prompt_tokens)
     return web.json_response(
         {
             "object": "list",

@@ -8,9 +8,11 @@ import logging
 import grpc
 from aiohttp import web
 
+from facade.auth.middleware import allowed_models, require_model
 from facade.clients import CLIENTS, Clients
 from facade.errors import OpenAIError, from_grpc
 from hubmesh.embeddings.v1 import embeddings_pb2 as embeddings_pb
+from hubmesh.images.v1 import images_pb2 as images_pb
 from hubmesh.text.v1 import text_generation_pb2 as text_pb
 
 log = logging.getLogger(__name__)
@@ -18,7 +20,10 @@ LIST_TIMEOUT_S = 10.0
 
 
 def _model_json(m) -> dict:
-    return {"id": m.id, "object": "model", "created": m.created, "owned_by": m.owned_by}
+    model = {"id": m.id, "object": "model", "created": m.created, "owned_by": m.owned_by}
+    if getattr(m, "description", ""):
+        model["description"] = m.description  # e.g. that a test pipeline draws noise
+    return model
 
 
 async def _all_models(clients: Clients) -> list[dict]:
@@ -26,6 +31,7 @@ async def _all_models(clients: Clients) -> list[dict]:
     calls = {
         "text": clients.text.ListModels(text_pb.ListModelsRequest(), timeout=LIST_TIMEOUT_S),
         "embeddings": clients.embeddings.ListModels(embeddings_pb.ListModelsRequest(), timeout=LIST_TIMEOUT_S),
+        "images": clients.images.ListModels(images_pb.ListModelsRequest(), timeout=LIST_TIMEOUT_S),
     }
     replies = await asyncio.gather(*calls.values(), return_exceptions=True)
     models, failures = [], []
@@ -45,12 +51,15 @@ async def _all_models(clients: Clients) -> list[dict]:
 
 async def list_models(request: web.Request) -> web.Response:
     """Lists the models every service can serve."""
-    return web.json_response({"object": "list", "data": await _all_models(request.app[CLIENTS])})
+    models = await _all_models(request.app[CLIENTS])
+    allowed = set(allowed_models(request, [m["id"] for m in models]))
+    return web.json_response({"object": "list", "data": [m for m in models if m["id"] in allowed]})
 
 
 async def retrieve_model(request: web.Request) -> web.Response:
     """One model by id (ids may contain '/', e.g. HuggingFaceTB/SmolLM2-135M-Instruct)."""
     model_id = request.match_info["model"]
+    require_model(request, model_id)
     for model in await _all_models(request.app[CLIENTS]):
         if model["id"] == model_id:
             return web.json_response(model)

@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator, Callable, Sequence
 import grpc
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
 
-from facade.clients import Clients
+from facade.auth.middleware import charge_tokens, subject_of
+from facade.clients import CLIENTS, call_metadata
 from aiohttp import web
 
 from facade.errors import OpenAIError, from_grpc, invalid
@@ -103,15 +104,15 @@ def usage_json(usage: pb.Usage) -> dict:
     }
 
 
-def _metadata(user: str | None) -> list[tuple[str, str]]:
-    return [("hubmesh-user", user)] if user else []
-
-
-async def generate(clients: Clients, request: pb.GenerateRequest, input_param: str) -> pb.GenerateResponse:
+async def generate(http: web.Request, request: pb.GenerateRequest, input_param: str) -> pb.GenerateResponse:
     """Unary Generate; gRPC failures become OpenAI errors. Cancelling the caller cancels the call."""
-    call = clients.text.Generate(request, timeout=clients.timeout_s, metadata=_metadata(request.user))
+    clients = http.app[CLIENTS]
+    metadata = call_metadata(subject_of(http), request.user)
+    call = clients.text.Generate(request, timeout=clients.timeout_s, metadata=metadata)
     try:
-        return await call
+        result = await call
+        charge_tokens(http, result.usage.prompt_tokens + result.usage.completion_tokens)
+        return result
     except grpc.aio.AioRpcError as err:
         raise from_grpc(err, "text", default_param=input_param) from err
     finally:
@@ -123,8 +124,10 @@ class GenerationStream:
     """A GenerateStream call whose first message (or error) is read before any HTTP byte is sent,
     so that errors such as an unknown model still get their own HTTP status."""
 
-    def __init__(self, clients: Clients, request: pb.GenerateRequest, input_param: str) -> None:
-        self._call = clients.text.GenerateStream(request, timeout=clients.timeout_s, metadata=_metadata(request.user))
+    def __init__(self, http: web.Request, request: pb.GenerateRequest, input_param: str) -> None:
+        clients = http.app[CLIENTS]
+        metadata = call_metadata(subject_of(http), request.user)
+        self._call = clients.text.GenerateStream(request, timeout=clients.timeout_s, metadata=metadata)
         self._input_param = input_param
         self._first: pb.GenerateStreamResponse | None = None
 
@@ -194,6 +197,7 @@ async def respond_with_stream(
                     if message.HasField("usage"):
                         usage.prompt_tokens += message.usage.prompt_tokens
                         usage.completion_tokens += message.usage.completion_tokens
+            charge_tokens(request, usage.prompt_tokens + usage.completion_tokens)
             if include_usage:
                 await events.send({**base, "choices": [], "usage": usage_json(usage)})
         except OpenAIError as err:

@@ -13,6 +13,7 @@ from typing import TypeVar
 import pydantic
 from aiohttp import web
 
+from facade.auth.middleware import require_model
 from facade.errors import OpenAIError, invalid
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,8 @@ async def parse_body(request: web.Request, model: type[Model]) -> Model:
         first = exc.errors(include_url=False)[0]
         param = param_path(first["loc"])
         raise invalid(_message(first, param), param=param) from exc
+    if isinstance(getattr(parsed, "model", None), str):
+        require_model(request, parsed.model)  # the token's model allow-list, for every endpoint family
     ignored = set(data) - set(model.model_fields)
     if ignored:
         log.debug("ignoring unknown fields %s", sorted(ignored))

@@ -10,6 +10,8 @@ from collections.abc import Awaitable, Callable
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from services.common.internal_auth import RequireSecret
+
 log = logging.getLogger(__name__)
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -50,9 +52,14 @@ async def serve(
     is_ready: Callable[[], Awaitable[bool]],
     grace_s: float = 10.0,
     on_stop: Callable[[], Awaitable[None]] | None = None,
+    internal_secret: str = "",
 ) -> None:
-    """Serves until SIGTERM/SIGINT; then NOT_SERVING, drain for `grace_s`, stop."""
+    """Serves until SIGTERM/SIGINT; then NOT_SERVING, drain for `grace_s`, stop.
+
+    With `internal_secret`, only callers presenting it (the façade) get past health checking.
+    """
     server = grpc.aio.server(
+        interceptors=[RequireSecret(internal_secret)] if internal_secret else None,
         options=[
             ("grpc.keepalive_time_ms", 20_000),
             ("grpc.keepalive_timeout_ms", 10_000),

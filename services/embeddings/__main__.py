@@ -1,6 +1,7 @@
 """Entry point: `python -m services.embeddings` serves hubmesh.embeddings.v1.Embeddings."""
 
 import asyncio
+import os
 import logging
 
 from hubmesh.embeddings.v1 import embeddings_pb2_grpc as pb_grpc
@@ -25,6 +26,7 @@ async def main(settings: Settings) -> None:
         ["hubmesh.embeddings.v1.Embeddings"],
         servicer.is_ready,
         grace_s=settings.grace_s,
+        internal_secret=os.environ.get("HUBMESH_INTERNAL_SECRET", ""),
         on_stop=backend.close,
     )
 

@@ -14,6 +14,7 @@ import numpy as np
 import tritonclient.grpc.aio as triton
 from tritonclient.utils import InferenceServerException
 
+from services.common.channels import TritonBackend
 from services.common.triton_errors import from_triton_exception
 
 
@@ -37,23 +38,8 @@ class EmbeddingsBackend(Protocol):
         ...
 
 
-class TritonEmbeddingsBackend:
+class TritonEmbeddingsBackend(TritonBackend):
     """EmbeddingsBackend over one tritonclient.grpc.aio client per process."""
-
-    def __init__(self, url: str, timeout_s: float) -> None:
-        self._client = triton.InferenceServerClient(
-            url=url,
-            keepalive_options=triton.KeepAliveOptions(
-                keepalive_time_ms=20_000, keepalive_timeout_ms=10_000, keepalive_permit_without_calls=True
-            ),
-        )
-        self._timeout_s = timeout_s
-
-    async def is_ready(self, model: str) -> bool:
-        try:
-            return bool(await self._client.is_model_ready(model, client_timeout=2.0))
-        except (InferenceServerException, grpc.aio.AioRpcError):
-            return False
 
     async def _infer(self, model: str, tensor: triton.InferInput) -> tuple[np.ndarray, list[int]]:
         try:
@@ -73,6 +59,3 @@ class TritonEmbeddingsBackend:
         tensor = triton.InferInput("token_ids", [1, len(ids)], "INT32")
         tensor.set_data_from_numpy(np.array([ids], dtype=np.int32))
         return await self._infer(model, tensor)
-
-    async def close(self) -> None:
-        await self._client.close()

@@ -1,6 +1,7 @@
 """Entry point: `python -m services.text` serves hubmesh.text.v1.TextGeneration."""
 
 import asyncio
+import os
 import logging
 
 from hubmesh.text.v1 import text_generation_pb2_grpc as pb_grpc
@@ -25,6 +26,7 @@ async def main(settings: Settings) -> None:
         ["hubmesh.text.v1.TextGeneration"],
         servicer.is_ready,
         grace_s=settings.grace_s,
+        internal_secret=os.environ.get("HUBMESH_INTERNAL_SECRET", ""),
         on_stop=backend.close,
     )
 

@@ -22,6 +22,7 @@ import numpy as np
 import tritonclient.grpc.aio as triton
 from tritonclient.utils import InferenceServerException
 
+from services.common.channels import TritonBackend
 from services.common.triton_errors import classify_triton_error, from_triton_exception
 
 log = logging.getLogger(__name__)
@@ -91,23 +92,8 @@ def _is_final(result: triton.InferResult) -> bool:
     return "triton_final_response" in params and params["triton_final_response"].bool_param
 
 
-class TritonTextBackend:
+class TritonTextBackend(TritonBackend):
     """TextBackend over one tritonclient.grpc.aio client per process."""
-
-    def __init__(self, url: str, timeout_s: float) -> None:
-        self._client = triton.InferenceServerClient(
-            url=url,
-            keepalive_options=triton.KeepAliveOptions(
-                keepalive_time_ms=20_000, keepalive_timeout_ms=10_000, keepalive_permit_without_calls=True
-            ),
-        )
-        self._timeout_s = timeout_s
-
-    async def is_ready(self, model: str) -> bool:
-        try:
-            return bool(await self._client.is_model_ready(model, client_timeout=2.0))
-        except (InferenceServerException, grpc.aio.AioRpcError):
-            return False
 
     async def generate(
         self, model: str, prompt: str, sampling: dict[str, Any], stream: bool
@@ -152,6 +138,3 @@ class TritonTextBackend:
             if not finished:
                 # The consumer went away (client disconnect, deadline): stop the model too.
                 responses.cancel()
-
-    async def close(self) -> None:
-        await self._client.close()

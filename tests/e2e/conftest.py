@@ -11,11 +11,13 @@ from local.stack import LocalStack, StackConfig
 
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 KEY = "e2e-" + os.urandom(8).hex()
+IMAGE_TTL_S = 20
 
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory):
     config = StackConfig.with_free_ports(api_key=KEY, run_dir=tmp_path_factory.mktemp("stack"))
+    config.extra_env["HUBMESH_IMAGES_TTL_S"] = str(IMAGE_TTL_S)  # short, so expiry can be watched
     stack = LocalStack(config)
     stack.start()
     try:

@@ -244,3 +244,16 @@ async def test_unknown_route_is_openai_shaped_404(aiohttp_client, services):
     client = await client_for(aiohttp_client, services, FakeTextBackend())
     response = await client.get("/v1/nothing", headers=AUTH)
     assert response.status == 404 and "error" in await response.json()
+
+
+async def test_ready_reports_each_service(aiohttp_client):
+    from local.processes import free_port
+
+    app = create_app(Settings(api_keys=(KEY,), text_target=f"127.0.0.1:{free_port()}",
+                              embeddings_target=f"127.0.0.1:{free_port()}", images_target=f"127.0.0.1:{free_port()}"))
+    client = await aiohttp_client(app)
+    response = await client.get("/ready")  # public, like /health
+    assert response.status == 503
+    body = await response.json()
+    assert body["status"] == "not ready" and set(body["services"]) == {"text", "embeddings", "images"}
+    assert (await client.get("/health")).status == 200

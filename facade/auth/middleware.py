@@ -1,0 +1,119 @@
+"""The auth middleware: Bearer credential -> Principal -> scope check -> rate limit.
+
+401 (with `WWW-Authenticate: Bearer`) when the credential is missing or not acceptable, 403 when a
+verified caller lacks the endpoint family's scope or the model, 429 (with `Retry-After`) over the
+caller's limits. Messages never contain the credential.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from collections.abc import AsyncIterator, Callable
+
+from aiohttp import web
+
+from facade.auth.limits import RateLimiter
+from facade.auth.principal import PRINCIPAL, Principal, family_of
+from facade.auth.tokens import InvalidToken, TokenVerifier
+from facade.errors import OpenAIError
+
+PUBLIC_PATHS = frozenset({"/health", "/ready", "/openapi.json"})
+LIMITER = web.AppKey("rate_limiter", RateLimiter)
+VERIFIER = web.AppKey("token_verifier", TokenVerifier)
+
+
+def _unauthorized(message: str, code: str) -> OpenAIError:
+    return OpenAIError(
+        401, message, type="authentication_error", code=code, headers={"WWW-Authenticate": 'Bearer realm="hubmesh"'}
+    )
+
+
+def auth_middleware(allow: Callable[[web.Request], bool] = lambda request: False):
+    """Authenticates every non-public request; `allow(request)` lets through requests that carry their
+    own permission (signed image links)."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler):
+        if request.path in PUBLIC_PATHS or allow(request):
+            return await handler(request)
+        header = request.headers.get("Authorization", "")
+        scheme, _, credential = header.partition(" ")
+        if not header:
+            raise _unauthorized(
+                "You didn't provide an API key. Send it in the Authorization header as 'Bearer YOUR_KEY'.",
+                "missing_api_key",
+            )
+        if scheme.lower() != "bearer" or not credential.strip():
+            raise _unauthorized("The Authorization header must use the Bearer scheme.", "invalid_api_key")
+        try:
+            principal = await request.app[VERIFIER].authenticate(credential.strip())
+        except InvalidToken as err:
+            raise _unauthorized(str(err), "invalid_api_key") from None
+        family = family_of(request.path, request.method)
+        if family is not None and not principal.may_use(family):
+            raise OpenAIError(
+                403, f"This credential lacks the '{family}' scope.", type="permission_error", code="insufficient_scope"
+            )
+        wait_s = request.app[LIMITER].admit(principal.subject, principal.rpm, principal.tpm)
+        if wait_s > 0:
+            raise OpenAIError(
+                429,
+                f"Rate limit reached for {principal.subject}. Please try again in {math.ceil(wait_s)}s.",
+                type="requests",
+                code="rate_limit_exceeded",
+                headers={"Retry-After": str(math.ceil(wait_s))},
+            )
+        request[PRINCIPAL] = principal
+        return await handler(request)
+
+    return middleware
+
+
+def require_model(request: web.Request, model: str) -> None:
+    """403 when the caller's credential does not allow `model`."""
+    principal = request.get(PRINCIPAL)
+    if principal is not None and not principal.may_use_model(model):
+        raise OpenAIError(
+            403, f"This credential may not use the model '{model}'.", type="permission_error",
+            param="model", code="model_not_allowed",
+        )
+
+
+def allowed_models(request: web.Request, ids: list[str]) -> list[str]:
+    principal: Principal | None = request.get(PRINCIPAL)
+    return [i for i in ids if principal is None or principal.may_use_model(i)]
+
+
+def charge_tokens(request: web.Request, count: int) -> None:
+    """Counts tokens a finished request used against the caller's tokens-per-minute limit."""
+    principal = request.get(PRINCIPAL)
+    if principal is not None:
+        request.app[LIMITER].spend_tokens(principal.subject, count, principal.tpm)
+
+
+def subject_of(request: web.Request) -> str:
+    principal = request.get(PRINCIPAL)
+    return principal.subject if principal is not None else ""
+
+
+def jwks_refresher(interval_s: float):
+    """cleanup_ctx: reloads the JWKS every interval_s (off the event loop) while the app runs."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        keyset = app[VERIFIER].keyset
+
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(interval_s)
+                await asyncio.to_thread(keyset.refresh)
+
+        task = asyncio.create_task(loop()) if keyset is not None else None
+        yield
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    return ctx

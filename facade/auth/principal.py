@@ -1,0 +1,44 @@
+"""The verified caller, and what it may do."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+FAMILIES = ("models", "chat", "completions", "embeddings", "images")
+
+
+@dataclass(frozen=True)
+class Principal:
+    """A caller whose credential was verified. Never holds the credential itself."""
+
+    subject: str
+    scopes: frozenset[str]
+    models: frozenset[str] | None = None  # None: every model
+    rpm: int | None = None  # None: the configured default
+    tpm: int | None = None
+
+    def may_use(self, family: str) -> bool:
+        return family in self.scopes or "*" in self.scopes
+
+    def may_use_model(self, model: str) -> bool:
+        return self.models is None or model in self.models
+
+
+PRINCIPAL = web.RequestKey("principal", Principal)
+
+
+def family_of(path: str, method: str) -> str | None:
+    """The endpoint family a request belongs to (None: public or unknown path)."""
+    if path == "/v1/models" or path.startswith("/v1/models/"):
+        return "models"
+    if path == "/v1/chat/completions":
+        return "chat"
+    if path == "/v1/completions":
+        return "completions"
+    if path == "/v1/embeddings":
+        return "embeddings"
+    if path.startswith("/v1/images/"):
+        return "images"
+    return None

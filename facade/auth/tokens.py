@@ -1,0 +1,185 @@
+"""Bearer credential verification: static API keys and JWTs (HS256 secret, or RS256/ES256/EdDSA keys
+from a JWKS file or URL, chosen by `kid`). PyJWT does the cryptography.
+
+Rejected: malformed tokens, bad signatures, `alg: none`, algorithm confusion (each key only accepts
+the algorithms of its own type), expired or not-yet-valid tokens (small leeway), tokens without
+`exp`, wrong issuer or audience, unknown `kid`. Error messages never contain the token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import time
+import urllib.request
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import jwt
+
+from facade.auth.principal import FAMILIES, Principal
+
+log = logging.getLogger(__name__)
+
+ASYMMETRIC_ALGORITHMS = {"RSA": ["RS256"], "EC": ["ES256"], "OKP": ["EdDSA"]}
+
+
+class InvalidToken(Exception):
+    """The credential is not acceptable; the message is safe to show (it never holds the token)."""
+
+
+class _UnknownKey(InvalidToken):
+    pass
+
+
+@dataclass(frozen=True)
+class JwtSettings:
+    """How JWTs are checked."""
+
+    secret: str = ""  # HS256 shared secret
+    jwks: str = ""  # path or http(s) URL of a JWKS
+    issuer: str = ""
+    audience: str = ""
+    leeway_s: float = 30.0
+    jwks_refresh_s: float = 300.0
+
+
+def _scopes(claims: Mapping) -> frozenset[str]:
+    raw = claims.get("scope", claims.get("scp", claims.get("scopes", "")))
+    items = raw.split() if isinstance(raw, str) else list(raw or [])
+    # "chat" or "hubmesh:chat" both name the chat family
+    return frozenset(item.removeprefix("hubmesh:") for item in items if isinstance(item, str))
+
+
+def principal_from_claims(claims: Mapping) -> Principal:
+    """Claims -> permissions: `scope` (space-separated) or `scp`/`scopes` (list), optional `models`
+    allow-list, optional per-subject `rpm` and `tpm` limits."""
+    models = claims.get("models")
+    return Principal(
+        subject=f"jwt:{claims.get('sub', '')}",
+        scopes=_scopes(claims),
+        models=frozenset(models) if isinstance(models, list) else None,
+        rpm=int(claims["rpm"]) if isinstance(claims.get("rpm"), int) else None,
+        tpm=int(claims["tpm"]) if isinstance(claims.get("tpm"), int) else None,
+    )
+
+
+class KeySet:
+    """Public keys by `kid`, reloaded from a JWKS file or URL."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self._keys: dict[str, jwt.PyJWK] = {}
+        self.loaded_at = 0.0
+
+    def _read(self) -> dict:
+        if self.source.startswith(("http://", "https://")):
+            with urllib.request.urlopen(self.source, timeout=5) as response:  # noqa: S310 - configured URL
+                return json.load(response)
+        with open(self.source) as f:
+            return json.load(f)
+
+    def refresh(self) -> None:
+        """Reloads the keys; on failure the previous keys stay in use."""
+        try:
+            keys = {}
+            for raw in self._read().get("keys", []):
+                if raw.get("kid") and raw.get("kty") in ASYMMETRIC_ALGORITHMS:
+                    keys[raw["kid"]] = jwt.PyJWK(raw)
+            self._keys = keys
+            self.loaded_at = time.monotonic()
+        except (OSError, ValueError, jwt.PyJWKError) as err:
+            log.warning("could not reload JWKS from %s: %s", self.source, err.__class__.__name__)
+
+    def get(self, kid: str) -> jwt.PyJWK | None:
+        return self._keys.get(kid)
+
+
+class TokenVerifier:
+    """Turns a Bearer credential into a Principal, or raises InvalidToken."""
+
+    def __init__(self, api_keys: Iterable[str] = (), jwt_settings: JwtSettings | None = None) -> None:
+        self._api_keys = [k.encode() for k in api_keys if k]
+        self._jwt = jwt_settings or JwtSettings()
+        self.keyset = KeySet(self._jwt.jwks) if self._jwt.jwks else None
+        if self.keyset is not None:
+            self.keyset.refresh()
+        if not self._api_keys and not self._jwt.secret and self.keyset is None:
+            raise ValueError("configure at least one of HUBMESH_API_KEY, HUBMESH_JWT_SECRET, HUBMESH_JWKS")
+
+    async def authenticate(self, credential: str) -> Principal:
+        """verify(), reloading the JWKS once (off the event loop) when a token names an unknown `kid`."""
+        try:
+            return self.verify(credential)
+        except _UnknownKey:
+            if self.keyset is None or time.monotonic() - self.keyset.loaded_at < 10:
+                raise
+            await asyncio.to_thread(self.keyset.refresh)  # a new key may have been published
+            return self.verify(credential)
+
+    def verify(self, credential: str) -> Principal:
+        presented = credential.encode()
+        matched = b""
+        for key in self._api_keys:  # every key compared in constant time
+            if hmac.compare_digest(presented, key):
+                matched = key
+        if matched:
+            return Principal(subject="key:" + hashlib.sha256(matched).hexdigest()[:12], scopes=frozenset(["*"]))
+        if credential.count(".") != 2:
+            raise InvalidToken("Incorrect API key provided.")
+        return principal_from_claims(self._decode(credential))
+
+    def _decode(self, token: str) -> dict:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as err:
+            raise InvalidToken("The bearer token is malformed.") from err
+        algorithm = header.get("alg")
+        if algorithm == "HS256" and self._jwt.secret:
+            key, algorithms = self._jwt.secret, ["HS256"]
+        elif self.keyset is not None and algorithm in {a for algs in ASYMMETRIC_ALGORITHMS.values() for a in algs}:
+            jwk = self._key_for(header.get("kid"))
+            key, algorithms = jwk.key, ASYMMETRIC_ALGORITHMS[jwk.key_type]
+        else:
+            raise InvalidToken("The bearer token is signed with an algorithm this server does not accept.")
+        options = {"require": ["exp"], "verify_aud": bool(self._jwt.audience), "verify_iss": bool(self._jwt.issuer)}
+        try:
+            return jwt.decode(
+                token,
+                key,
+                algorithms=algorithms,
+                audience=self._jwt.audience or None,
+                issuer=self._jwt.issuer or None,
+                leeway=self._jwt.leeway_s,
+                options=options,
+            )
+        except jwt.ExpiredSignatureError as err:
+            raise InvalidToken("The bearer token has expired.") from err
+        except jwt.ImmatureSignatureError as err:
+            raise InvalidToken("The bearer token is not valid yet.") from err
+        except jwt.MissingRequiredClaimError as err:
+            raise InvalidToken(f"The bearer token lacks the '{err.claim}' claim.") from err
+        except jwt.InvalidAudienceError as err:
+            raise InvalidToken("The bearer token is for another audience.") from err
+        except jwt.InvalidIssuerError as err:
+            raise InvalidToken("The bearer token is from an unexpected issuer.") from err
+        except jwt.PyJWTError as err:
+            raise InvalidToken("The bearer token could not be verified.") from err
+
+    def _key_for(self, kid: str | None) -> jwt.PyJWK:
+        if not kid:
+            raise InvalidToken("The bearer token names no key ('kid').")
+        key = self.keyset.get(kid)
+        if key is None:
+            raise _UnknownKey("The bearer token is signed with an unknown key.")
+        return key
+
+
+def issue_local_token(secret: str, subject: str = "local-user", ttl_s: int = 30 * 24 * 3600) -> str:
+    """An HS256 token with every scope, for `make run`."""
+    now = int(time.time())
+    claims = {"sub": subject, "scope": " ".join(FAMILIES), "iat": now, "exp": now + ttl_s}
+    return jwt.encode(claims, secret, algorithm="HS256")

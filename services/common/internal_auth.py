@@ -1,0 +1,82 @@
+"""Only the façade may call the services: a shared secret in gRPC metadata (mTLS is the alternative,
+see the README). Health checks stay open for the kubelet's probes."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+
+import grpc
+
+SECRET_METADATA_KEY = "hubmesh-internal-secret"
+OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
+
+
+class RequireSecret(grpc.aio.ServerInterceptor):
+    """Rejects calls that do not carry the shared internal secret."""
+
+    def __init__(self, secret: str) -> None:
+        self._secret = secret.encode()
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        if details.method.startswith(OPEN_PREFIXES):
+            return await continuation(details)
+        presented = dict(details.invocation_metadata or ()).get(SECRET_METADATA_KEY, "")
+        if isinstance(presented, str):
+            presented = presented.encode()
+        if not hmac.compare_digest(presented, self._secret):
+            handler = await continuation(details)
+            return _denying_like(handler)
+        return await continuation(details)
+
+
+def _denying_like(handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler:
+    """A handler of the same streaming shape that answers UNAUTHENTICATED."""
+    message = "calls to this service must come from the hubmesh façade"
+
+    async def unary(request, context):
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+    async def stream(request, context):
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        yield  # pragma: no cover - makes this an async generator
+
+    if handler is not None and handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(
+            stream, handler.request_deserializer, handler.response_serializer
+        )
+    return grpc.unary_unary_rpc_method_handler(
+        unary, handler.request_deserializer if handler else None, handler.response_serializer if handler else None
+    )
+
+
+class _SecretMetadata:
+    def __init__(self, secret: str) -> None:
+        self._secret = secret
+
+    def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        metadata = grpc.aio.Metadata(*(details.metadata or ()))
+        metadata.add(SECRET_METADATA_KEY, self._secret)
+        return grpc.aio.ClientCallDetails(
+            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+        )
+
+
+class _AddSecretUnary(_SecretMetadata, grpc.aio.UnaryUnaryClientInterceptor):
+    async def intercept_unary_unary(self, continuation, details, request):
+        return await continuation(self._details(details), request)
+
+
+class _AddSecretStream(_SecretMetadata, grpc.aio.UnaryStreamClientInterceptor):
+    async def intercept_unary_stream(self, continuation, details, request):
+        return await continuation(self._details(details), request)
+
+
+def secret_interceptors(secret: str) -> list[grpc.aio.ClientInterceptor]:
+    """Client side: put the shared internal secret on every unary and server-streaming call.
+    (grpc.aio files an interceptor under one call type only, hence one per type.)"""
+    return [_AddSecretUnary(secret), _AddSecretStream(secret)]

@@ -1,0 +1,103 @@
+"""gRPC methods of hubmesh.images.v1.Images."""
+
+from __future__ import annotations
+
+import asyncio
+
+from hubmesh.images.v1 import images_pb2 as pb
+from hubmesh.images.v1 import images_pb2_grpc as pb_grpc
+from services.common.errors import InvalidArgument, ModelNotFound, ServiceError
+from services.common.grpc_errors import abort_on_service_error
+from services.images.backend import ImagesBackend
+from services.images.catalog import ImageModel
+from services.images.png import encode_png
+from services.images.storage import ImageStore
+
+MAX_IMAGES = 10
+MAX_PROMPT_CHARS = 4000  # dall-e-3's limit
+QUALITIES = ("standard", "hd", "low", "medium", "high", "auto")
+STYLES = ("vivid", "natural")
+
+
+class ImageNotFound(ServiceError):
+    """An image id that is unknown or expired."""
+
+    code = ModelNotFound.code
+
+
+class ImagesServicer(pb_grpc.ImagesServicer):
+    """Text-to-image in front of an ImagesBackend (Triton in production) and an ImageStore."""
+
+    def __init__(self, backend: ImagesBackend, catalog: dict[str, ImageModel], store: ImageStore, ttl_s: float) -> None:
+        self._backend = backend
+        self._catalog = catalog
+        self._store = store
+        self._ttl_s = ttl_s
+
+    async def is_ready(self) -> bool:
+        """Ready when every catalogued Triton model is ready."""
+        for entry in self._catalog.values():
+            if not await self._backend.is_ready(entry.triton_model):
+                return False
+        return True
+
+    def _validate(self, request: pb.GenerateRequest) -> ImageModel:
+        entry = self._catalog.get(request.model)
+        if entry is None:
+            raise ModelNotFound(f"The model '{request.model}' does not exist", "model")
+        if not request.prompt.strip():
+            raise InvalidArgument("prompt must not be empty", "prompt")
+        if len(request.prompt) > MAX_PROMPT_CHARS:
+            raise InvalidArgument(
+                f"prompt is {len(request.prompt)} characters long; the maximum is {MAX_PROMPT_CHARS}", "prompt"
+            )
+        if not 1 <= (request.n or 1) <= MAX_IMAGES:
+            raise InvalidArgument(f"n must be between 1 and {MAX_IMAGES}, got {request.n}", "n")
+        if (request.width, request.height) not in entry.sizes:
+            allowed = ", ".join(f"{w}x{h}" for w, h in entry.sizes)
+            raise InvalidArgument(
+                f"size {request.width}x{request.height} is not supported by this model; use one of {allowed}", "size"
+            )
+        if request.quality and request.quality not in QUALITIES:
+            raise InvalidArgument(f"quality must be one of {', '.join(QUALITIES)}", "quality")
+        if request.style and request.style not in STYLES:
+            raise InvalidArgument(f"style must be one of {', '.join(STYLES)}", "style")
+        return entry
+
+    @abort_on_service_error
+    async def Generate(self, request: pb.GenerateRequest, context) -> pb.GenerateResponse:
+        entry = self._validate(request)
+        pixels = await self._backend.generate(
+            entry.triton_model,
+            request.prompt,
+            request.width,
+            request.height,
+            request.n or 1,
+            request.seed if request.HasField("seed") else None,
+            request.quality or "standard",
+            request.style or "vivid",
+        )
+        pngs = await asyncio.gather(*(asyncio.to_thread(encode_png, image) for image in pixels))
+        response = pb.GenerateResponse(model=entry.id)
+        if request.delivery == pb.DELIVERY_STORED:
+            stored = await asyncio.gather(*(self._store.put(png, "image/png", self._ttl_s) for png in pngs))
+            response.expires_at = int(min(s.expires_at for s in stored))
+            response.images.extend(pb.Image(image_id=s.image_id, revised_prompt=request.prompt) for s in stored)
+        else:
+            response.images.extend(pb.Image(png=png, revised_prompt=request.prompt) for png in pngs)
+        return response
+
+    @abort_on_service_error
+    async def GetImage(self, request: pb.GetImageRequest, context) -> pb.GetImageResponse:
+        image = await self._store.get(request.image_id)
+        if image is None:
+            raise ImageNotFound("The image does not exist or has expired", "image_id")
+        return pb.GetImageResponse(data=image.data, content_type=image.content_type, expires_at=int(image.expires_at))
+
+    async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
+        return pb.ListModelsResponse(
+            models=[
+                pb.Model(id=e.id, owned_by=e.owned_by, created=e.created, description=e.description)
+                for e in self._catalog.values()
+            ]
+        )

@@ -1,0 +1,54 @@
+"""Services accept calls only from the façade (shared secret); health checks stay open."""
+
+import grpc
+import pytest
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from hubmesh.text.v1 import text_generation_pb2 as pb
+from hubmesh.text.v1 import text_generation_pb2_grpc as pb_grpc
+from services.common.internal_auth import RequireSecret, secret_interceptors
+from services.text.servicer import TextGenerationServicer
+from tests.fakes import FakeTextBackend, chunk
+from tests.unit.text_service_fixture import CATALOG, MODEL
+
+
+@pytest.fixture
+async def target():
+    server = grpc.aio.server(interceptors=[RequireSecret("internal-s3cret")])
+    backend = FakeTextBackend([chunk(["ok"], ["stop"])])
+    pb_grpc.add_TextGenerationServicer_to_server(TextGenerationServicer(backend, CATALOG), server)
+    health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    yield f"127.0.0.1:{port}"
+    await server.stop(None)
+
+
+REQUEST = pb.GenerateRequest(model=MODEL, prompt="hi")
+
+
+async def test_calls_without_the_secret_are_unauthenticated(target):
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = pb_grpc.TextGenerationStub(channel)
+        for call in (lambda: stub.Generate(REQUEST), lambda: stub.ListModels(pb.ListModelsRequest())):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await call()
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            async for _ in stub.GenerateStream(REQUEST):
+                pass
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        # the kubelet's probes need no secret
+        reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""))
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_wrong_secret_rejected_and_right_secret_accepted(target):
+    async with grpc.aio.insecure_channel(target, interceptors=secret_interceptors("guess")) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await pb_grpc.TextGenerationStub(channel).Generate(REQUEST)
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    async with grpc.aio.insecure_channel(target, interceptors=secret_interceptors("internal-s3cret")) as channel:
+        stub = pb_grpc.TextGenerationStub(channel)
+        assert (await stub.Generate(REQUEST)).choices[0].text == "ok"
+        assert [m async for m in stub.GenerateStream(REQUEST)][-1].HasField("usage")
