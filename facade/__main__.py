@@ -8,7 +8,7 @@ from aiohttp import web
 
 from facade.app import create_app
 from facade.settings import Settings
-from services.common import logs
+from services.common import logs, telemetry
 
 log = logging.getLogger("facade")
 
@@ -33,4 +33,9 @@ async def main(settings: Settings) -> None:
 
 if __name__ == "__main__":
     logs.configure("facade")
-    asyncio.run(main(Settings.from_env()))
+    provider = telemetry.configure_tracing("hubmesh-facade")
+    try:
+        asyncio.run(main(Settings.from_env()))
+    finally:
+        if provider is not None:
+            provider.shutdown()  # flush the last spans

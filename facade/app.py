@@ -7,6 +7,7 @@ import asyncio
 import grpc
 from aiohttp import web
 from grpc_health.v1 import health_pb2
+from opentelemetry.instrumentation.aiohttp_server import AioHttpServerInstrumentor
 
 from facade.api import chat, completions, embeddings, images, models
 from facade.auth.limits import RateLimiter
@@ -14,6 +15,7 @@ from facade.auth.middleware import LIMITER, VERIFIER, auth_middleware, jwks_refr
 from facade.auth.tokens import JwtSettings, TokenVerifier
 from facade.clients import CLIENTS, SERVICE_NAMES, clients_ctx
 from facade.errors import error_middleware
+from facade.observability import access_middleware, add_request_id, metrics_endpoint
 from facade.openapi import OPENAPI, build_document, openapi
 from facade.settings import Settings
 from facade.signed_urls import URL_SIGNER, UrlSigner
@@ -43,8 +45,17 @@ async def ready(request: web.Request) -> web.Response:
 
 
 def create_app(settings: Settings) -> web.Application:
+    instrumentor = AioHttpServerInstrumentor()
+    if not instrumentor.is_instrumented_by_opentelemetry:
+        # puts OpenTelemetry's middleware first in every web.Application: one server span per request,
+        # continuing an incoming traceparent (a no-op when tracing is not configured)
+        instrumentor.instrument()
     app = web.Application(
-        middlewares=[error_middleware, auth_middleware(allow=images.signed_download)],
+        middlewares=[
+            access_middleware,
+            error_middleware,
+            auth_middleware(allow=images.signed_download),
+        ],
         client_max_size=settings.max_body_bytes,
     )
     app[SSE_PING_S] = settings.sse_ping_s
@@ -66,6 +77,8 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(clients_ctx(settings))
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
+    app.router.add_get("/metrics", metrics_endpoint)
+    app.on_response_prepare.append(add_request_id)
     app[OPENAPI] = build_document()
     app.router.add_get("/openapi.json", openapi)
     app.router.add_get("/v1/models", models.list_models)

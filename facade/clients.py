@@ -9,6 +9,7 @@ import grpc
 from aiohttp import web
 
 from grpc_health.v1 import health_pb2_grpc
+from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
 from facade.settings import Settings
 from hubmesh.embeddings.v1 import embeddings_pb2_grpc as embeddings_grpc
@@ -48,7 +49,10 @@ def clients_ctx(settings: Settings):
     """cleanup_ctx: opens the channels at start-up, closes them at shutdown."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        interceptors = secret_interceptors(settings.internal_secret) if settings.internal_secret else None
+        # OpenTelemetry client spans (and traceparent to the services), then the internal secret
+        interceptors = aio_client_interceptors()
+        if settings.internal_secret:
+            interceptors += secret_interceptors(settings.internal_secret)
         channels = {
             name: grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS, interceptors=interceptors)
             for name, target in (

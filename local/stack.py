@@ -57,9 +57,11 @@ class StackConfig:
     # per modality: service gRPC port and its Triton's HTTP, gRPC and metrics ports
     ports: dict[str, dict[str, int]] = field(
         default_factory=lambda: {
-            "text": {"service": 50051, "triton_http": 8000, "triton_grpc": 8001, "triton_metrics": 8002},
-            "embeddings": {"service": 50052, "triton_http": 8010, "triton_grpc": 8011, "triton_metrics": 8012},
-            "images": {"service": 50053, "triton_http": 8020, "triton_grpc": 8021, "triton_metrics": 8022},
+            "text": {"service": 50051, "metrics": 9464, "triton_http": 8000, "triton_grpc": 8001, "triton_metrics": 8002},
+            "embeddings": {
+                "service": 50052, "metrics": 9465, "triton_http": 8010, "triton_grpc": 8011, "triton_metrics": 8012,
+            },
+            "images": {"service": 50053, "metrics": 9466, "triton_http": 8020, "triton_grpc": 8021, "triton_metrics": 8022},
         }
     )
     extra_env: dict[str, str] = field(default_factory=dict)
@@ -67,7 +69,9 @@ class StackConfig:
     @classmethod
     def with_free_ports(cls, api_key: str, run_dir: Path, **overrides) -> StackConfig:
         ports = {
-            m.name: {k: processes.free_port() for k in ("service", "triton_http", "triton_grpc", "triton_metrics")}
+            m.name: {
+                k: processes.free_port() for k in ("service", "metrics", "triton_http", "triton_grpc", "triton_metrics")
+            }
             for m in MODALITIES
         }
         return cls(api_key=api_key, run_dir=run_dir, http_port=processes.free_port(), ports=ports, **overrides)
@@ -91,6 +95,18 @@ def _python_env(config: StackConfig, **extra: str) -> dict[str, str]:
     return env
 
 
+def triton_tracing_args(otlp_endpoint: str, service_name: str) -> list[str]:
+    """Triton's own OpenTelemetry tracing (OTLP/HTTP) to the collector the rest of the stack uses."""
+    return [
+        "--trace-config=mode=opentelemetry",
+        "--trace-config=rate=1",
+        "--trace-config=level=TIMESTAMPS",  # nothing is exported without it
+        f"--trace-config=opentelemetry,url={otlp_endpoint.rstrip('/')}/v1/traces",
+        f"--trace-config=opentelemetry,resource=service.name={service_name}",
+        "--trace-config=opentelemetry,bsp_schedule_delay=200",
+    ]
+
+
 def grpc_serving(target: str, service: str) -> bool:
     with grpc.insecure_channel(target) as channel:
         reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=2)
@@ -110,6 +126,7 @@ class LocalStack:
         self.config = config
         self.modalities = modalities
         self.logs = config.run_dir / "logs"
+        otlp = config.extra_env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
         self.tritons = {
             m.name: TritonServer(
                 model_repository=m.repository,
@@ -119,6 +136,7 @@ class LocalStack:
                 grpc_port=config.ports[m.name]["triton_grpc"],
                 metrics_port=config.ports[m.name]["triton_metrics"],
                 shm_prefix=f"hubmesh{os.getpid()}{m.name}_",
+                extra_args=triton_tracing_args(otlp, f"triton-{m.name}") if otlp else [],
             )
             for m in modalities
         }
@@ -147,6 +165,8 @@ class LocalStack:
         log_path = self.logs / f"{modality.name}.log"
         env = _python_env(
             self.config,
+            OTEL_SERVICE_NAME=f"hubmesh-{modality.name}",
+            HUBMESH_METRICS_PORT=str(self.config.ports[modality.name]["metrics"]),
             **{
                 f"HUBMESH_{modality.env_prefix}_LISTEN": target,
                 f"HUBMESH_{modality.env_prefix}_TRITON_URL": f"127.0.0.1:{self.config.ports[modality.name]['triton_grpc']}",
@@ -165,6 +185,7 @@ class LocalStack:
             HUBMESH_HTTP_PORT=str(self.config.http_port),
             HUBMESH_API_KEY=self.config.api_key,
             HUBMESH_JWT_SECRET=self.config.jwt_secret,
+            OTEL_SERVICE_NAME="hubmesh-facade",
             **{f"HUBMESH_{m.env_prefix}_TARGET": self.config.service_target(m.name) for m in self.modalities},
         )
         log_path = self.logs / "facade.log"

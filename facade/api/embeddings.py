@@ -11,9 +11,10 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
 
 from facade.api.validation import parse_body
-from facade.auth.middleware import charge_tokens, subject_of
+from facade.auth.middleware import subject_of
 from facade.clients import CLIENTS, call_metadata
 from facade.errors import from_grpc
+from facade.observability import record_usage
 from hubmesh.embeddings.v1 import embeddings_pb2 as pb
 
 MAX_INPUTS = 2048
@@ -83,7 +84,7 @@ async def create_embeddings(request: web.Request) -> web.Response:
     finally:
         if not call.done():
             call.cancel()
-    charge_tokens(request, result.prompt_tokens)
+    record_usage(request, result.prompt_tokens)
     return web.json_response(
         {
             "object": "list",

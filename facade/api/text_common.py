@@ -9,8 +9,10 @@ from collections.abc import AsyncIterator, Callable, Sequence
 import grpc
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
 
-from facade.auth.middleware import charge_tokens, subject_of
+from facade.auth.middleware import subject_of
 from facade.clients import CLIENTS, call_metadata
+from facade.observability import MODEL, record_usage
+from services.common.metrics import StreamTimer
 from aiohttp import web
 
 from facade.errors import OpenAIError, from_grpc, invalid
@@ -111,7 +113,7 @@ async def generate(http: web.Request, request: pb.GenerateRequest, input_param: 
     call = clients.text.Generate(request, timeout=clients.timeout_s, metadata=metadata)
     try:
         result = await call
-        charge_tokens(http, result.usage.prompt_tokens + result.usage.completion_tokens)
+        record_usage(http, result.usage.prompt_tokens, result.usage.completion_tokens)
         return result
     except grpc.aio.AioRpcError as err:
         raise from_grpc(err, "text", default_param=input_param) from err
@@ -186,6 +188,7 @@ async def respond_with_stream(
         if opening:
             await events.send({**base, "choices": opening})
         usage = pb.Usage()
+        timer = StreamTimer(request.get(MODEL, ""))
         try:
             for position, (offset, upstream) in enumerate(upstreams):
                 if position:
@@ -193,11 +196,12 @@ async def respond_with_stream(
                 async for message in upstream.messages():
                     choices = [c for delta in message.deltas for c in render(delta, offset)]
                     if choices:
+                        timer.chunk()
                         await events.send({**base, "choices": choices})
                     if message.HasField("usage"):
                         usage.prompt_tokens += message.usage.prompt_tokens
                         usage.completion_tokens += message.usage.completion_tokens
-            charge_tokens(request, usage.prompt_tokens + usage.completion_tokens)
+            record_usage(request, usage.prompt_tokens, usage.completion_tokens)
             if include_usage:
                 await events.send({**base, "choices": [], "usage": usage_json(usage)})
         except OpenAIError as err:

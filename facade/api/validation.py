@@ -15,6 +15,7 @@ from aiohttp import web
 
 from facade.auth.middleware import require_model
 from facade.errors import OpenAIError, invalid
+from facade.observability import MODEL
 
 log = logging.getLogger(__name__)
 Model = TypeVar("Model", bound=pydantic.BaseModel)
@@ -86,6 +87,7 @@ async def parse_body(request: web.Request, model: type[Model]) -> Model:
         param = param_path(first["loc"])
         raise invalid(_message(first, param), param=param) from exc
     if isinstance(getattr(parsed, "model", None), str):
+        request[MODEL] = parsed.model
         require_model(request, parsed.model)  # the token's model allow-list, for every endpoint family
     ignored = set(data) - set(model.model_fields)
     if ignored:

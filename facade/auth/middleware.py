@@ -19,7 +19,7 @@ from facade.auth.principal import PRINCIPAL, Principal, family_of
 from facade.auth.tokens import InvalidToken, TokenVerifier
 from facade.errors import OpenAIError
 
-PUBLIC_PATHS = frozenset({"/health", "/ready", "/openapi.json"})
+PUBLIC_PATHS = frozenset({"/health", "/ready", "/openapi.json", "/metrics"})
 LIMITER = web.AppKey("rate_limiter", RateLimiter)
 VERIFIER = web.AppKey("token_verifier", TokenVerifier)
 
@@ -89,7 +89,7 @@ def allowed_models(request: web.Request, ids: list[str]) -> list[str]:
 def charge_tokens(request: web.Request, count: int) -> None:
     """Counts tokens a finished request used against the caller's tokens-per-minute limit."""
     principal = request.get(PRINCIPAL)
-    if principal is not None:
+    if principal is not None and count:
         request.app[LIMITER].spend_tokens(principal.subject, count, principal.tpm)
 
 

@@ -8,11 +8,7 @@ from tritonclient.utils import InferenceServerException
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
-CHANNEL_OPTIONS = [
-    ("grpc.keepalive_time_ms", 20_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
+_COMMON = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     # a restarted peer is found again quickly
@@ -23,10 +19,43 @@ CHANNEL_OPTIONS = [
     ("grpc.lb_policy_name", "round_robin"),
 ]
 
+# Façade -> services: keepalive pings every 20 s, idle or not; our servers accept them (SERVER_OPTIONS).
+CHANNEL_OPTIONS = [
+    *_COMMON,
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+
+# Services -> Triton: Triton's gRPC server, by default, answers pings more often than every 5 minutes
+# without data with GOAWAY "too_many_pings", so pings stay within that and only during calls.
+TRITON_CHANNEL_OPTIONS = [
+    *_COMMON,
+    ("grpc.keepalive_time_ms", 300_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.keepalive_permit_without_calls", 0),
+]
+
+# Our gRPC servers: accept the façade's keepalive pings, and end connections after 5 minutes (with a
+# long grace for streams) so clients re-resolve DNS and spread over replicas added since.
+SERVER_OPTIONS = [
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.max_ping_strikes", 0),
+    ("grpc.max_connection_age_ms", 300_000),
+    ("grpc.max_connection_age_grace_ms", 660_000),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+]
+
 
 def triton_client(url: str) -> triton.InferenceServerClient:
     """The one tritonclient.grpc.aio client of a service process."""
-    return triton.InferenceServerClient(url=url, channel_args=CHANNEL_OPTIONS)
+    return triton.InferenceServerClient(url=url, channel_args=TRITON_CHANNEL_OPTIONS)
 
 
 class TritonBackend:

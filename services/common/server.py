@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 
 import grpc
+from prometheus_client import start_http_server
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from services.common import logs, telemetry
+from services.common.channels import SERVER_OPTIONS
 from services.common.internal_auth import RequireSecret
+from services.common.metrics import MetricsInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -45,29 +51,56 @@ async def watch_readiness(
             pass
 
 
+@dataclass(frozen=True)
+class ServeOptions:
+    """What every service process shares: drain time, the façade's secret, the metrics port."""
+
+    grace_s: float = 10.0
+    # only callers presenting it (the façade) get past health checking; empty: no check
+    internal_secret: str = ""
+    # Prometheus /metrics; 0: none
+    metrics_port: int = 9464
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> ServeOptions:
+        """HUBMESH_GRACE_S, HUBMESH_INTERNAL_SECRET, HUBMESH_METRICS_PORT."""
+        return cls(
+            grace_s=float(env.get("HUBMESH_GRACE_S", cls.grace_s)),
+            internal_secret=env.get("HUBMESH_INTERNAL_SECRET", ""),
+            metrics_port=int(env.get("HUBMESH_METRICS_PORT", cls.metrics_port)),
+        )
+
+
+def run_service(component: str, main: Callable[[ServeOptions], Awaitable[None]]) -> None:
+    """A service process: JSON logs, tracing (when OTEL_* says so), then main(options) until stopped."""
+    logs.configure(component)
+    provider = telemetry.configure_tracing(f"hubmesh-{component}")
+    telemetry.instrument_grpc_clients()  # spans around Triton calls, traceparent sent to Triton
+    try:
+        asyncio.run(main(ServeOptions.from_env()))
+    finally:
+        if provider is not None:
+            provider.shutdown()  # flush the last spans
+
+
 async def serve(
     listen: str,
     register: Callable[[grpc.aio.Server], None],
     service_names: list[str],
     is_ready: Callable[[], Awaitable[bool]],
-    grace_s: float = 10.0,
+    options: ServeOptions,
     on_stop: Callable[[], Awaitable[None]] | None = None,
-    internal_secret: str = "",
 ) -> None:
-    """Serves until SIGTERM/SIGINT; then NOT_SERVING, drain for `grace_s`, stop.
-
-    With `internal_secret`, only callers presenting it (the façade) get past health checking.
-    """
+    """Serves until SIGTERM/SIGINT; then NOT_SERVING, drain for `options.grace_s`, stop."""
+    if options.metrics_port:
+        start_http_server(options.metrics_port, addr=listen.rsplit(":", 1)[0].strip("[]") or "0.0.0.0")
+    interceptors = [*telemetry.server_interceptors(), MetricsInterceptor()]
+    if options.internal_secret:
+        interceptors.insert(1, RequireSecret(options.internal_secret))
+    grace_s = options.grace_s
     server = grpc.aio.server(
-        interceptors=[RequireSecret(internal_secret)] if internal_secret else None,
-        options=[
-            ("grpc.keepalive_time_ms", 20_000),
-            ("grpc.keepalive_timeout_ms", 10_000),
-            ("grpc.http2.max_pings_without_data", 0),
-            ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-            ("grpc.max_send_message_length", 64 * 1024 * 1024),
-        ]
+        interceptors=interceptors,
+        options=SERVER_OPTIONS
     )
     register(server)
     health_servicer = health.aio.HealthServicer()

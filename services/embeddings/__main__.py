@@ -1,12 +1,9 @@
 """Entry point: `python -m services.embeddings` serves hubmesh.embeddings.v1.Embeddings."""
 
-import asyncio
-import os
 import logging
 
 from hubmesh.embeddings.v1 import embeddings_pb2_grpc as pb_grpc
-from services.common import logs
-from services.common.server import serve
+from services.common.server import ServeOptions, run_service, serve
 from services.embeddings.backend import TritonEmbeddingsBackend
 from services.embeddings.catalog import load_catalog
 from services.embeddings.servicer import EmbeddingsServicer
@@ -15,7 +12,7 @@ from services.embeddings.settings import Settings
 log = logging.getLogger("services.embeddings")
 
 
-async def main(settings: Settings) -> None:
+async def main(settings: Settings, options: ServeOptions) -> None:
     catalog = load_catalog(settings.catalog)
     backend = TritonEmbeddingsBackend(settings.triton_url, settings.triton_timeout_s)
     servicer = EmbeddingsServicer(backend, catalog, settings.chunk_size)
@@ -25,12 +22,10 @@ async def main(settings: Settings) -> None:
         lambda server: pb_grpc.add_EmbeddingsServicer_to_server(servicer, server),
         ["hubmesh.embeddings.v1.Embeddings"],
         servicer.is_ready,
-        grace_s=settings.grace_s,
-        internal_secret=os.environ.get("HUBMESH_INTERNAL_SECRET", ""),
+        options,
         on_stop=backend.close,
     )
 
 
 if __name__ == "__main__":
-    logs.configure("embeddings")
-    asyncio.run(main(Settings.from_env()))
+    run_service("embeddings", lambda options: main(Settings.from_env(), options))

@@ -11,6 +11,8 @@ from hubmesh.embeddings.v1 import embeddings_pb2 as pb
 from hubmesh.embeddings.v1 import embeddings_pb2_grpc as pb_grpc
 from services.common.errors import InvalidArgument, ModelNotFound
 from services.common.grpc_errors import abort_on_service_error
+from services.common.metrics import count_tokens
+from services.common.telemetry import set_genai_attributes
 from services.embeddings.backend import EmbeddingsBackend
 from services.embeddings.catalog import EmbeddingModel
 
@@ -86,6 +88,7 @@ class EmbeddingsServicer(pb_grpc.EmbeddingsServicer):
     @abort_on_service_error
     async def Embed(self, request: pb.EmbedRequest, context) -> pb.EmbedResponse:
         entry = self._validate(request)
+        set_genai_attributes(operation__name="embeddings", request__model=entry.id)
         chunks = _chunks(request.inputs, self._chunk_size)
         tasks = [asyncio.create_task(self._run_chunk(entry, *chunk)) for chunk in chunks]
         try:
@@ -104,6 +107,8 @@ class EmbeddingsServicer(pb_grpc.EmbeddingsServicer):
                     pb.Embedding(index=offset + i, vector_f32le=vector.astype("<f4").tobytes(), tokens=count)
                 )
                 total += count
+        count_tokens(entry.id, total, 0)
+        set_genai_attributes(usage__input_tokens=total)
         return pb.EmbedResponse(model=entry.id, embeddings=embeddings, prompt_tokens=total)
 
     async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:

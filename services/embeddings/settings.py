@@ -21,7 +21,6 @@ class Settings:
     # batcher merges with other clients' work.
     chunk_size: int = 32
     triton_timeout_s: float = 60.0
-    grace_s: float = 10.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -32,5 +31,4 @@ class Settings:
             catalog=Path(env.get("HUBMESH_EMBEDDINGS_CATALOG", str(DEFAULT_CATALOG))),
             chunk_size=int(env.get("HUBMESH_EMBEDDINGS_CHUNK_SIZE", cls.chunk_size)),
             triton_timeout_s=float(env.get("HUBMESH_EMBEDDINGS_TRITON_TIMEOUT_S", cls.triton_timeout_s)),
-            grace_s=float(env.get("HUBMESH_GRACE_S", cls.grace_s)),
         )

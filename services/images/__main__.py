@@ -1,13 +1,11 @@
 """Entry point: `python -m services.images` serves hubmesh.images.v1.Images."""
 
 import asyncio
-import os
 import contextlib
 import logging
 
 from hubmesh.images.v1 import images_pb2_grpc as pb_grpc
-from services.common import logs
-from services.common.server import serve
+from services.common.server import ServeOptions, run_service, serve
 from services.images.backend import TritonImagesBackend
 from services.images.catalog import load_catalog
 from services.images.servicer import ImagesServicer
@@ -17,7 +15,7 @@ from services.images.storage import LocalDirectoryStore, sweep_forever
 log = logging.getLogger("services.images")
 
 
-async def main(settings: Settings) -> None:
+async def main(settings: Settings, options: ServeOptions) -> None:
     catalog = load_catalog(settings.catalog)
     backend = TritonImagesBackend(settings.triton_url, settings.triton_timeout_s)
     store = LocalDirectoryStore(settings.store_dir)
@@ -36,12 +34,10 @@ async def main(settings: Settings) -> None:
         lambda server: pb_grpc.add_ImagesServicer_to_server(servicer, server),
         ["hubmesh.images.v1.Images"],
         servicer.is_ready,
-        grace_s=settings.grace_s,
-        internal_secret=os.environ.get("HUBMESH_INTERNAL_SECRET", ""),
+        options,
         on_stop=on_stop,
     )
 
 
 if __name__ == "__main__":
-    logs.configure("images")
-    asyncio.run(main(Settings.from_env()))
+    run_service("images", lambda options: main(Settings.from_env(), options))

@@ -8,6 +8,7 @@ from hubmesh.images.v1 import images_pb2 as pb
 from hubmesh.images.v1 import images_pb2_grpc as pb_grpc
 from services.common.errors import InvalidArgument, ModelNotFound, ServiceError
 from services.common.grpc_errors import abort_on_service_error
+from services.common.telemetry import set_genai_attributes
 from services.images.backend import ImagesBackend
 from services.images.catalog import ImageModel
 from services.images.png import encode_png
@@ -67,6 +68,7 @@ class ImagesServicer(pb_grpc.ImagesServicer):
     @abort_on_service_error
     async def Generate(self, request: pb.GenerateRequest, context) -> pb.GenerateResponse:
         entry = self._validate(request)
+        set_genai_attributes(operation__name="image_generation", request__model=entry.id, request__choice__count=request.n or 1)
         pixels = await self._backend.generate(
             entry.triton_model,
             request.prompt,

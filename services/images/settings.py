@@ -26,7 +26,6 @@ class Settings:
     # How long an image fetched by URL stays available.
     image_ttl_s: float = 3600.0
     triton_timeout_s: float = 300.0
-    grace_s: float = 10.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -38,5 +37,4 @@ class Settings:
             store_dir=env.get("HUBMESH_IMAGES_STORE_DIR") or _default_store_dir(),
             image_ttl_s=float(env.get("HUBMESH_IMAGES_TTL_S", cls.image_ttl_s)),
             triton_timeout_s=float(env.get("HUBMESH_IMAGES_TRITON_TIMEOUT_S", cls.triton_timeout_s)),
-            grace_s=float(env.get("HUBMESH_GRACE_S", cls.grace_s)),
         )

@@ -1,12 +1,9 @@
 """Entry point: `python -m services.text` serves hubmesh.text.v1.TextGeneration."""
 
-import asyncio
-import os
 import logging
 
 from hubmesh.text.v1 import text_generation_pb2_grpc as pb_grpc
-from services.common import logs
-from services.common.server import serve
+from services.common.server import ServeOptions, run_service, serve
 from services.text.backend import TritonTextBackend
 from services.text.catalog import load_catalog
 from services.text.servicer import TextGenerationServicer
@@ -15,7 +12,7 @@ from services.text.settings import Settings
 log = logging.getLogger("services.text")
 
 
-async def main(settings: Settings) -> None:
+async def main(settings: Settings, options: ServeOptions) -> None:
     catalog = load_catalog(settings.catalog)
     backend = TritonTextBackend(settings.triton_url, settings.triton_timeout_s)
     servicer = TextGenerationServicer(backend, catalog)
@@ -25,12 +22,10 @@ async def main(settings: Settings) -> None:
         lambda server: pb_grpc.add_TextGenerationServicer_to_server(servicer, server),
         ["hubmesh.text.v1.TextGeneration"],
         servicer.is_ready,
-        grace_s=settings.grace_s,
-        internal_secret=os.environ.get("HUBMESH_INTERNAL_SECRET", ""),
+        options,
         on_stop=backend.close,
     )
 
 
 if __name__ == "__main__":
-    logs.configure("text")
-    asyncio.run(main(Settings.from_env()))
+    run_service("text", lambda options: main(Settings.from_env(), options))

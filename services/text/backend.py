@@ -10,6 +10,8 @@ num_output_tokens[n] (deltas).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import uuid
@@ -87,11 +89,6 @@ def _parse_result(result: triton.InferResult) -> GenerationChunk:
     )
 
 
-def _is_final(result: triton.InferResult) -> bool:
-    params = result.get_response().parameters
-    return "triton_final_response" in params and params["triton_final_response"].bool_param
-
-
 class TritonTextBackend(TritonBackend):
     """TextBackend over one tritonclient.grpc.aio client per process."""
 
@@ -116,25 +113,26 @@ class TritonTextBackend(TritonBackend):
             yield request
 
         responses = self._client.stream_infer(requests(), stream_timeout=self._timeout_s)
-        finished = False
+        exhausted = False
         try:
             while True:
                 try:
                     result, error = await anext(responses)
                 except StopAsyncIteration:
+                    exhausted = True  # Triton closes the stream once the final response is out
                     break
                 except (grpc.aio.AioRpcError, InferenceServerException) as err:
+                    exhausted = True
                     raise from_triton_exception(err) from err
                 if error is not None:
                     raise classify_triton_error(error.message())
                 chunk = _parse_result(result)
                 if chunk.texts or chunk.num_input_tokens is not None:
                     yield chunk
-                if _is_final(result):
-                    finished = True
-                    break
-            finished = True
         finally:
-            if not finished:
-                # The consumer went away (client disconnect, deadline): stop the model too.
+            if not exhausted:
+                # The consumer went away (client disconnect, deadline) or the model failed: stop the
+                # model too, then read once more so the call (and its trace span) really ends.
                 responses.cancel()
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await anext(responses)

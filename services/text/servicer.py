@@ -13,6 +13,8 @@ from hubmesh.text.v1 import text_generation_pb2 as pb
 from hubmesh.text.v1 import text_generation_pb2_grpc as pb_grpc
 from services.common.errors import InvalidArgument, ModelNotFound
 from services.common.grpc_errors import abort_on_service_error
+from services.common.metrics import StreamTimer, count_tokens
+from services.common.telemetry import set_genai_attributes
 from services.text.backend import GenerationChunk, TextBackend
 from services.text.catalog import ModelEntry
 
@@ -101,7 +103,16 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
             prompt = request.prompt
         else:
             raise InvalidArgument("either chat messages or a prompt is required", "messages")
-        return entry, prompt, sampling_to_contract(request.sampling, entry)
+        sampling = sampling_to_contract(request.sampling, entry)
+        set_genai_attributes(
+            operation__name="chat" if which == "chat" else "text_completion",
+            request__model=entry.id,
+            request__max_tokens=sampling["max_tokens"],
+            request__temperature=sampling.get("temperature"),
+            request__top_p=sampling.get("top_p"),
+            request__choice__count=sampling["n"],
+        )
+        return entry, prompt, sampling
 
     async def is_ready(self) -> bool:
         """Ready when every catalogued Triton model is ready."""
@@ -126,6 +137,7 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
             pb.Choice(index=i, text=texts[i], finish_reason=FINISH_REASONS.get(reasons[i] or "", 0))
             for i in range(n)
         ]
+        _report(entry.id, usage, [r or "" for r in reasons])
         return pb.GenerateResponse(model=entry.id, choices=choices, usage=usage)
 
     @abort_on_service_error
@@ -134,20 +146,23 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
     ) -> AsyncIterator[pb.GenerateStreamResponse]:
         entry, prompt, sampling = self._prepare(request)
         usage = pb.Usage()
-        finished: set[int] = set()  # backends repeat a choice's finish_reason in later responses
+        finished: dict[int, str] = {}  # backends repeat a choice's finish_reason in later responses
+        timer = StreamTimer(entry.id)
         async for chunk in self._backend.generate(entry.triton_model, prompt, sampling, stream=True):
             _add_usage(usage, chunk)
             deltas = []
             for i, text in enumerate(chunk.texts):
                 reason = chunk.finish_reasons[i] if i not in finished else None
                 if reason:
-                    finished.add(i)
+                    finished[i] = reason
                 if text or reason:
                     deltas.append(
                         pb.ChoiceDelta(index=i, text=text, finish_reason=FINISH_REASONS.get(reason or "", 0))
                     )
             if deltas:
+                timer.chunk()
                 yield pb.GenerateStreamResponse(model=entry.id, deltas=deltas)
+        _report(entry.id, usage, [finished[i] for i in sorted(finished)])
         yield pb.GenerateStreamResponse(model=entry.id, usage=usage)
 
     async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
@@ -156,6 +171,15 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
             for e in self._catalog.values()
         ]
         return pb.ListModelsResponse(models=models)
+
+
+def _report(model: str, usage: pb.Usage, finish_reasons: list[str]) -> None:
+    count_tokens(model, usage.prompt_tokens, usage.completion_tokens)
+    set_genai_attributes(
+        usage__input_tokens=usage.prompt_tokens,
+        usage__output_tokens=usage.completion_tokens,
+        response__finish_reasons=finish_reasons,
+    )
 
 
 def _add_usage(usage: pb.Usage, chunk: GenerationChunk) -> None:

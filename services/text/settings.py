@@ -19,7 +19,6 @@ class Settings:
     catalog: Path = DEFAULT_CATALOG
     # Longest a single generation may run inside Triton before the service gives up on it.
     triton_timeout_s: float = 600.0
-    grace_s: float = 10.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -29,5 +28,4 @@ class Settings:
             triton_url=env.get("HUBMESH_TEXT_TRITON_URL", cls.triton_url),
             catalog=Path(env.get("HUBMESH_TEXT_CATALOG", str(DEFAULT_CATALOG))),
             triton_timeout_s=float(env.get("HUBMESH_TEXT_TRITON_TIMEOUT_S", cls.triton_timeout_s)),
-            grace_s=float(env.get("HUBMESH_GRACE_S", cls.grace_s)),
         )

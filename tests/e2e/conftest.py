@@ -8,6 +8,7 @@ import pytest
 from openai import OpenAI
 
 from local.stack import LocalStack, StackConfig
+from tests.otlp_receiver import OtlpReceiver
 
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 KEY = "e2e-" + os.urandom(8).hex()
@@ -15,9 +16,19 @@ IMAGE_TTL_S = 20
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory):
+def otlp():
+    """A real OTLP/HTTP receiver every process of the stack (Triton included) exports its spans to."""
+    with OtlpReceiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory, otlp):
     config = StackConfig.with_free_ports(api_key=KEY, run_dir=tmp_path_factory.mktemp("stack"))
     config.extra_env["HUBMESH_IMAGES_TTL_S"] = str(IMAGE_TTL_S)  # short, so expiry can be watched
+    config.extra_env["OTEL_EXPORTER_OTLP_ENDPOINT"] = otlp.endpoint
+    config.extra_env["OTEL_EXPORTER_OTLP_PROTOCOL"] = "http/protobuf"
+    config.extra_env["OTEL_BSP_SCHEDULE_DELAY"] = "200"  # export within a fraction of a second
     stack = LocalStack(config)
     stack.start()
     try:

@@ -39,6 +39,8 @@ def test_build_writes_a_complete_folder_and_no_leftovers(built):
     assert index["safety_checker"] == [None, None]
     assert [p.name for p in built.parent.iterdir()] == [built.name]  # the temporary folder is gone
     assert ensure_tiny_pipeline(str(built)) == str(built)  # present: not rebuilt
+    # readable by other users (a container image is built as root and run as another user)
+    assert all(p.stat().st_mode & 0o004 for p in [built, *built.rglob("*")])
 
 
 def test_shape_and_dtype(pipe):

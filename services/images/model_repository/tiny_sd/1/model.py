@@ -9,6 +9,7 @@ twice as many) and n_threads (torch CPU threads; 0 = one per core). A GPU instan
 on its own device.
 """
 
+import ctypes
 import json
 import os
 import sys
@@ -28,6 +29,23 @@ from pipeline import ensure_tiny_pipeline, generate, load_pipeline  # noqa: E402
 
 MAX_IMAGES = 10
 MAX_SIDE = 4096  # pixels; far beyond any size the service offers, but bounds memory
+
+
+def _reuse_freed_memory() -> None:
+    """Keeps large freed blocks in glibc's heap instead of returning them to the kernel.
+
+    glibc serves blocks over 32 MiB with mmap and unmaps them on free, so every picture faulted
+    its activations in afresh (~320k page faults for a 1024x1024 one): a third of the CPU time
+    went to the kernel. Reusing the heap made a 1024x1024 picture ~25% faster and three
+    1792x1024 ones ~45% faster; the resident size stays at its peak (1.75 GB after ten 1792x1024).
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc: nothing to tune
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from malloc.h
+    libc.mallopt(m_mmap_threshold, 1 << 30)
+    libc.mallopt(m_trim_threshold, 1 << 30)
 
 
 class InvalidInput(ValueError):
@@ -57,6 +75,7 @@ def _side(request, name: str) -> int:
 
 class TritonPythonModel:
     def initialize(self, args):
+        _reuse_freed_memory()
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         self.name = args["model_name"]

@@ -15,6 +15,7 @@ import os
 import random
 import shutil
 import tempfile
+import warnings
 
 import numpy as np
 import torch
@@ -108,6 +109,17 @@ def _tiny_pipeline():
     )
 
 
+def _readable_by_all(directory: str) -> None:
+    # mkdtemp makes the folder 0700 and the safetensors files come out 0600: an image built as
+    # root and run as another user (docker/triton.Dockerfile) could not read them.
+    os.chmod(directory, 0o755)
+    for root, dirs, files in os.walk(directory):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o755)
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o644)
+
+
 def build_tiny_pipeline(directory: str) -> None:
     """Builds the tiny random-weight pipeline and saves it (diffusers layout) as `directory`.
 
@@ -120,6 +132,7 @@ def build_tiny_pipeline(directory: str) -> None:
     partial = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(directory)}.partial-")
     try:
         _tiny_pipeline().save_pretrained(partial)
+        _readable_by_all(partial)
         try:
             os.rename(partial, directory)
         except OSError:
@@ -148,8 +161,11 @@ def load_pipeline(path: str, device: str):
     diffusers.utils.logging.disable_progress_bar()  # "Loading pipeline components" bars in server logs
     transformers.utils.logging.disable_progress_bar()
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
-    # `dtype`: diffusers 0.42 deprecates `torch_dtype`
-    pipe = diffusers.AutoPipelineForText2Image.from_pretrained(path, dtype=dtype)
+    # `torch_dtype`, not `dtype`: diffusers 0.41 (the Triton image's, for Python 3.10) knows only
+    # `torch_dtype`; 0.42 still accepts it, with a FutureWarning silenced here.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch_dtype", category=FutureWarning)
+        pipe = diffusers.AutoPipelineForText2Image.from_pretrained(path, torch_dtype=dtype)
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     # Decode the images one at a time: the VAE decoder runs at full resolution, and a batch of 10

@@ -1,0 +1,70 @@
+"""OpenTelemetry tracing for every process, configured only by the standard OTEL_* variables.
+
+Nothing is exported unless OTEL_EXPORTER_OTLP_ENDPOINT (or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) is set.
+OTEL_EXPORTER_OTLP_PROTOCOL picks http/protobuf (default) or grpc; OTEL_TRACES_SAMPLER and
+OTEL_BSP_* are read by the SDK itself. Spans carry no prompt text and no credentials: query strings
+(which hold signed-link signatures) are cut from URL attributes before export.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+URL_ATTRIBUTES = ("url.full", "http.url", "http.target", "url.query")
+
+
+class _DropQueryStrings(SpanProcessor):
+    def on_start(self, span, parent_context=None) -> None:
+        for key in URL_ATTRIBUTES:
+            value = (span.attributes or {}).get(key)
+            if isinstance(value, str) and "?" in value:
+                span.set_attribute(key, value.split("?", 1)[0])
+            elif key == "url.query" and value:
+                span.set_attribute(key, "")
+
+
+def configure_tracing(default_service_name: str, env: Mapping[str, str] = os.environ) -> TracerProvider | None:
+    """Installs a tracer provider exporting over OTLP, or nothing when no endpoint is configured."""
+    if not (env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")):
+        return None
+    if env.get("OTEL_SDK_DISABLED", "").lower() == "true":
+        return None
+    protocol = env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    else:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    resource = Resource.create({"service.name": env.get("OTEL_SERVICE_NAME") or default_service_name})
+    provider = TracerProvider(resource=resource)
+    provider.add_span_processor(_DropQueryStrings())
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    trace.set_tracer_provider(provider)
+    return provider
+
+
+def instrument_grpc_clients() -> None:
+    """Traces every grpc.aio channel created from now on (tritonclient's included) and sends W3C
+    `traceparent` in its metadata, which Triton continues."""
+    from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorClient
+
+    GrpcAioInstrumentorClient().instrument()
+
+
+def server_interceptors() -> list:
+    """The OpenTelemetry grpc.aio server interceptor (a no-op when tracing is not configured)."""
+    from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+    return [aio_server_interceptor()]
+
+
+def set_genai_attributes(**attributes) -> None:
+    """GenAI semantic-convention attributes on the current span; None values are skipped."""
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.set_attributes({f"gen_ai.{k.replace('__', '.')}": v for k, v in attributes.items() if v is not None})
