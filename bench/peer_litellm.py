@@ -109,7 +109,7 @@ def litellm_version() -> str:
     return "unknown"
 
 
-def start_litellm(stack: LocalStack, master_key: str, timeout_s: float = 90.0):
+def start_litellm(stack: LocalStack, master_key: str, workers: int = 1, timeout_s: float = 90.0):
     """The proxy on a free port of 127.0.0.1, in its own process group; returns (process, base URL)."""
     work = stack.config.run_dir / "peer-litellm"
     work.mkdir(parents=True, exist_ok=True)
@@ -119,7 +119,8 @@ def start_litellm(stack: LocalStack, master_key: str, timeout_s: float = 90.0):
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env.update(LITELLM_LOG="ERROR", LITELLM_LOCAL_MODEL_COST_MAP="True", PYTHONUNBUFFERED="1")
     log = stack.logs / "peer-litellm.log"
-    cmd = [str(LITELLM), "--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [str(LITELLM), "--config", str(config), "--host", "127.0.0.1", "--port", str(port),
+           "--num_workers", str(workers)]
     proc = processes.spawn(cmd, env, log, cwd=work)
     try:
         processes.wait_until(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextvars
+import time
+
 import grpc
 import tritonclient.grpc.aio as triton
 from tritonclient.utils import InferenceServerException
@@ -58,12 +61,24 @@ def triton_client(url: str) -> triton.InferenceServerClient:
     return triton.InferenceServerClient(url=url, channel_args=TRITON_CHANNEL_OPTIONS)
 
 
+# When the gRPC call being served must be answered (time.monotonic()), set per call by the servers'
+# interceptor; Triton calls made for it get no more than what remains.
+CALL_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("call_deadline", default=None)
+
+
 class TritonBackend:
     """What every modality's Triton backend shares: one client per process, readiness, closing."""
 
     def __init__(self, url: str, timeout_s: float) -> None:
         self._client = triton_client(url)
         self._timeout_s = timeout_s
+
+    def _call_timeout(self) -> float:
+        """Seconds a Triton call may take: the service's limit, or less when the caller's deadline is nearer."""
+        deadline = CALL_DEADLINE.get()
+        if deadline is None:
+            return self._timeout_s
+        return max(0.001, min(self._timeout_s, deadline - time.monotonic()))
 
     async def is_ready(self, model: str) -> bool:
         """True when `model` is loaded and ready in Triton."""

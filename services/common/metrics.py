@@ -8,6 +8,8 @@ from collections.abc import Awaitable, Callable
 import grpc
 from prometheus_client import Counter, Gauge, Histogram
 
+from services.common.channels import CALL_DEADLINE
+
 REQUESTS = Counter("hubmesh_requests", "Requests by endpoint, model and status", ["endpoint", "model", "status"])
 LATENCY = Histogram(
     "hubmesh_request_duration_seconds", "Request latency", ["endpoint", "model"],
@@ -49,8 +51,14 @@ def count_tokens(model: str, prompt: int, completion: int) -> None:
         TOKENS.labels(model, "out").inc(completion)
 
 
+def _note_deadline(context) -> None:
+    remaining = context.time_remaining()
+    CALL_DEADLINE.set(None if remaining is None else time.monotonic() + remaining)
+
+
 class MetricsInterceptor(grpc.aio.ServerInterceptor):
-    """Requests, latency and in-flight gauge for every unary and server-streaming RPC."""
+    """Requests, latency and in-flight gauge for every unary and server-streaming RPC; also notes the
+    call's deadline for the Triton calls made on its behalf (CALL_DEADLINE)."""
 
     async def intercept_service(
         self,
@@ -72,6 +80,7 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
             inner = handler.unary_unary
 
             async def unary(request, context):
+                _note_deadline(context)
                 model, start = getattr(request, "model", ""), time.perf_counter()
                 IN_FLIGHT.labels(endpoint).inc()
                 try:
@@ -86,6 +95,7 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
             inner_stream = handler.unary_stream
 
             async def stream(request, context):
+                _note_deadline(context)
                 model, start = getattr(request, "model", ""), time.perf_counter()
                 IN_FLIGHT.labels(endpoint).inc()
                 try:

@@ -43,7 +43,7 @@ class TritonEmbeddingsBackend(TritonBackend):
 
     async def _infer(self, model: str, tensor: triton.InferInput) -> tuple[np.ndarray, list[int]]:
         try:
-            result = await self._client.infer(model, [tensor], client_timeout=self._timeout_s)
+            result = await self._client.infer(model, [tensor], client_timeout=self._call_timeout())
         except (InferenceServerException, grpc.aio.AioRpcError) as err:
             raise from_triton_exception(err) from err
         vectors = result.as_numpy("embedding").astype(np.float32, copy=False)

@@ -60,7 +60,7 @@ class TritonImagesBackend(TritonBackend):
         if seed is not None:
             inputs.append(_tensor("seed", seed, "INT64"))
         try:
-            result = await self._client.infer(model, inputs, client_timeout=self._timeout_s)
+            result = await self._client.infer(model, inputs, client_timeout=self._call_timeout())
         except (InferenceServerException, grpc.aio.AioRpcError) as err:
             raise from_triton_exception(err) from err
         return result.as_numpy("images")

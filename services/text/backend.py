@@ -112,7 +112,7 @@ class TritonTextBackend(TritonBackend):
         async def requests():
             yield request
 
-        responses = self._client.stream_infer(requests(), stream_timeout=self._timeout_s)
+        responses = self._client.stream_infer(requests(), stream_timeout=self._call_timeout())
         exhausted = False
         try:
             while True:
