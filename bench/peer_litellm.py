@@ -217,10 +217,16 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
 
 
+DEADLINE = [float("inf")]  # time.monotonic() after which no further round starts (measure() sets it)
+
+
 async def alternate(targets: list[Target], rounds: int, run) -> dict[str, list]:
-    """run(target) per round for each target, the order swapped every round."""
+    """run(target) per round for each target, the order swapped every round; at least one round, and
+    no further one once DEADLINE has passed (a busy machine must not stretch `make bench` for ever)."""
     results: dict[str, list] = {t.name: [] for t in targets}
     for i in range(rounds):
+        if i and time.monotonic() > DEADLINE[0]:
+            break
         for target in targets if i % 2 == 0 else reversed(targets):
             results[target.name].append(await run(target))
     return results
@@ -245,7 +251,7 @@ async def chat_latency(peer: Target, hubmesh: Target, concurrency: int, requests
     results = await alternate(
         [peer, hubmesh], rounds, lambda t: closed_loop(t, "chat/completions", [body] * per_round, concurrency)
     )
-    out = {"concurrency": concurrency, "requests_per_gateway": per_round * rounds}
+    out = {"concurrency": concurrency, "requests_per_gateway": per_round * len(results["hubmesh"])}
     for name, runs in results.items():
         latencies = [x for lat, _ in runs for x in lat]
         out[name] = {
@@ -272,7 +278,7 @@ async def streaming(peer: Target, hubmesh: Target, streams: int, tokens: int, ro
     for target in (peer, hubmesh):  # the first stream through a fresh proxy pays for its imports
         await target.stream(chat_body(8, STORY, stream=True, logit_bias=NO_END))
     results = await alternate([peer, hubmesh], rounds, run)
-    out = {"streams": streams, "tokens_per_stream": tokens, "rounds": rounds}
+    out = {"streams": streams, "tokens_per_stream": tokens, "rounds": len(results["hubmesh"])}
     for name, runs in results.items():
         out[name] = {
             # the model makes exactly `tokens` per stream (end tokens banned, same request on both)
@@ -286,12 +292,13 @@ async def streaming(peer: Target, hubmesh: Target, streams: int, tokens: int, ro
 
 
 async def embeddings(peer: Target, hubmesh: Target, n: int, concurrency: int, rounds: int) -> dict:
-    openai_body = {"model": EMBED_MODEL, "input": "The food was delicious", "encoding_format": "float"}
-    try:
-        await peer.post("embeddings", openai_body)
-        openai_surface: dict = {"peer": "works"}
-    except Unavailable as err:
-        openai_surface = {"peer": "unavailable", "why": str(err)}
+    openai_surface: dict = {}
+    for form, value in (("string", "The food was delicious"), ("list", ["The food was delicious"])):
+        try:
+            await peer.post("embeddings", {"model": EMBED_MODEL, "input": value, "encoding_format": "float"})
+            openai_surface[f"input_{form}"] = {"peer": "works"}
+        except Unavailable as err:
+            openai_surface[f"input_{form}"] = {"peer": "unavailable", "why": str(err)}
     bodies = [embed_body(f"Sentence {i}: the quick brown fox jumps over the lazy dog number {i % 13}.")
               for i in range(n)]
     ours, theirs = await hubmesh.post("embeddings", bodies[0]), await peer.post("embeddings", bodies[0])
@@ -301,7 +308,8 @@ async def embeddings(peer: Target, hubmesh: Target, n: int, concurrency: int, ro
     await alternate([peer, hubmesh], 2, lambda t: closed_loop(t, "embeddings", bodies[:64], concurrency))  # warm
     results = await alternate([peer, hubmesh], rounds,
                               lambda t: closed_loop(t, "embeddings", bodies, concurrency))
-    out = {"openai_surface": openai_surface, "concurrency": concurrency, "sentences_per_round": n, "rounds": rounds,
+    out = {"openai_surface": openai_surface, "concurrency": concurrency, "sentences_per_round": n,
+           "rounds": len(results["hubmesh"]),
            "note": "peer gets Triton's own tensors in extra_body (inputs text [1,1], outputs embedding); "
                    "hubmesh gets the same body and uses its OpenAI fields"}
     for name, runs in results.items():
@@ -351,15 +359,23 @@ PEER_SETUP = {
     "prompt": "known_tokenizer_config preloads our ChatML template (LiteLLM would fetch it from huggingface.co)",
     "infer_route": "unusable: Triton's HTTP infer refuses decoupled models",
     "embeddings": "LiteLLM sends tensor 'input_text' of shape [n]; minilm takes 'text' [n,1]",
+    "workers": "1 (the default): --num_workers 2 measured slower on this 2-core machine (fewer requests/s at c16)",
+    "fidelity": "LiteLLM's triton responses always say finish_reason 'stop' (even at max_tokens) and usage 0 "
+                "when not streamed (it ignores num_input_tokens/num_output_tokens); streamed usage is its own "
+                "tokenizer's estimate",
 }
 
 
-def measure(stack: LocalStack, quick: bool = False) -> dict:
-    """LiteLLM's proxy vs hubmesh in front of the same Tritons; the proxy is stopped in every case."""
+def measure(stack: LocalStack, quick: bool = False, budget_s: float = 150.0) -> dict:
+    """LiteLLM's proxy vs hubmesh in front of the same Tritons; the proxy is stopped in every case.
+
+    Rounds after the first stop being started once budget_s has passed (~75 s on an idle 2-core machine).
+    """
     if not LITELLM.exists():
         return {"peer": "unavailable", "why": f"{LITELLM.relative_to(ROOT)} missing: run `make peer-venv`"}
     master_key = "sk-peer-" + secrets.token_urlsafe(16)
     started = time.perf_counter()
+    DEADLINE[0] = time.monotonic() + budget_s
     try:
         proc, peer_url = start_litellm(stack, master_key)
     except (RuntimeError, TimeoutError, OSError) as err:

@@ -14,6 +14,7 @@ from facade.auth.limits import RateLimiter
 from facade.auth.middleware import LIMITER, VERIFIER, auth_middleware, jwks_refresher
 from facade.auth.tokens import JwtSettings, TokenVerifier
 from facade.clients import CLIENTS, SERVICE_NAMES, clients_ctx
+from facade.admission import GRACE_OVER, IN_FLIGHT, InFlight, admission_middleware
 from facade.errors import error_middleware
 from facade.observability import access_middleware, add_request_id, metrics_endpoint
 from facade.openapi import OPENAPI, build_document, openapi
@@ -54,11 +55,14 @@ def create_app(settings: Settings) -> web.Application:
         middlewares=[
             access_middleware,
             error_middleware,
+            admission_middleware,
             auth_middleware(allow=images.signed_download),
         ],
         client_max_size=settings.max_body_bytes,
     )
     app[SSE_PING_S] = settings.sse_ping_s
+    app[IN_FLIGHT] = InFlight(settings.max_in_flight)
+    app[GRACE_OVER] = asyncio.Event()
     app[VERIFIER] = TokenVerifier(
         settings.api_keys,
         JwtSettings(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -17,6 +18,22 @@ from hubmesh.images.v1 import images_pb2_grpc as images_grpc
 from hubmesh.text.v1 import text_generation_pb2_grpc as text_grpc
 from services.common.channels import CHANNEL_OPTIONS
 from services.common.internal_auth import secret_interceptors
+
+# Idempotent unary calls are retried once on UNAVAILABLE (a service restarting, a replica going away);
+# generation never is: it could run twice, and a stream may have sent tokens already.
+RETRY_IDEMPOTENT = json.dumps({"methodConfig": [{
+    "name": [
+        {"service": "hubmesh.text.v1.TextGeneration", "method": "ListModels"},
+        {"service": "hubmesh.embeddings.v1.Embeddings"},
+        {"service": "hubmesh.images.v1.Images", "method": "ListModels"},
+        {"service": "hubmesh.images.v1.Images", "method": "GetImage"},
+    ],
+    "retryPolicy": {
+        "maxAttempts": 2, "initialBackoff": "0.2s", "maxBackoff": "1s", "backoffMultiplier": 2,
+        "retryableStatusCodes": ["UNAVAILABLE"],
+    },
+}]})
+FACADE_CHANNEL_OPTIONS = [*CHANNEL_OPTIONS, ("grpc.enable_retries", 1), ("grpc.service_config", RETRY_IDEMPOTENT)]
 
 # gRPC health-checking names of the services the façade needs
 SERVICE_NAMES = {
@@ -54,7 +71,7 @@ def clients_ctx(settings: Settings):
         if settings.internal_secret:
             interceptors += secret_interceptors(settings.internal_secret)
         channels = {
-            name: grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS, interceptors=interceptors)
+            name: grpc.aio.insecure_channel(target, options=FACADE_CHANNEL_OPTIONS, interceptors=interceptors)
             for name, target in (
                 ("text", settings.text_target),
                 ("embeddings", settings.embeddings_target),

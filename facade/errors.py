@@ -74,11 +74,12 @@ def from_grpc(err: grpc.aio.AioRpcError, service: str, default_param: str | None
         message = f"The {service} service failed to handle the request."
     else:
         message = details or f"The {service} service answered {code.name}."
+    headers = {"Retry-After": "1"} if status == 429 else None  # a service at capacity: retry shortly
     param = "model" if code == grpc.StatusCode.NOT_FOUND else None
     if status == 400:
         trailing = dict(err.trailing_metadata() or ())
         param = trailing.get(PARAM_METADATA_KEY) or default_param
-    return OpenAIError(status, message, type=type_, param=param, code=error_code)
+    return OpenAIError(status, message, type=type_, param=param, code=error_code, headers=headers)
 
 
 def _from_http_exception(exc: web.HTTPException) -> OpenAIError:

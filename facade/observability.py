@@ -10,7 +10,7 @@ import time
 import uuid
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 
 from facade.auth.middleware import charge_tokens, subject_of
 from facade.auth.principal import family_of
@@ -84,4 +84,8 @@ async def add_request_id(request: web.Request, response: web.StreamResponse) -> 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
     """Prometheus exposition of this process's metrics."""
+    ASYNCIO_TASKS.set(len(asyncio.all_tasks()))
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+ASYNCIO_TASKS = Gauge("hubmesh_asyncio_tasks", "asyncio tasks alive in the façade's event loop")

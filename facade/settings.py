@@ -40,6 +40,10 @@ class Settings:
     max_body_bytes: int = 8 * 1024 * 1024
     # Keep-alive comment interval on SSE streams (proxies cut idle connections).
     sse_ping_s: float = 15.0
+    # Requests in flight in this worker before new ones get 429 (0 = no limit).
+    max_in_flight: int = 256
+    # On SIGTERM: how long in-flight requests and streams may take to finish.
+    grace_s: float = 10.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -47,7 +51,7 @@ class Settings:
         HUBMESH_JWKS, HUBMESH_JWT_ISSUER, HUBMESH_JWT_AUDIENCE, HUBMESH_JWT_LEEWAY_S, HUBMESH_JWKS_REFRESH_S,
         HUBMESH_RATE_LIMIT_RPM, HUBMESH_RATE_LIMIT_TPM, HUBMESH_TEXT_TARGET,
         HUBMESH_EMBEDDINGS_TARGET, HUBMESH_IMAGES_TARGET, HUBMESH_URL_SIGNING_KEY, HUBMESH_PUBLIC_URL, HUBMESH_INTERNAL_SECRET,
-        HUBMESH_REQUEST_TIMEOUT_S, HUBMESH_MAX_BODY_BYTES, HUBMESH_SSE_PING_S."""
+        HUBMESH_REQUEST_TIMEOUT_S, HUBMESH_MAX_BODY_BYTES, HUBMESH_SSE_PING_S, HUBMESH_MAX_IN_FLIGHT, HUBMESH_GRACE_S."""
         keys = tuple(k.strip() for k in env.get("HUBMESH_API_KEY", "").split(",") if k.strip())
         return cls(
             host=env.get("HUBMESH_HTTP_HOST", cls.host),
@@ -70,6 +74,8 @@ class Settings:
             request_timeout_s=float(env.get("HUBMESH_REQUEST_TIMEOUT_S", cls.request_timeout_s)),
             max_body_bytes=int(env.get("HUBMESH_MAX_BODY_BYTES", cls.max_body_bytes)),
             sse_ping_s=float(env.get("HUBMESH_SSE_PING_S", cls.sse_ping_s)),
+            max_in_flight=int(env.get("HUBMESH_MAX_IN_FLIGHT", cls.max_in_flight)),
+            grace_s=float(env.get("HUBMESH_GRACE_S", cls.grace_s)),
         )
 
 

@@ -11,6 +11,12 @@ from aiohttp_sse import EventSourceResponse
 from facade.errors import OpenAIError
 
 SSE_PING_S = web.AppKey("sse_ping_s", float)
+EVENT_STREAM = web.RequestKey("event_stream", object)  # the request's open stream, if any
+
+SHUTDOWN_ERROR = OpenAIError(
+    503, "The server is shutting down; the stream was ended early. Retry the request.",
+    type="server_error", code="server_shutdown",
+)
 
 
 class EventStream:
@@ -21,20 +27,34 @@ class EventStream:
         self._response = EventSourceResponse(
             sep="\n", allow_all_methods=True, ping_interval=request.app[SSE_PING_S]
         )
+        self._ended = False
 
     async def open(self) -> None:
         await self._response.prepare(self._request)
+        self._request[EVENT_STREAM] = self
 
     async def send(self, payload: dict[str, Any]) -> None:
-        await self._response.send(json.dumps(payload, separators=(",", ":"), ensure_ascii=False))
+        if not self._ended:
+            await self._response.send(json.dumps(payload, separators=(",", ":"), ensure_ascii=False))
 
     async def send_error(self, err: OpenAIError) -> None:
         """After the first byte the status line is gone: errors travel in-band, as OpenAI does."""
         await self.send(err.body())
 
     async def close(self) -> web.StreamResponse:
-        """Sends `data: [DONE]` and ends the response."""
-        await self._response.send("[DONE]")
-        self._response.stop_streaming()
-        await self._response.write_eof()
+        """Sends `data: [DONE]` and ends the response (once, whoever asks first)."""
+        if not self._ended:
+            self._ended = True
+            await self._response.send("[DONE]")
+            self._response.stop_streaming()
+            await self._response.write_eof()
+        return self._response
+
+    async def interrupt(self, err: OpenAIError = SHUTDOWN_ERROR) -> web.StreamResponse:
+        """Ends a stream that may not finish in time: a final error event, then [DONE]."""
+        try:
+            await self.send_error(err)
+            await self.close()
+        except (ConnectionError, RuntimeError):
+            self._ended = True  # the client is gone already
         return self._response

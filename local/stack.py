@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import urllib.request
 from dataclasses import dataclass, field
@@ -192,10 +193,24 @@ class LocalStack:
         self.facade = processes.spawn([sys.executable, "-m", "facade"], env, log_path, cwd=ROOT)
         auth = {"Authorization": f"Bearer {self.config.api_key}"}
         ready = f"http://127.0.0.1:{self.config.http_port}/ready"
+        complete = len(self.modalities) == len(MODALITIES)  # /ready wants every service
         processes.wait_until(
-            lambda: http_ok(ready) and http_ok(f"{self.config.base_url}/models", auth),
+            lambda: (not complete or http_ok(ready)) and http_ok(f"{self.config.base_url}/models", auth),
             timeout_s, "façade", self.facade, log_path,
         )
+
+    def crash_triton(self, modality: str) -> None:
+        """Kills a Triton hard (SIGKILL to its process group), as a crashed node would."""
+        triton = self.tritons[modality]
+        os.killpg(triton.proc.pid, signal.SIGKILL)
+        triton.proc.wait(timeout=10)
+        triton.stop()  # removes the shared-memory regions it left
+
+    def restart_triton(self, modality: str, timeout_s: float = 120.0) -> None:
+        """Starts a crashed Triton again on the same ports; the service reconnects by itself."""
+        triton = self.tritons[modality]
+        triton.start()
+        triton.wait_ready(timeout_s)
 
     def triton_metric(self, name: str, modality: str = "text", **labels: str) -> float:
         """Sum of a Prometheus metric on a Triton's metrics port (the models' own counters live there)."""

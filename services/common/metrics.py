@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
 
-import grpc
 from prometheus_client import Counter, Gauge, Histogram
-
-from services.common.channels import CALL_DEADLINE
 
 REQUESTS = Counter("hubmesh_requests", "Requests by endpoint, model and status", ["endpoint", "model", "status"])
 LATENCY = Histogram(
@@ -49,62 +45,3 @@ def count_tokens(model: str, prompt: int, completion: int) -> None:
         TOKENS.labels(model, "in").inc(prompt)
     if completion:
         TOKENS.labels(model, "out").inc(completion)
-
-
-def _note_deadline(context) -> None:
-    remaining = context.time_remaining()
-    CALL_DEADLINE.set(None if remaining is None else time.monotonic() + remaining)
-
-
-class MetricsInterceptor(grpc.aio.ServerInterceptor):
-    """Requests, latency and in-flight gauge for every unary and server-streaming RPC; also notes the
-    call's deadline for the Triton calls made on its behalf (CALL_DEADLINE)."""
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if handler is None or details.method.startswith("/grpc.health"):
-            return handler
-        endpoint = details.method.rsplit("/", 1)[-1]
-
-        def status(context) -> str:
-            code = context.code()
-            if code is None:
-                return "OK"
-            return code.name if isinstance(code, grpc.StatusCode) else str(code)
-
-        if handler.unary_unary:
-            inner = handler.unary_unary
-
-            async def unary(request, context):
-                _note_deadline(context)
-                model, start = getattr(request, "model", ""), time.perf_counter()
-                IN_FLIGHT.labels(endpoint).inc()
-                try:
-                    return await inner(request, context)
-                finally:
-                    IN_FLIGHT.labels(endpoint).dec()
-                    LATENCY.labels(endpoint, model).observe(time.perf_counter() - start)
-                    REQUESTS.labels(endpoint, model, status(context)).inc()
-
-            return grpc.unary_unary_rpc_method_handler(unary, handler.request_deserializer, handler.response_serializer)
-        if handler.unary_stream:
-            inner_stream = handler.unary_stream
-
-            async def stream(request, context):
-                _note_deadline(context)
-                model, start = getattr(request, "model", ""), time.perf_counter()
-                IN_FLIGHT.labels(endpoint).inc()
-                try:
-                    async for item in inner_stream(request, context):
-                        yield item
-                finally:
-                    IN_FLIGHT.labels(endpoint).dec()
-                    LATENCY.labels(endpoint, model).observe(time.perf_counter() - start)
-                    REQUESTS.labels(endpoint, model, status(context)).inc()
-
-            return grpc.unary_stream_rpc_method_handler(stream, handler.request_deserializer, handler.response_serializer)
-        return handler

@@ -16,7 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from services.common import logs, telemetry
 from services.common.channels import SERVER_OPTIONS
 from services.common.internal_auth import RequireSecret
-from services.common.metrics import MetricsInterceptor
+from services.common.interceptors import AdmissionInterceptor, MetricsInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -60,14 +60,17 @@ class ServeOptions:
     internal_secret: str = ""
     # Prometheus /metrics; 0: none
     metrics_port: int = 9464
+    # calls in flight before new ones get RESOURCE_EXHAUSTED
+    max_in_flight: int = 64
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> ServeOptions:
-        """HUBMESH_GRACE_S, HUBMESH_INTERNAL_SECRET, HUBMESH_METRICS_PORT."""
+        """HUBMESH_GRACE_S, HUBMESH_INTERNAL_SECRET, HUBMESH_METRICS_PORT, HUBMESH_MAX_IN_FLIGHT."""
         return cls(
             grace_s=float(env.get("HUBMESH_GRACE_S", cls.grace_s)),
             internal_secret=env.get("HUBMESH_INTERNAL_SECRET", ""),
             metrics_port=int(env.get("HUBMESH_METRICS_PORT", cls.metrics_port)),
+            max_in_flight=int(env.get("HUBMESH_MAX_IN_FLIGHT", cls.max_in_flight)),
         )
 
 
@@ -94,9 +97,10 @@ async def serve(
     """Serves until SIGTERM/SIGINT; then NOT_SERVING, drain for `options.grace_s`, stop."""
     if options.metrics_port:
         start_http_server(options.metrics_port, addr=listen.rsplit(":", 1)[0].strip("[]") or "0.0.0.0")
-    interceptors = [*telemetry.server_interceptors(), MetricsInterceptor()]
+    interceptors = [*telemetry.server_interceptors()]
     if options.internal_secret:
-        interceptors.insert(1, RequireSecret(options.internal_secret))
+        interceptors.append(RequireSecret(options.internal_secret))
+    interceptors += [MetricsInterceptor(), AdmissionInterceptor(options.max_in_flight)]
     grace_s = options.grace_s
     server = grpc.aio.server(
         interceptors=interceptors,

@@ -5,6 +5,10 @@ Triton's official vLLM backend (which takes its place on GPU nodes): text_input,
 sampling_parameters (JSON of vLLM SamplingParams), exclude_input_in_output and the return_*
 flags in; text_output[n], finish_reason[n], num_input_tokens, num_output_tokens[n] out.
 
+A `structured_outputs` constraint (vLLM's StructuredOutputsParams: a JSON schema, a grammar, a
+structural tag, ...) is enforced with llguidance over the model's own llama.cpp vocabulary: each
+step samples only among the tokens the grammar allows (constraint.py).
+
 Requests run one at a time on a worker thread (execute() only queues them), so a request that
 is cancelled while it waits never starts, and one that is cancelled while it runs stops at the
 next token (`response_sender.is_cancelled()`), answering with a CANCELLED error as vLLM does.
@@ -21,6 +25,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from constraint import Constraint, tokenizer_from_llama  # noqa: E402
 from sampling import InvalidSampling, Sampler, SamplingConfig, StopMatcher  # noqa: E402
 from weights import packaged_gguf, widened  # noqa: E402
 
@@ -63,6 +68,9 @@ class TritonPythonModel:
         self.vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
         self.add_bos = self.llm.metadata.get("tokenizer.ggml.add_bos_token", "false") == "true"
         self._primed = None  # (prompt tokens, logits after them) of the prompt in the KV cache
+        self.eog_tokens = [t for t in range(self.n_vocab) if llama_cpp.llama_vocab_is_eog(self.vocab, t)]
+        # llguidance's view of the same vocabulary, for structured output (built once, ~1 s)
+        self.grammar_tokenizer = tokenizer_from_llama(self.vocab, self.n_vocab, self.eog_tokens)
 
         labels = {"model": self.name}
         # Families must outlive their metrics, hence kept on self.
@@ -145,6 +153,7 @@ class TritonPythonModel:
             )
         budget = room if cfg.max_tokens is None else min(cfg.max_tokens, room)
         n_in = len(prompt_tokens)
+        constraint = None if cfg.constraint is None else Constraint(self.grammar_tokenizer, cfg.constraint)
 
         texts, reasons, counts = [""] * cfg.n, ["None"] * cfg.n, [0] * cfg.n
         for index in range(cfg.n):
@@ -159,8 +168,9 @@ class TritonPythonModel:
                     final = reason is not None and last
                     sender.send(self._response(out_texts, reasons, n_in, out_counts), flags=FINAL if final else 0)
 
+            mask = None if constraint is None else constraint.matcher(self.n_vocab)
             texts[index], reasons[index], counts[index] = self._generate(
-                prompt_tokens, cfg, index, budget, sender, emit
+                prompt_tokens, cfg, index, budget, sender, emit, mask
             )
         if not stream:
             sender.send(self._response(texts, reasons, n_in, counts), flags=FINAL)
@@ -175,8 +185,12 @@ class TritonPythonModel:
             ]
         )
 
-    def _generate(self, prompt_tokens, cfg, index, budget, sender, emit):
-        """One choice: returns (text, finish_reason, generated tokens); streams through `emit`."""
+    def _generate(self, prompt_tokens, cfg, index, budget, sender, emit, mask=None):
+        """One choice: returns (text, finish_reason, generated tokens); streams through `emit`.
+
+        With a `mask` (constraint.TokenMask) every token is one its grammar allows, and the choice
+        ends as soon as the grammar is complete.
+        """
         sampler = Sampler(cfg, self.n_vocab, choice_index=index)
         stops = StopMatcher(cfg.stop)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -186,10 +200,12 @@ class TritonPythonModel:
         while reason is None:
             if sender.is_cancelled():
                 raise _Cancelled
-            token = sampler.choose(logits)
+            token = sampler.choose(logits, None if mask is None else mask.allowed())
             if llama_cpp.llama_vocab_is_eog(self.vocab, token):
                 reason = "stop"
                 break
+            if mask is not None:
+                mask.accept(token)
             generated += 1
             unreported += 1
             self.m_tokens.increment(1)
@@ -198,6 +214,9 @@ class TritonPythonModel:
             stop_at = stops.find(text, start=len(text) - len(piece))
             if stop_at is not None:
                 text, reason, cut_at_stop = text[:stop_at], "stop", True
+                break
+            if mask is not None and mask.finished:
+                reason = "stop"  # the grammar is complete: nothing but the end could follow
                 break
             if generated >= budget:
                 reason = "length"

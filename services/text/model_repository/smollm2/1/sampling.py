@@ -3,20 +3,47 @@
 Semantics follow OpenAI's and vLLM's: logit_bias is added to the logits (-100 bans a token,
 +100 forces it), presence/frequency penalties apply to tokens already generated, temperature 0
 is greedy, top_p keeps the smallest set of tokens whose probability reaches top_p, and a seed
-makes sampling reproducible.
+makes sampling reproducible. A structured-output constraint (constraint.py) narrows each step to
+the tokens its grammar allows; the grammar wins over logit_bias where the two disagree.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 import numpy as np
 
 GREEDY_BELOW = 1e-5  # temperatures under this are treated as 0 (greedy), as vLLM does
+CONSTRAINT_KEYS = ("json", "json_object", "regex", "choice", "grammar", "structural_tag")
 
 
 class InvalidSampling(ValueError):
     """Sampling parameters that cannot be applied to this model."""
+
+
+def requested_constraint(raw: dict) -> dict | None:
+    """The one constraint of vLLM's StructuredOutputsParams in `raw` (None when there is none).
+
+    `structured_outputs` (a JSON string, as Triton's vLLM backend takes it, or an object) wins
+    over the older `guided_decoding`; the result has exactly one of CONSTRAINT_KEYS.
+    """
+    spec = raw.get("structured_outputs")
+    if spec is None:
+        spec = raw.get("guided_decoding")
+    if spec is None:
+        return None
+    if isinstance(spec, str):
+        try:
+            spec = json.loads(spec)
+        except json.JSONDecodeError as err:
+            raise InvalidSampling(f"structured_outputs is not valid JSON: {err}") from err
+    if not isinstance(spec, dict):
+        raise InvalidSampling("structured_outputs must be a JSON object")
+    present = [k for k in CONSTRAINT_KEYS if spec.get(k) not in (None, False, "", [])]
+    if len(present) > 1:
+        raise InvalidSampling(f"structured_outputs takes one constraint, got {', '.join(present)}")
+    return {present[0]: spec[present[0]]} if present else None
 
 
 @dataclass
@@ -32,6 +59,8 @@ class SamplingConfig:
     frequency_penalty: float = 0.0
     logit_bias: dict[int, float] = field(default_factory=dict)
     seed: int | None = None
+    # vLLM's StructuredOutputsParams, reduced to its one constraint ({"json": {...}}, ...); None = free
+    constraint: dict | None = None
 
     @classmethod
     def from_json_dict(cls, raw: dict, vocab_size: int) -> SamplingConfig:
@@ -58,6 +87,7 @@ class SamplingConfig:
             frequency_penalty=float(raw.get("frequency_penalty", 0.0)),
             logit_bias=bias,
             seed=None if raw.get("seed") is None else int(raw["seed"]),
+            constraint=requested_constraint(raw),
         )
 
 
@@ -88,9 +118,18 @@ class Sampler:
                 out[forced] = keep
         return out
 
-    def choose(self, logits: np.ndarray) -> int:
-        """The next token; remembers it for the penalties."""
+    def choose(self, logits: np.ndarray, allowed: np.ndarray | None = None) -> int:
+        """The next token, among `allowed` (a boolean mask) when given; remembers it for the penalties.
+
+        Where logit_bias bans every allowed token, the allowed tokens are chosen from without the
+        bias: the constraint is what the caller asked to be guaranteed.
+        """
         out = self.adjusted_logits(logits)
+        if allowed is not None:
+            out[~allowed] = -np.inf
+            if not np.isfinite(out).any():
+                out = logits.astype(np.float64, copy=True)
+                out[~allowed] = -np.inf
         cfg = self.config
         if cfg.temperature < GREEDY_BELOW:
             token = int(np.argmax(out))

@@ -1,0 +1,95 @@
+"""Server interceptors that wrap each call of a service: admission control and call metrics."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from services.common.channels import CALL_DEADLINE
+from services.common.metrics import IN_FLIGHT, LATENCY, REQUESTS
+
+Around = Callable[[str, Any, grpc.aio.ServicerContext], contextlib.AbstractAsyncContextManager]
+
+
+def wrap_handler(handler: grpc.RpcMethodHandler, endpoint: str, around: Around) -> grpc.RpcMethodHandler:
+    """The same handler with `around(endpoint, request, context)` entered for the whole call."""
+    if handler.unary_unary:
+        inner = handler.unary_unary
+
+        async def unary(request, context):
+            async with around(endpoint, request, context):
+                return await inner(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(unary, handler.request_deserializer, handler.response_serializer)
+    if handler.unary_stream:
+        inner_stream = handler.unary_stream
+
+        async def stream(request, context):
+            async with around(endpoint, request, context):
+                async for item in inner_stream(request, context):
+                    yield item
+
+        return grpc.unary_stream_rpc_method_handler(stream, handler.request_deserializer, handler.response_serializer)
+    return handler
+
+
+class _Interceptor(grpc.aio.ServerInterceptor):
+    """Applies `around` to every call but health checking."""
+
+    def around(self, endpoint: str, request, context) -> contextlib.AbstractAsyncContextManager:
+        raise NotImplementedError
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or details.method.startswith("/grpc.health"):
+            return handler
+        return wrap_handler(handler, details.method.rsplit("/", 1)[-1], self.around)
+
+
+class AdmissionInterceptor(_Interceptor):
+    """At most `limit` calls in flight; beyond it, an immediate RESOURCE_EXHAUSTED (no queue)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.in_flight = 0
+
+    @contextlib.asynccontextmanager
+    async def around(self, endpoint: str, request, context) -> AsyncIterator[None]:
+        if self.in_flight >= self.limit:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the service is at capacity ({self.limit} requests in flight); retry shortly",
+            )
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+
+
+class MetricsInterceptor(_Interceptor):
+    """Requests, latency and in-flight gauge per RPC; also notes the call's deadline for the Triton
+    calls made on its behalf (CALL_DEADLINE)."""
+
+    @contextlib.asynccontextmanager
+    async def around(self, endpoint: str, request, context) -> AsyncIterator[None]:
+        remaining = context.time_remaining()
+        CALL_DEADLINE.set(None if remaining is None else time.monotonic() + remaining)
+        model, start = getattr(request, "model", ""), time.perf_counter()
+        IN_FLIGHT.labels(endpoint).inc()
+        try:
+            yield
+        finally:
+            IN_FLIGHT.labels(endpoint).dec()
+            LATENCY.labels(endpoint, model).observe(time.perf_counter() - start)
+            code = context.code()
+            status = "OK" if code is None else code.name if isinstance(code, grpc.StatusCode) else str(code)
+            REQUESTS.labels(endpoint, model, status).inc()
