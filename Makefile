@@ -45,22 +45,24 @@ unit: setup
 clean:
 	rm -rf $(GEN) $(TRITON)
 
-bench: setup
+bench: setup peer-venv
 	PYTHONPATH=.:$(GEN) $(PY) -m bench
 
 # The "peer gateway" of `make bench` (bench/peer_litellm.py): LiteLLM's proxy in its own venv, never
 # in .venv (its pins clash with ours). Not needed by run/test; bench reports the peer missing without it.
 # 1.108.7: the newest whose [proxy] extra resolves on PyPI (1.110.x needs an unpublished `litellm-proxy`,
 # 1.108.8+ an unpublished litellm-enterprise 0.1.79.post2); 1.107.0 is the release reported compromised.
-PEER_VENV := .venv-peer
-LITELLM   := litellm[proxy]==1.108.7
+PEER_VENV    := .venv-peer
+LITELLM_PIN  := 1.108.7
 
 .PHONY: peer-venv
-peer-venv: $(PEER_VENV)/.installed
-$(PEER_VENV)/.installed: Makefile
+peer-venv: $(PEER_VENV)/.installed-$(LITELLM_PIN)
+# the stamp names the pin: changing it reinstalls, editing the rest of this file does not
+$(PEER_VENV)/.installed-$(LITELLM_PIN):
 	test -x $(PEER_VENV)/bin/python || $(PYTHON) -m venv $(PEER_VENV)
 	$(PEER_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(PEER_VENV)/bin/python -m pip install --quiet '$(LITELLM)'
+	$(PEER_VENV)/bin/python -m pip install --quiet 'litellm[proxy]==$(LITELLM_PIN)'
+	rm -f $(PEER_VENV)/.installed*
 	touch $@
 
 # --- Kubernetes (k8s/) and container images (docker/) ---------------------------------------------

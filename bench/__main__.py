@@ -1,7 +1,12 @@
-"""`make bench`: start the real stack once, measure each modality against its baseline, stop it.
+"""`make bench`: start the real stack once, measure every figure against its baseline in the same run,
+stop it. Writes build/bench/report.{json,md,png}.
 
-Every figure is a ratio measured in the same run (the machine is noisy). The report is printed
-and written to build/bench/report.json.
+- overhead: minimal requests (1-token chat on the echo model, a tiny embedding) and echo streams at
+  1/16/64 through the façade vs straight to Triton over gRPC;
+- text_streaming: SmolLM2 streamed tokens/s, façade vs Triton;
+- embeddings: sentences/s at concurrency 32 vs the model in-process in batches of 32;
+- images: seconds per image by size, façade vs Triton;
+- peer: the same Triton behind LiteLLM's proxy vs behind hubmesh (needs `make peer-venv`).
 """
 
 import asyncio
@@ -10,25 +15,28 @@ import os
 import tempfile
 from pathlib import Path
 
-from bench import embeddings_throughput, images_latency, text_stream
+from bench import embeddings_throughput, images_latency, overhead, peer_litellm, report, text_stream
 from local.stack import ROOT, LocalStack, StackConfig
 
 
 def main() -> None:
     run_dir = Path(tempfile.mkdtemp(prefix="hubmesh-bench-"))
-    with LocalStack(StackConfig.with_free_ports(api_key="bench", run_dir=run_dir)) as stack:
-        report = {
+    config = StackConfig.with_free_ports(api_key="bench", run_dir=run_dir)
+    config.extra_models["text"] = ["echo"]
+    config.extra_env["HUBMESH_TEXT_CATALOG"] = str(ROOT / "services" / "text" / "catalog.bench.toml")
+    with LocalStack(config) as stack:
+        results = {
             "cores": os.cpu_count(),
-            "text_streaming": asyncio.run(text_stream.measure(stack, tokens=256, rounds=5)),
+            "overhead": asyncio.run(overhead.measure(stack)),
+            "text_streaming": asyncio.run(text_stream.measure(stack, tokens=256, rounds=3)),
             "embeddings": embeddings_throughput.measure(stack, n=640, rounds=3),
-            "images": asyncio.run(images_latency.measure(stack, rounds=3)),
+            "images": asyncio.run(images_latency.measure(stack, rounds=2)),
+            "peer": peer_litellm.measure(stack),
             "rss_mib": text_stream.process_memory(stack),
         }
-    out = ROOT / "build" / "bench" / "report.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(json.dumps(report, indent=2))
-    print(f"written to {out}")
+    written = report.write(results, ROOT / "build" / "bench")
+    print(json.dumps(results, indent=2))
+    print("written:", ", ".join(str(p) for p in written))
 
 
 if __name__ == "__main__":

@@ -39,7 +39,6 @@ import os
 import secrets
 import statistics
 import time
-from pathlib import Path
 
 import aiohttp
 

@@ -10,7 +10,6 @@ import grpc
 from aiohttp import web
 
 from grpc_health.v1 import health_pb2_grpc
-from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
 from facade.settings import Settings
 from hubmesh.embeddings.v1 import embeddings_pb2_grpc as embeddings_grpc
@@ -18,6 +17,7 @@ from hubmesh.images.v1 import images_pb2_grpc as images_grpc
 from hubmesh.text.v1 import text_generation_pb2_grpc as text_grpc
 from services.common.channels import CHANNEL_OPTIONS
 from services.common.internal_auth import secret_interceptors
+from services.common.telemetry import client_interceptors
 
 # Idempotent unary calls are retried once on UNAVAILABLE (a service restarting, a replica going away);
 # generation never is: it could run twice, and a stream may have sent tokens already.
@@ -67,7 +67,7 @@ def clients_ctx(settings: Settings):
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         # OpenTelemetry client spans (and traceparent to the services), then the internal secret
-        interceptors = aio_client_interceptors()
+        interceptors = client_interceptors()
         if settings.internal_secret:
             interceptors += secret_interceptors(settings.internal_secret)
         channels = {

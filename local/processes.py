@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -39,26 +40,20 @@ def spawn(cmd: list[str], env: dict[str, str], log_path: Path, cwd: Path | None 
 
 
 def stop(proc: subprocess.Popen, timeout_s: float = 15.0) -> None:
-    """SIGTERM to the child's process group, SIGKILL after timeout_s."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
+    """SIGTERM to the child's process group, SIGKILL after timeout_s; then SIGKILL to whatever of the
+    group outlived its leader (e.g. Triton's python stubs after the server itself died)."""
+    if proc.poll() is None:
         try:
-            os.killpg(proc.pid, signal.SIGKILL)
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=timeout_s)
         except ProcessLookupError:
             pass
-        proc.wait(timeout=5)
-    # members of the group that outlived their leader (e.g. Triton's python stubs)
-    try:
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=5)
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def free_port() -> int:

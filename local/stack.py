@@ -66,6 +66,8 @@ class StackConfig:
         }
     )
     extra_env: dict[str, str] = field(default_factory=dict)
+    # more Triton models to load per modality (e.g. the text benchmark model "echo")
+    extra_models: dict[str, list[str]] = field(default_factory=dict)
 
     @classmethod
     def with_free_ports(cls, api_key: str, run_dir: Path, **overrides) -> StackConfig:
@@ -131,7 +133,7 @@ class LocalStack:
         self.tritons = {
             m.name: TritonServer(
                 model_repository=m.repository,
-                models=list(m.models),
+                models=[*m.models, *config.extra_models.get(m.name, [])],
                 log_path=self.logs / f"triton-{m.name}.log",
                 http_port=config.ports[m.name]["triton_http"],
                 grpc_port=config.ports[m.name]["triton_grpc"],

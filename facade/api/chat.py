@@ -1,11 +1,26 @@
-"""POST /v1/chat/completions."""
+"""POST /v1/chat/completions, with tools and structured output.
+
+Tools, tool_choice, parallel_tool_calls and response_format go to the text service as they are;
+it renders the tools into the prompt and has the model held to a grammar, so a tool call's
+arguments and a JSON answer always parse and match their schema (services/text/structured.py).
+"""
 
 from __future__ import annotations
 
+import json
 from typing import Literal
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    field_validator,
+    model_validator,
+)
 
 from facade.api import text_common as tc
 from facade.api.validation import parse_body
@@ -13,6 +28,11 @@ from facade.errors import invalid
 from hubmesh.text.v1 import text_generation_pb2 as pb
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
+NAME_PATTERN = r"^[a-zA-Z0-9_-]{1,64}$"  # OpenAI's rule for function and schema names
+TOOL_CHOICE_MODES = {"none": pb.TOOL_CHOICE_MODE_NONE, "auto": pb.TOOL_CHOICE_MODE_AUTO,
+                     "required": pb.TOOL_CHOICE_MODE_REQUIRED}
+RESPONSE_FORMATS = {"text": pb.RESPONSE_FORMAT_TYPE_TEXT, "json_object": pb.RESPONSE_FORMAT_TYPE_JSON_OBJECT,
+                    "json_schema": pb.RESPONSE_FORMAT_TYPE_JSON_SCHEMA}
 
 
 class TextPart(BaseModel):
@@ -21,11 +41,28 @@ class TextPart(BaseModel):
     text: StrictStr | None = None
 
 
+class FunctionCall(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+    name: StrictStr
+    arguments: StrictStr  # JSON text, as the model (or OpenAI) wrote it
+
+
+class ToolCall(BaseModel):
+    """A call in an assistant message of the history."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+    id: StrictStr
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class Message(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
     role: StrictStr
     content: StrictStr | list[TextPart] | None = None
     name: StrictStr | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: StrictStr | None = None
 
     @field_validator("role")
     @classmethod
@@ -47,6 +84,10 @@ class Message(BaseModel):
     def _needs_content(self):
         if self.content is None and self.role != "assistant":
             raise ValueError(f"messages with role '{self.role}' must have content")
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only assistant messages can have tool_calls")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("messages with role 'tool' must have a tool_call_id")
         return self
 
     def text(self) -> str:
@@ -54,10 +95,70 @@ class Message(BaseModel):
             return "".join(part.text or "" for part in self.content)
         return self.content or ""
 
+    def to_proto(self) -> pb.ChatMessage:
+        message = pb.ChatMessage(role=self.role, content=self.text())
+        if self.name:
+            message.name = self.name
+        if self.tool_call_id is not None:
+            message.tool_call_id = self.tool_call_id
+        for call in self.tool_calls or ():
+            message.tool_calls.add(id=call.id, name=call.function.name, arguments=call.function.arguments)
+        return message
+
+
+class FunctionDefinition(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+    name: StrictStr = Field(pattern=NAME_PATTERN)
+    description: StrictStr | None = None
+    parameters: dict | None = None  # a JSON schema of type object; absent: no arguments
+    strict: StrictBool | None = None  # the schema is always enforced here
+
+
+class Tool(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+    name: StrictStr
+
+
+class NamedToolChoice(BaseModel):
+    """{"type": "function", "function": {"name": ...}}: call exactly this function."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True, populate_by_name=True)
+    name: StrictStr = Field(pattern=NAME_PATTERN)
+    description: StrictStr | None = None
+    schema_: dict | None = Field(default=None, alias="schema")
+    strict: StrictBool | None = None  # enforced either way
+
 
 class ResponseFormat(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
     type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_for_json_schema(self):
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("json_schema is required when type is 'json_schema'")
+        return self
+
+    def to_proto(self) -> pb.ResponseFormat:
+        fmt = pb.ResponseFormat(type=RESPONSE_FORMATS[self.type])
+        if self.type == "json_schema" and self.json_schema is not None:
+            fmt.name = self.json_schema.name
+            if self.json_schema.schema_ is not None:
+                fmt.json_schema = json.dumps(self.json_schema.schema_)
+        return fmt
 
 
 class ChatCompletionRequest(tc.SamplingFields):
@@ -67,35 +168,65 @@ class ChatCompletionRequest(tc.SamplingFields):
     max_completion_tokens: StrictInt | None = Field(default=None, ge=1)
     logprobs: bool | None = None
     response_format: ResponseFormat | None = None
-    tool_choice: StrictStr | dict | None = None
-    tools: list[dict] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    tools: list[Tool] | None = Field(default=None, max_length=128)
+    parallel_tool_calls: StrictBool | None = None
+    functions: list | None = None  # deprecated by OpenAI: a 400 pointing at tools
+    function_call: StrictStr | dict | None = None  # deprecated by OpenAI: a 400 pointing at tool_choice
+
+    @property
+    def forces_tool_calls(self) -> bool:
+        """True when the answer can only be tool calls (required, or a named function)."""
+        return bool(self.tools) and (self.tool_choice == "required" or isinstance(self.tool_choice, NamedToolChoice))
 
     def to_proto(self) -> pb.GenerateRequest:
         self.check_stream_options()
         if self.logprobs:
             raise invalid("logprobs are not supported by this server.", param="logprobs")
-        if self.response_format is not None and self.response_format.type != "text":
-            raise invalid(
-                f"response_format '{self.response_format.type}' is not supported yet.", param="response_format"
-            )
-        if self.tools and self.tool_choice not in (None, "none"):
-            raise invalid("tool calls are not supported yet; send tool_choice 'none'.", param="tools")
-        messages = [
-            pb.ChatMessage(role=m.role, content=m.text(), **({"name": m.name} if m.name else {}))
-            for m in self.messages
-        ]
-        return pb.GenerateRequest(
+        if self.functions is not None:
+            raise invalid("functions is deprecated and not supported here; send tools.", param="functions")
+        if self.function_call is not None:
+            raise invalid("function_call is deprecated and not supported here; send tool_choice.", param="function_call")
+        request = pb.GenerateRequest(
             model=self.model,
-            chat=pb.ChatInput(messages=messages),
+            chat=pb.ChatInput(messages=[m.to_proto() for m in self.messages]),
             sampling=self.sampling_proto(tc.max_tokens_of(self, self.max_completion_tokens, default=None)),
             user=self.user or "",
         )
+        for tool in self.tools or ():
+            function = request.tools.add(name=tool.function.name)
+            if tool.function.description is not None:
+                function.description = tool.function.description
+            if tool.function.parameters is not None:
+                function.parameters = json.dumps(tool.function.parameters)
+        if isinstance(self.tool_choice, NamedToolChoice):
+            request.tool_choice.function_name = self.tool_choice.function.name
+        elif self.tool_choice is not None:
+            request.tool_choice.mode = TOOL_CHOICE_MODES[self.tool_choice]
+        if self.parallel_tool_calls is not None:
+            request.parallel_tool_calls = self.parallel_tool_calls
+        if self.response_format is not None:
+            request.response_format.CopyFrom(self.response_format.to_proto())
+        return request
+
+
+def tool_calls_json(calls) -> list[dict]:
+    return [
+        {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in calls
+    ]
 
 
 def _choice_json(choice: pb.Choice) -> dict:
+    message = {
+        "role": "assistant",
+        "content": choice.text if choice.text or not choice.tool_calls else None,
+        "refusal": None,
+    }
+    if choice.tool_calls:
+        message["tool_calls"] = tool_calls_json(choice.tool_calls)
     return {
         "index": choice.index,
-        "message": {"role": "assistant", "content": choice.text, "refusal": None},
+        "message": message,
         "logprobs": None,
         "finish_reason": tc.FINISH_REASONS.get(choice.finish_reason, "stop"),
     }
@@ -129,18 +260,30 @@ async def _stream(request: web.Request, body: ChatCompletionRequest, proto: pb.G
         "model": body.model,
         "system_fingerprint": tc.SYSTEM_FINGERPRINT,
     }
+    content = None if body.forces_tool_calls else ""  # as OpenAI: no content when only calls can follow
     opening = [
-        {"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+        {"index": i, "delta": {"role": "assistant", "content": content}, "logprobs": None, "finish_reason": None}
         for i in range(body.n or 1)
     ]
     upstream = tc.GenerationStream(request, proto, input_param="messages")
     return await tc.respond_with_stream(request, [(0, upstream)], base, body.include_usage, _render, opening)
 
 
+def _tool_call_delta(call: pb.ToolCallDelta) -> dict:
+    """OpenAI's streamed tool call: id, type and name (arguments "") first, then argument fragments."""
+    if call.HasField("id"):
+        return {"index": call.index, "id": call.id, "type": "function",
+                "function": {"name": call.name, "arguments": call.arguments}}
+    return {"index": call.index, "function": {"arguments": call.arguments}}
+
+
 def _render(delta: pb.ChoiceDelta, offset: int) -> list[dict]:
     choices = []
     if delta.text:
         choices.append({"index": delta.index, "delta": {"content": delta.text}, "logprobs": None, "finish_reason": None})
+    if delta.tool_calls:
+        choices.append({"index": delta.index, "delta": {"tool_calls": [_tool_call_delta(c) for c in delta.tool_calls]},
+                        "logprobs": None, "finish_reason": None})
     if delta.finish_reason:
         reason = tc.FINISH_REASONS.get(delta.finish_reason, "stop")
         choices.append({"index": delta.index, "delta": {}, "logprobs": None, "finish_reason": reason})

@@ -19,7 +19,9 @@ from facade.errors import OpenAIError, from_grpc, invalid
 from facade.sse import EventStream
 from hubmesh.text.v1 import text_generation_pb2 as pb
 
-FINISH_REASONS = {pb.FINISH_REASON_STOP: "stop", pb.FINISH_REASON_LENGTH: "length"}
+FINISH_REASONS = {
+    pb.FINISH_REASON_STOP: "stop", pb.FINISH_REASON_LENGTH: "length", pb.FINISH_REASON_TOOL_CALLS: "tool_calls",
+}
 SYSTEM_FINGERPRINT = "fp_hubmesh_0_1"
 
 class StreamOptions(BaseModel):

@@ -11,7 +11,9 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
+import grpc
 from opentelemetry import trace
+from opentelemetry.propagate import inject
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -50,10 +52,52 @@ def configure_tracing(default_service_name: str, env: Mapping[str, str] = os.env
 
 def instrument_grpc_clients() -> None:
     """Traces every grpc.aio channel created from now on (tritonclient's included) and sends W3C
-    `traceparent` in its metadata, which Triton continues."""
-    from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorClient
+    `traceparent` in its metadata, which Triton continues.
 
-    GrpcAioInstrumentorClient().instrument()
+    Unary calls are left out: OpenTelemetry's aio unary interceptor awaits the whole call inside the
+    interceptor, so cancelling the caller no longer cancels the RPC (a client that goes away would
+    leave Triton working). Streams (the text path to Triton) are traced end to end."""
+    from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorClient, filters
+
+    GrpcAioInstrumentorClient(filter_=filters.negate(filters.any_of(
+        filters.method_name("ModelInfer"), filters.method_name("ModelReady"),
+    ))).instrument()
+
+
+class TracingUnaryInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
+    """Client span and `traceparent` for unary calls that, unlike OpenTelemetry's own aio interceptor,
+    hands the call back at once: cancelling the caller still cancels the RPC."""
+
+    async def intercept_unary_unary(self, continuation, details, request):
+        tracer = trace.get_tracer(__name__)
+        method = details.method.decode() if isinstance(details.method, bytes) else details.method
+        span = tracer.start_span(method.lstrip("/"), kind=trace.SpanKind.CLIENT,
+                                 attributes={"rpc.system": "grpc", "rpc.method": method.rsplit("/", 1)[-1]})
+        metadata = grpc.aio.Metadata(*(details.metadata or ()))
+        inject(metadata, context=trace.set_span_in_context(span), setter=_MetadataSetter())
+        details = grpc.aio.ClientCallDetails(
+            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+        )
+        try:
+            call = await continuation(details, request)
+        except BaseException:
+            span.end()
+            raise
+        call.add_done_callback(lambda _: span.end())
+        return call
+
+
+class _MetadataSetter:
+    def set(self, carrier: grpc.aio.Metadata, key: str, value: str) -> None:
+        carrier[key] = value
+
+
+def client_interceptors() -> list:
+    """Tracing for the façade's channels: OpenTelemetry's stream interceptors, our unary one."""
+    from opentelemetry.instrumentation.grpc import aio_client_interceptors
+
+    kept = [i for i in aio_client_interceptors() if not isinstance(i, grpc.aio.UnaryUnaryClientInterceptor)]
+    return [TracingUnaryInterceptor(), *kept]
 
 
 def server_interceptors() -> list:

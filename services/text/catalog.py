@@ -19,6 +19,13 @@ class ModelEntry:
     context_length: int
     owned_by: str = "hubmesh"
     created: int = 0
+    # renders tools, tool calls and tool results; None: chat_template does (it knows tools itself)
+    tool_chat_template: ChatTemplate | None = None
+
+    @property
+    def tool_template(self) -> ChatTemplate:
+        """The template for conversations with tools, tool calls or tool results."""
+        return self.tool_chat_template or self.chat_template
 
 
 def load_catalog(path: Path) -> dict[str, ModelEntry]:
@@ -27,6 +34,7 @@ def load_catalog(path: Path) -> dict[str, ModelEntry]:
     entries = {}
     for raw in data.get("models", []):
         template = ChatTemplate((path.parent / raw["chat_template"]).read_text())
+        tool_template = raw.get("tool_chat_template")
         entry = ModelEntry(
             id=raw["id"],
             triton_model=raw["triton_model"],
@@ -34,6 +42,7 @@ def load_catalog(path: Path) -> dict[str, ModelEntry]:
             context_length=int(raw["context_length"]),
             owned_by=raw.get("owned_by", "hubmesh"),
             created=int(raw.get("created", 0)),
+            tool_chat_template=ChatTemplate((path.parent / tool_template).read_text()) if tool_template else None,
         )
         entries[entry.id] = entry
     if not entries:

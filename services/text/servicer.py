@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import AsyncIterator
@@ -17,12 +18,15 @@ from services.common.metrics import StreamTimer, count_tokens
 from services.common.telemetry import set_genai_attributes
 from services.text.backend import GenerationChunk, TextBackend
 from services.text.catalog import ModelEntry
+from services.text.structured import Mode, OutputPlan, plan_output
+from services.text.tool_calls import CallStart, Content, Event, ToolCallParser
 
 log = logging.getLogger(__name__)
 
 MAX_CHOICES = 128
 MAX_STOP_SEQUENCES = 4
 FINISH_REASONS = {"stop": pb.FINISH_REASON_STOP, "length": pb.FINISH_REASON_LENGTH}
+TOOL_CHOICE_NAMES = {pb.TOOL_CHOICE_MODE_AUTO: "auto", pb.TOOL_CHOICE_MODE_REQUIRED: "required"}
 
 
 def _check_range(name: str, value: float, low: float, high: float, param: str | None = None) -> None:
@@ -84,26 +88,25 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
         self._backend = backend
         self._catalog = catalog
 
-    def _prepare(self, request: pb.GenerateRequest) -> tuple[ModelEntry, str, dict[str, Any]]:
+    def _prepare(self, request: pb.GenerateRequest) -> tuple[ModelEntry, str, dict[str, Any], OutputPlan]:
         entry = self._catalog.get(request.model)
         if entry is None:
             raise ModelNotFound(f"The model '{request.model}' does not exist", "model")
         which = request.WhichOneof("input")
+        plan = plan_output(request)
         if which == "chat":
             if not request.chat.messages:
                 raise InvalidArgument("messages must not be empty", "messages")
-            messages = []
-            for m in request.chat.messages:
-                message = {"role": m.role, "content": m.content}
-                if m.HasField("name"):
-                    message["name"] = m.name
-                messages.append(message)
-            prompt = entry.chat_template.render(messages, add_generation_prompt=True)
+            prompt = _render_chat(entry, request, plan)
         elif which == "prompt":
             prompt = request.prompt
         else:
             raise InvalidArgument("either chat messages or a prompt is required", "messages")
         sampling = sampling_to_contract(request.sampling, entry)
+        if plan.forced:
+            # The grammar decides where the JSON ends; a stop sequence inside it would break it.
+            sampling.pop("stop", None)
+        sampling.update(plan.sampling_entry)
         set_genai_attributes(
             operation__name="chat" if which == "chat" else "text_completion",
             request__model=entry.id,
@@ -112,7 +115,7 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
             request__top_p=sampling.get("top_p"),
             request__choice__count=sampling["n"],
         )
-        return entry, prompt, sampling
+        return entry, prompt, sampling, plan
 
     async def is_ready(self) -> bool:
         """Ready when every catalogued Triton model is ready."""
@@ -123,7 +126,7 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
 
     @abort_on_service_error
     async def Generate(self, request: pb.GenerateRequest, context) -> pb.GenerateResponse:
-        entry, prompt, sampling = self._prepare(request)
+        entry, prompt, sampling, plan = self._prepare(request)
         n = sampling["n"]
         texts = [""] * n
         reasons: list[str | None] = [None] * n
@@ -133,36 +136,52 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
                 texts[i] += text
                 reasons[i] = chunk.finish_reasons[i] or reasons[i]
             _add_usage(usage, chunk)
-        choices = [
-            pb.Choice(index=i, text=texts[i], finish_reason=FINISH_REASONS.get(reasons[i] or "", 0))
-            for i in range(n)
-        ]
-        _report(entry.id, usage, [r or "" for r in reasons])
+        choices = []
+        for i in range(n):
+            parser = _parser(plan)
+            events = parser.feed(texts[i]) + parser.finish()
+            content = "".join(e.text for e in events if isinstance(e, Content))
+            calls = [pb.ToolCall(id=c.id, name=c.name, arguments=c.arguments) for c in parser.calls]
+            choices.append(
+                pb.Choice(index=i, text=content, finish_reason=_finish_reason(reasons[i], parser), tool_calls=calls)
+            )
+        _report(entry.id, usage, [_reason_name(c.finish_reason) for c in choices])
         return pb.GenerateResponse(model=entry.id, choices=choices, usage=usage)
 
     @abort_on_service_error
     async def GenerateStream(
         self, request: pb.GenerateRequest, context
     ) -> AsyncIterator[pb.GenerateStreamResponse]:
-        entry, prompt, sampling = self._prepare(request)
+        entry, prompt, sampling, plan = self._prepare(request)
         usage = pb.Usage()
-        finished: dict[int, str] = {}  # backends repeat a choice's finish_reason in later responses
+        finished: dict[int, int] = {}  # backends repeat a choice's finish_reason in later responses
+        parsers: dict[int, ToolCallParser] = {}
         timer = StreamTimer(entry.id)
         async for chunk in self._backend.generate(entry.triton_model, prompt, sampling, stream=True):
             _add_usage(usage, chunk)
-            deltas = []
+            rounds: list[list[pb.ChoiceDelta]] = []  # one stream message per round
             for i, text in enumerate(chunk.texts):
                 reason = chunk.finish_reasons[i] if i not in finished else None
+                if plan.mode is Mode.TEXT:
+                    if text:
+                        _in_round(rounds, 0).append(pb.ChoiceDelta(index=i, text=text))
+                    if reason:  # on a delta of its own, as OpenAI sends it
+                        finished[i] = FINISH_REASONS.get(reason, 0)
+                        last = _in_round(rounds, 1 if text else 0)
+                        last.append(pb.ChoiceDelta(index=i, finish_reason=finished[i]))
+                    continue
+                parser = parsers.setdefault(i, _parser(plan))
+                events = parser.feed(text) + (parser.finish() if reason else [])
+                deltas = [_delta(i, event) for event in events]
                 if reason:
-                    finished[i] = reason
-                if text or reason:
-                    deltas.append(
-                        pb.ChoiceDelta(index=i, text=text, finish_reason=FINISH_REASONS.get(reason or "", 0))
-                    )
-            if deltas:
+                    finished[i] = _finish_reason(reason, parser)
+                    deltas.append(pb.ChoiceDelta(index=i, finish_reason=finished[i]))
+                for position, delta in enumerate(deltas):
+                    _in_round(rounds, position).append(delta)
+            for deltas in rounds:
                 timer.chunk()
                 yield pb.GenerateStreamResponse(model=entry.id, deltas=deltas)
-        _report(entry.id, usage, [finished[i] for i in sorted(finished)])
+        _report(entry.id, usage, [_reason_name(finished[i]) for i in sorted(finished)])
         yield pb.GenerateStreamResponse(model=entry.id, usage=usage)
 
     async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
@@ -171,6 +190,79 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
             for e in self._catalog.values()
         ]
         return pb.ListModelsResponse(models=models)
+
+
+def _render_chat(entry: ModelEntry, request: pb.GenerateRequest, plan: OutputPlan) -> str:
+    """The prompt of a chat request: the model's template, or its tool template when tools,
+    tool calls or tool results are in play (transformers' message and tool shapes)."""
+    messages, names_by_id, uses_tools = [], {}, plan.prompt_tools is not None
+    for m in request.chat.messages:
+        message: dict[str, Any] = {"role": m.role, "content": m.content}
+        if m.HasField("name"):
+            message["name"] = m.name
+        if m.tool_calls:
+            uses_tools = True
+            message["tool_calls"] = [
+                {"id": c.id, "type": "function",
+                 "function": {"name": c.name, "arguments": _arguments_value(c.arguments)}}
+                for c in m.tool_calls
+            ]
+            names_by_id.update((c.id, c.name) for c in m.tool_calls)
+        if m.HasField("tool_call_id"):
+            message["tool_call_id"] = m.tool_call_id
+            if m.tool_call_id in names_by_id and "name" not in message:
+                message["name"] = names_by_id[m.tool_call_id]
+        uses_tools = uses_tools or m.role == "tool"
+        messages.append(message)
+    if not uses_tools:
+        return entry.chat_template.render(messages, add_generation_prompt=True)
+    extra: dict[str, Any] = {"parallel_tool_calls": plan.parallel}
+    if plan.prompt_tools is not None:
+        choice = request.tool_choice
+        if choice.WhichOneof("choice") == "function_name":
+            extra["tool_choice"] = choice.function_name
+        else:
+            extra["tool_choice"] = TOOL_CHOICE_NAMES.get(choice.mode, "auto")
+    return entry.tool_template.render(messages, add_generation_prompt=True, tools=plan.prompt_tools, **extra)
+
+
+def _arguments_value(arguments: str) -> Any:
+    """Arguments as the templates expect them: a dict when they parse, else the text as sent."""
+    try:
+        return json.loads(arguments)
+    except (json.JSONDecodeError, RecursionError):
+        return arguments
+
+
+def _parser(plan: OutputPlan) -> ToolCallParser:
+    return ToolCallParser(plan.mode, plan.tool_names, plan.parallel)
+
+
+def _finish_reason(reason: str | None, parser: ToolCallParser) -> int:
+    """tool_calls when the choice ended with complete calls (even if the budget ran out after them)."""
+    if parser.calls and parser.complete:
+        return pb.FINISH_REASON_TOOL_CALLS
+    return FINISH_REASONS.get(reason or "", 0)
+
+
+def _reason_name(reason: int) -> str:
+    return pb.FinishReason.Name(reason).removeprefix("FINISH_REASON_").lower() if reason else ""
+
+
+def _delta(index: int, event: Event) -> pb.ChoiceDelta:
+    if isinstance(event, Content):
+        return pb.ChoiceDelta(index=index, text=event.text)
+    if isinstance(event, CallStart):
+        call = pb.ToolCallDelta(index=event.index, id=event.id, name=event.name)
+    else:
+        call = pb.ToolCallDelta(index=event.index, arguments=event.fragment)
+    return pb.ChoiceDelta(index=index, tool_calls=[call])
+
+
+def _in_round(rounds: list[list[pb.ChoiceDelta]], position: int) -> list[pb.ChoiceDelta]:
+    while len(rounds) <= position:
+        rounds.append([])
+    return rounds[position]
 
 
 def _report(model: str, usage: pb.Usage, finish_reasons: list[str]) -> None:

@@ -137,7 +137,8 @@ async def test_max_completion_tokens_wins_over_max_tokens(aiohttp_client, servic
         (chat_body(max_tokens=9000), "max_tokens"),
         (chat_body(stream="yes"), "stream"),
         (chat_body(stream_options={"include_usage": True}), "stream_options"),
-        (chat_body(response_format={"type": "json_object"}), "response_format"),
+        (chat_body(response_format={"type": "json_schema"}), "response_format"),
+        (chat_body(response_format={"type": "xml"}), "response_format.type"),
     ],
 )
 async def test_bad_chat_inputs_are_400_naming_the_param(aiohttp_client, services, body, param):
@@ -257,3 +258,146 @@ async def test_ready_reports_each_service(aiohttp_client):
     body = await response.json()
     assert body["status"] == "not ready" and set(body["services"]) == {"text", "embeddings", "images"}
     assert (await client.get("/health")).status == 200
+
+
+# -- tools and structured output -------------------------------------------------------------------
+
+WEATHER = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather now", "parameters": WEATHER}}]
+CALL = '{"name": "get_weather", "arguments": {"city": "Paris"}}'
+
+
+def test_tools_and_tool_messages_map_onto_the_proto():
+    from facade.api.chat import ChatCompletionRequest
+    from hubmesh.text.v1 import text_generation_pb2 as pb
+
+    body = ChatCompletionRequest.model_validate(chat_body(
+        messages=[
+            {"role": "user", "content": "Weather?"},
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "call_9", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Rome"}'}}]},
+            {"role": "tool", "tool_call_id": "call_9", "content": [{"type": "text", "text": "21 C"}]},
+        ],
+        tools=[*TOOLS, {"type": "function", "function": {"name": "noop"}}],
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        parallel_tool_calls=False,
+        response_format={"type": "json_schema", "json_schema": {"name": "w", "schema": WEATHER, "strict": True}},
+    ))
+    request = body.to_proto()
+    assert [(m.role, m.content) for m in request.chat.messages] == [("user", "Weather?"), ("assistant", ""), ("tool", "21 C")]
+    assert [(c.id, c.name, c.arguments) for c in request.chat.messages[1].tool_calls] == [
+        ("call_9", "get_weather", '{"city": "Rome"}')]
+    assert request.chat.messages[2].tool_call_id == "call_9" and not request.chat.messages[0].HasField("tool_call_id")
+    weather, noop = request.tools
+    assert (weather.name, weather.description, json.loads(weather.parameters)) == ("get_weather", "Weather now", WEATHER)
+    assert noop.name == "noop" and not noop.HasField("parameters") and not noop.HasField("description")
+    assert request.tool_choice.function_name == "get_weather"
+    assert request.HasField("parallel_tool_calls") and not request.parallel_tool_calls
+    assert request.response_format.type == pb.RESPONSE_FORMAT_TYPE_JSON_SCHEMA
+    assert (request.response_format.name, json.loads(request.response_format.json_schema)) == ("w", WEATHER)
+
+    plain = ChatCompletionRequest.model_validate(chat_body(tools=TOOLS, tool_choice="required")).to_proto()
+    assert plain.tool_choice.mode == pb.TOOL_CHOICE_MODE_REQUIRED and not plain.HasField("parallel_tool_calls")
+    assert not plain.HasField("response_format")
+    bare = ChatCompletionRequest.model_validate(chat_body()).to_proto()
+    assert not bare.tools and not bare.HasField("tool_choice")
+
+
+async def test_unary_tool_call_is_openai_shaped(aiohttp_client, services):
+    backend = FakeTextBackend([chunk([CALL], ["stop"], n_in=30, n_out=[14])])
+    client = await client_for(aiohttp_client, services, backend)
+    response = await client.post("/v1/chat/completions", json=chat_body(tools=TOOLS, tool_choice="required"), headers=AUTH)
+    assert response.status == 200, await response.text()
+    choice = (await response.json())["choices"][0]
+    call_id = choice["message"]["tool_calls"][0]["id"]
+    assert call_id.startswith("call_")
+    assert choice == {
+        "index": 0,
+        "message": {"role": "assistant", "content": None, "refusal": None, "tool_calls": [
+            {"id": call_id, "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+        "logprobs": None,
+        "finish_reason": "tool_calls",
+    }
+
+
+async def test_streamed_tool_call_exact_sse_chunks(aiohttp_client, services):
+    pieces = ['{"name": "get_weather", ', '"arguments": {"ci', 'ty": "Par', 'is"}}']
+    backend = FakeTextBackend([chunk([p]) for p in pieces] + [chunk([""], ["stop"], n_out=[0])])
+    client = await client_for(aiohttp_client, services, backend)
+    response = await client.post(
+        "/v1/chat/completions", headers=AUTH,
+        json=chat_body(tools=TOOLS, tool_choice={"type": "function", "function": {"name": "get_weather"}}, stream=True),
+    )
+    assert response.status == 200
+    events = (await response.read()).decode().split("\n\n")
+    assert events[-2:] == ["data: [DONE]", ""]
+    chunks = [json.loads(e.removeprefix("data: ")) for e in events[:-2]]
+    call_id = chunks[1]["choices"][0]["delta"]["tool_calls"][0]["id"]
+    assert call_id.startswith("call_")
+
+    def fragment(text):
+        return [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": text}}]},
+                 "logprobs": None, "finish_reason": None}]
+
+    assert [c["choices"] for c in chunks] == [
+        [{"index": 0, "delta": {"role": "assistant", "content": None}, "logprobs": None, "finish_reason": None}],
+        [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": call_id, "type": "function",
+                                                "function": {"name": "get_weather", "arguments": ""}}]},
+          "logprobs": None, "finish_reason": None}],
+        fragment('{"ci'), fragment('ty": "Par'), fragment('is"}'),
+        [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "tool_calls"}],
+    ]
+    assert len({c["id"] for c in chunks}) == 1 and all(c["object"] == "chat.completion.chunk" for c in chunks)
+
+
+async def test_streamed_auto_answer_text_then_call(aiohttp_client, services):
+    backend = FakeTextBackend([chunk(["Checking "]), chunk(['now. {"name": "get_weather", "arguments": {}}']),
+                               chunk([""], ["stop"], n_out=[0])])
+    client = await client_for(aiohttp_client, services, backend)
+    response = await client.post("/v1/chat/completions", json=chat_body(tools=TOOLS, stream=True), headers=AUTH)
+    chunks = [json.loads(e.removeprefix("data: ")) for e in (await response.read()).decode().split("\n\n")[:-2]]
+    deltas = [c["choices"][0]["delta"] for c in chunks]
+    assert deltas[0] == {"role": "assistant", "content": ""}
+    assert "".join(d.get("content") or "" for d in deltas) == "Checking now."
+    calls = [t for d in deltas for t in d.get("tool_calls", [])]
+    assert calls[0]["function"] == {"name": "get_weather", "arguments": ""} and calls[1]["function"] == {"arguments": "{}"}
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+
+
+async def test_json_response_format_reaches_the_model(aiohttp_client, services):
+    backend = FakeTextBackend([chunk(['{"ok": true}'], ["stop"])])
+    client = await client_for(aiohttp_client, services, backend)
+    response = await client.post("/v1/chat/completions", json=chat_body(response_format={"type": "json_object"}),
+                                 headers=AUTH)
+    assert (await response.json())["choices"][0]["message"]["content"] == '{"ok": true}'
+    assert json.loads(backend.calls[0]["sampling"]["structured_outputs"]) == {"json_object": True}
+
+
+@pytest.mark.parametrize(
+    "body, param",
+    [
+        (chat_body(tools=[{"type": "function", "function": {"name": "bad name"}}]), "tools[0].function.name"),
+        (chat_body(tools=[{"type": "retrieval"}]), "tools[0].type"),
+        (chat_body(tools=TOOLS, tool_choice="sometimes"), "tool_choice"),
+        (chat_body(tools=TOOLS, tool_choice={"type": "function", "function": {"name": "other"}}), "tool_choice"),
+        (chat_body(tool_choice="required"), "tool_choice"),
+        (chat_body(tools=[{"type": "function", "function": {"name": "f", "parameters": {
+            "type": "object", "properties": {"a": {"not": {"type": "string"}}}}}}]), "tools[0].function.parameters"),
+        (chat_body(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {
+            "type": "object", "dependentRequired": {"a": ["b"]}}}}), "response_format"),
+        (chat_body(response_format={"type": "json_schema", "json_schema": {"name": "has space", "schema": {}}}),
+         "response_format.json_schema.name"),
+        (chat_body(messages=[{"role": "user", "content": "x"}, {"role": "tool", "content": "r"}]), "messages[1]"),
+        (chat_body(messages=[{"role": "user", "content": "x", "tool_calls": []}, {"role": "user", "content": "y",
+          "tool_calls": [{"id": "a", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}]), "messages[1]"),
+        (chat_body(parallel_tool_calls="no"), "parallel_tool_calls"),
+        (chat_body(functions=[{"name": "f"}]), "functions"),
+        (chat_body(function_call="auto"), "function_call"),
+    ],
+)
+async def test_bad_tool_and_format_inputs_are_400_naming_the_param(aiohttp_client, services, body, param):
+    client = await client_for(aiohttp_client, services, FakeTextBackend())
+    response = await client.post("/v1/chat/completions", json=body, headers=AUTH)
+    assert response.status == 400, await response.text()
+    error = (await response.json())["error"]
+    assert error["type"] == "invalid_request_error" and error["param"] == param and error["message"]

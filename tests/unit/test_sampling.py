@@ -1,8 +1,10 @@
 """The CPU text model's token selection and stop handling (pure numpy, no Triton)."""
 
+import json
+
 import numpy as np
 import pytest
-from sampling import InvalidSampling, Sampler, SamplingConfig, StopMatcher
+from sampling import InvalidSampling, Sampler, SamplingConfig, StopMatcher, requested_constraint
 
 VOCAB = 8
 
@@ -78,3 +80,31 @@ def test_stop_matcher_holds_back_possible_stop_prefixes():
     assert stops.safe_length("hello EN") == 6
     assert stops.safe_length("hello X") == 7
     assert StopMatcher([]).safe_length("abc") == 3
+
+
+def test_allowed_mask_limits_the_choice_and_wins_over_logit_bias():
+    allowed = np.array([False, True, False, True, False, False, False, False])
+    greedy = Sampler(SamplingConfig(temperature=0.0), VOCAB)
+    assert greedy.choose(logits(0, 1, 5, 2, 0, 0, 0, 0), allowed) == 3
+    sampled = Sampler(SamplingConfig(temperature=1.5, seed=2), VOCAB)
+    assert {sampled.choose(logits(9, 0, 9, 0, 9, 9, 9, 9), allowed) for _ in range(40)} == {1, 3}
+    # the bias bans every allowed token: the grammar wins, the bias is set aside
+    banned = Sampler(SamplingConfig(temperature=0.0, logit_bias={1: -100, 3: -100}), VOCAB)
+    assert banned.choose(logits(0, 1, 5, 2, 0, 0, 0, 0), allowed) == 3
+    forced = Sampler(SamplingConfig(temperature=0.0, logit_bias={2: 100}), VOCAB)
+    assert forced.choose(logits(0, 1, 5, 2, 0, 0, 0, 0), allowed) == 3
+
+
+def test_structured_outputs_are_read_from_the_vllm_fields():
+    schema = {"type": "object"}
+    assert requested_constraint({}) is None
+    assert requested_constraint({"structured_outputs": json.dumps({"json": schema})}) == {"json": schema}
+    assert requested_constraint({"structured_outputs": {"json_object": True, "regex": None}}) == {"json_object": True}
+    assert requested_constraint({"guided_decoding": {"choice": ["a", "b"]}}) == {"choice": ["a", "b"]}
+    assert requested_constraint({"structured_outputs": {"json_object": False}}) is None
+    cfg = SamplingConfig.from_json_dict({"structured_outputs": json.dumps({"regex": "[0-9]+"})}, VOCAB)
+    assert cfg.constraint == {"regex": "[0-9]+"}
+    with pytest.raises(InvalidSampling, match="one constraint"):
+        requested_constraint({"structured_outputs": {"json": schema, "regex": "x"}})
+    with pytest.raises(InvalidSampling, match="not valid JSON"):
+        requested_constraint({"structured_outputs": "{nope"})

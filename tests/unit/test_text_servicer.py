@@ -1,6 +1,7 @@
 """TextGenerationServicer against a fake backend, over a real in-process gRPC server."""
 
 import asyncio
+import json
 
 import grpc
 import pytest
@@ -109,3 +110,112 @@ async def test_list_models_comes_from_the_catalogue():
     async with running_text_service(FakeTextBackend()) as target, grpc.aio.insecure_channel(target) as channel:
         reply = await pb_grpc.TextGenerationStub(channel).ListModels(pb.ListModelsRequest())
     assert [(m.id, m.context_length) for m in reply.models] == [(MODEL, 8192)]
+
+
+WEATHER = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+CALL = '{"name": "get_weather", "arguments": {"city": "Paris"}}'
+
+
+def tools_request(choice=None, messages=None, **fields):
+    request = pb.GenerateRequest(
+        model=MODEL,
+        chat=pb.ChatInput(messages=messages or [pb.ChatMessage(role="user", content="Weather in Paris?")]),
+        sampling=pb.SamplingParameters(stop=["\n"], max_tokens=64),
+        tools=[pb.FunctionTool(name="get_weather", description="Weather now", parameters=json.dumps(WEATHER))],
+        **fields,
+    )
+    if isinstance(choice, str):
+        request.tool_choice.function_name = choice
+    elif choice is not None:
+        request.tool_choice.mode = choice
+    return request
+
+
+async def test_tools_reach_the_prompt_and_the_constraint():
+    backend = FakeTextBackend([chunk([CALL], ["stop"])])
+    history = [
+        pb.ChatMessage(role="user", content="Weather in Paris?"),
+        pb.ChatMessage(role="assistant",
+                       tool_calls=[pb.ToolCall(id="call_1", name="get_weather", arguments='{"city": "Paris"}')]),
+        pb.ChatMessage(role="tool", content='{"t": 21}', tool_call_id="call_1"),
+        pb.ChatMessage(role="user", content="And in Rome?"),
+    ]
+    async with running_text_service(backend) as target, grpc.aio.insecure_channel(target) as channel:
+        reply = await pb_grpc.TextGenerationStub(channel).Generate(
+            tools_request(pb.TOOL_CHOICE_MODE_REQUIRED, history, parallel_tool_calls=False)
+        )
+    prompt, sampling = backend.calls[0]["prompt"], backend.calls[0]["sampling"]
+    assert '<tools>\n{"type": "function", "function": {"name": "get_weather", "description": "Weather now"' in prompt
+    assert '<|im_start|>assistant\n{"name": "get_weather", "arguments": {"city": "Paris"}}<|im_end|>' in prompt
+    assert '<|im_start|>tool\n<tool_response>\n{"t": 21}\n</tool_response><|im_end|>' in prompt
+    assert "stop" not in sampling  # the grammar ends the JSON; a stop sequence could cut it
+    constraint = json.loads(sampling["structured_outputs"])
+    assert constraint["json"]["properties"]["name"] == {"const": "get_weather"}
+    assert constraint["json"]["properties"]["arguments"] == {**WEATHER, "additionalProperties": False}
+    choice = reply.choices[0]
+    assert choice.text == "" and choice.finish_reason == pb.FINISH_REASON_TOOL_CALLS
+    assert [(c.name, c.arguments) for c in choice.tool_calls] == [("get_weather", '{"city": "Paris"}')]
+    assert choice.tool_calls[0].id.startswith("call_") and len(choice.tool_calls[0].id) == 29
+
+
+async def test_auto_keeps_stop_and_reads_text_or_calls():
+    backend = FakeTextBackend([chunk(["Let me look. " + CALL, "Sunny."], ["stop", "stop"])])
+    async with running_text_service(backend) as target, grpc.aio.insecure_channel(target) as channel:
+        request = tools_request(pb.TOOL_CHOICE_MODE_AUTO)
+        request.sampling.n = 2
+        reply = await pb_grpc.TextGenerationStub(channel).Generate(request)
+    sampling = backend.calls[0]["sampling"]
+    assert sampling["stop"] == ["\n"] and "structural_tag" in json.loads(sampling["structured_outputs"])
+    first, second = reply.choices
+    assert first.text == "Let me look." and first.finish_reason == pb.FINISH_REASON_TOOL_CALLS
+    assert [c.arguments for c in first.tool_calls] == ['{"city": "Paris"}']
+    assert second.text == "Sunny." and not second.tool_calls and second.finish_reason == pb.FINISH_REASON_STOP
+
+
+async def test_none_and_plain_requests_stay_plain():
+    backend = FakeTextBackend([chunk([CALL], ["stop"])])
+    async with running_text_service(backend) as target, grpc.aio.insecure_channel(target) as channel:
+        reply = await pb_grpc.TextGenerationStub(channel).Generate(tools_request(pb.TOOL_CHOICE_MODE_NONE))
+    assert "<tools>" not in backend.calls[0]["prompt"] and "structured_outputs" not in backend.calls[0]["sampling"]
+    assert reply.choices[0].text == CALL and not reply.choices[0].tool_calls
+
+
+async def test_response_format_json_schema_becomes_the_constraint():
+    backend = FakeTextBackend([chunk(['{"a": 1}'], ["stop"])])
+    fmt = pb.ResponseFormat(type=pb.RESPONSE_FORMAT_TYPE_JSON_SCHEMA, name="a",
+                            json_schema=json.dumps({"type": "object", "properties": {"a": {"type": "integer"}}}))
+    async with running_text_service(backend) as target, grpc.aio.insecure_channel(target) as channel:
+        reply = await pb_grpc.TextGenerationStub(channel).Generate(
+            pb.GenerateRequest(model=MODEL, prompt="x", response_format=fmt, sampling=pb.SamplingParameters(stop=["}"]))
+        )
+    sampling = backend.calls[0]["sampling"]
+    assert json.loads(sampling["structured_outputs"]) == {
+        "json": {"type": "object", "properties": {"a": {"type": "integer"}}, "additionalProperties": False}
+    }
+    assert "stop" not in sampling and reply.choices[0].text == '{"a": 1}'
+
+
+async def test_streamed_call_is_name_first_then_fragments_then_finish():
+    pieces = ['{"name": "get_', 'weather", "arguments": {"ci', 'ty": "Par', 'is"}}']
+    backend = FakeTextBackend([chunk([p]) for p in pieces] + [chunk([""], ["stop"], n_out=[0])])
+    async with running_text_service(backend) as target, grpc.aio.insecure_channel(target) as channel:
+        messages = [m async for m in pb_grpc.TextGenerationStub(channel).GenerateStream(
+            tools_request(pb.TOOL_CHOICE_MODE_REQUIRED))]
+    deltas = [d for m in messages for d in m.deltas]
+    assert all(len(m.deltas) <= 1 for m in messages)  # one step of one choice per message
+    start = deltas[0].tool_calls[0]
+    assert (start.index, start.name, start.arguments) == (0, "get_weather", "") and start.id.startswith("call_")
+    fragments = [d.tool_calls[0] for d in deltas[1:-1]]
+    assert all(not f.HasField("id") and not f.HasField("name") for f in fragments)
+    assert [f.arguments for f in fragments] == ['{"ci', 'ty": "Par', 'is"}']
+    assert deltas[-1].finish_reason == pb.FINISH_REASON_TOOL_CALLS and not deltas[-1].tool_calls
+    assert all(not d.text for d in deltas)
+    assert messages[-1].HasField("usage")
+
+
+async def test_unknown_named_function_is_invalid_argument_with_param():
+    async with running_text_service(FakeTextBackend()) as target, grpc.aio.insecure_channel(target) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await pb_grpc.TextGenerationStub(channel).Generate(tools_request("get_time"))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert dict(err.value.trailing_metadata())["hubmesh-param"] == "tool_choice"

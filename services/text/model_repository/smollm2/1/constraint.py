@@ -9,8 +9,8 @@ trigger starts one of the structures). They are compiled the way vLLM's `guidanc
 compiles them, so a GPU node running vLLM with llguidance enforces the very same grammar.
 
 One difference is deliberate: JSON is generated in json.dumps' default layout (", " and ": ",
-no newlines or indentation), as vLLM does with `disable_any_whitespace`; a small model given
-free whitespace can loop on newlines inside an object.
+no newlines or indentation; vLLM's `disable_any_whitespace` is the same idea without the spaces),
+because a small model given free whitespace can loop on newlines inside an object.
 
 Each step the matcher gives the set of allowed tokens; the sampler sees only those, and the
 end-of-generation tokens are allowed only where the grammar accepts the output.
@@ -19,6 +19,7 @@ end-of-generation tokens are allowed only where the grammar accepts the output.
 from __future__ import annotations
 
 import json
+import warnings
 
 import llguidance
 import numpy as np
@@ -32,7 +33,9 @@ def tokenizer_from_llama(vocab, n_vocab: int, eog_tokens: list[int]) -> llguidan
     """llguidance's tokenizer over the model's own llama.cpp vocabulary (about a second; build once)."""
     from llguidance.llamacpp import lltokenizer_from_vocab
 
-    return lltokenizer_from_vocab(vocab, n_vocab=n_vocab, eos_token=list(eog_tokens))
+    with warnings.catch_warnings():  # it reads token attributes with a llama.cpp call since renamed
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return lltokenizer_from_vocab(vocab, n_vocab=n_vocab, eos_token=list(eog_tokens))
 
 
 def _schema(value) -> dict:
@@ -121,7 +124,8 @@ class TokenMask:
         self._matcher.unsafe_compute_mask_ptr(self._bits.ctypes.data, self._bits.nbytes)
         mask = np.unpackbits(self._bits.view(np.uint8), bitorder="little")[: self._n_vocab].astype(bool)
         if not mask.any():
-            raise InvalidSampling(f"the structured output cannot be completed: {self._matcher.get_error() or 'no token fits'}")
+            why = self._matcher.get_error() or "no token fits"
+            raise InvalidSampling(f"the structured output cannot be completed: {why}")
         return mask
 
     def accept(self, token: int) -> None:

@@ -1,0 +1,81 @@
+"""`make bench` outputs: report.json, report.md and one PNG (latency percentiles and throughput vs concurrency)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def _rows(report: dict) -> list[str]:
+    lines = ["| measurement | hubmesh | direct Triton | ratio / added |", "| --- | --- | --- | --- |"]
+    for name, r in report.get("overhead", {}).get("latency", {}).items():
+        lines.append(
+            f"| {name} p50 / p99 | {r['facade']['p50_ms']} / {r['facade']['p99_ms']} ms | "
+            f"{r['direct']['p50_ms']} / {r['direct']['p99_ms']} ms | +{r['added_p50_ms']} / +{r['added_p99_ms']} ms |"
+        )
+        lines.append(f"| {name} req/s | {r['facade']['rps']} | {r['direct']['rps']} | {r['rps_ratio']} |")
+    for name, r in report.get("overhead", {}).get("streaming", {}).items():
+        lines.append(
+            f"| echo stream, {name.replace('_', ' ')}: tokens/s (TTFT) | {r['facade']['tokens_per_s']} "
+            f"({r['facade']['ttft_ms']} ms) | {r['direct']['tokens_per_s']} ({r['direct']['ttft_ms']} ms) | "
+            f"{r['ratio']} (+{r['added_ttft_ms']} ms) |"
+        )
+    if "text_streaming" in report:
+        r = report["text_streaming"]
+        lines.append(f"| SmolLM2 stream tokens/s | {r['facade']['tokens_per_s']:.1f} | {r['direct']['tokens_per_s']:.1f} | "
+                     f"{r['ratio_facade_vs_direct']:.3f} |")
+    if "embeddings" in report:
+        r = report["embeddings"]
+        lines.append(f"| embeddings sentences/s @32 (vs in-process batches of 32) | {r['facade_sentences_per_s']:.1f} | "
+                     f"{r['in_process_sentences_per_s']:.1f} | {r['ratio_facade_vs_in_process']:.3f} |")
+    for size, r in report.get("images", {}).items():
+        lines.append(f"| image {size} seconds | {r['facade_s']:.2f} | {r['direct_triton_s']:.2f} | "
+                     f"{r['ratio_direct_vs_facade']:.3f} |")
+    return lines
+
+
+def write(report: dict, directory: Path) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    json_path, md_path, png_path = directory / "report.json", directory / "report.md", directory / "report.png"
+    json_path.write_text(json.dumps(report, indent=2))
+    md = ["# hubmesh benchmark", "", f"Cores: {report.get('cores')}. Every ratio was measured in the same run.", ""]
+    md += _rows(report)
+    peer = report.get("peer")
+    if peer is not None:
+        md += ["", "## Peer gateway (LiteLLM proxy, same Triton)", "", "```", json.dumps(peer, indent=2), "```"]
+    md += ["", f"![latency and throughput]({png_path.name})", ""]
+    md_path.write_text("\n".join(md))
+    _plot(report, png_path)
+    return [json_path, md_path, png_path]
+
+
+def _plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    latency = report.get("overhead", {}).get("latency", {})
+    streaming = report.get("overhead", {}).get("streaming", {})
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    names = list(latency)
+    x = range(len(names))
+    for offset, (label, key) in enumerate((("hubmesh", "facade"), ("direct", "direct"))):
+        left.bar([i + offset * 0.4 for i in x], [latency[n][key]["p50_ms"] for n in names], 0.4, label=f"{label} p50")
+        left.scatter([i + offset * 0.4 for i in x], [latency[n][key]["p99_ms"] for n in names], marker="_", s=300,
+                     color="black", label="p99" if offset == 0 else None)
+    left.set_xticks([i + 0.2 for i in x], names, rotation=20, fontsize=8)
+    left.set_ylabel("ms")
+    left.set_title("latency of minimal requests")
+    left.legend(fontsize=8)
+    counts = [int(k.split("_")[0]) for k in streaming]
+    for label, key in (("hubmesh", "facade"), ("direct Triton", "direct")):
+        right.plot(counts, [streaming[k][key]["tokens_per_s"] for k in streaming], marker="o", label=label)
+    right.set_xscale("log", base=2)
+    right.set_xlabel("concurrent streams")
+    right.set_ylabel("tokens/s (all streams)")
+    right.set_title("streaming throughput vs concurrency (echo model)")
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
