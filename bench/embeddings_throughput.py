@@ -12,7 +12,6 @@ import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import aiohttp
 

@@ -6,7 +6,6 @@ alternating façade and direct runs so machine noise hits both alike.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import statistics

@@ -8,7 +8,6 @@ import math
 from collections.abc import AsyncIterator
 from typing import Any
 
-import grpc
 
 from hubmesh.text.v1 import text_generation_pb2 as pb
 from hubmesh.text.v1 import text_generation_pb2_grpc as pb_grpc
