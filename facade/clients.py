@@ -11,6 +11,7 @@ from aiohttp import web
 
 from grpc_health.v1 import health_pb2_grpc
 
+from facade.errors import from_grpc
 from facade.settings import Settings
 from hubmesh.embeddings.v1 import embeddings_pb2_grpc as embeddings_grpc
 from hubmesh.images.v1 import images_pb2_grpc as images_grpc
@@ -90,3 +91,14 @@ def clients_ctx(settings: Settings):
             await channel.close(grace=None)
 
     return ctx
+
+
+async def unary(call: grpc.aio.UnaryUnaryCall, service: str, default_param: str | None = None):
+    """Awaits a unary call; gRPC failures become OpenAI errors; a cancelled caller cancels the call."""
+    try:
+        return await call
+    except grpc.aio.AioRpcError as err:
+        raise from_grpc(err, service, default_param=default_param) from err
+    finally:
+        if not call.done():
+            call.cancel()

@@ -5,15 +5,13 @@ from __future__ import annotations
 import base64
 from typing import Literal
 
-import grpc
 import numpy as np
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
 
 from facade.api.validation import parse_body
 from facade.auth.middleware import subject_of
-from facade.clients import CLIENTS, call_metadata
-from facade.errors import from_grpc
+from facade.clients import CLIENTS, call_metadata, unary
 from facade.observability import record_usage
 from hubmesh.embeddings.v1 import embeddings_pb2 as pb
 
@@ -77,13 +75,7 @@ async def create_embeddings(request: web.Request) -> web.Response:
     call = clients.embeddings.Embed(
         body.to_proto(), timeout=clients.timeout_s, metadata=call_metadata(subject_of(request), body.user)
     )
-    try:
-        result = await call
-    except grpc.aio.AioRpcError as err:
-        raise from_grpc(err, "embeddings", default_param="input") from err
-    finally:
-        if not call.done():
-            call.cancel()
+    result = await unary(call, "embeddings", default_param="input")
     record_usage(request, result.prompt_tokens)
     return web.json_response(
         {

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from facade.api.validation import parse_body
 from facade.auth.middleware import subject_of
-from facade.clients import CLIENTS, call_metadata
+from facade.clients import CLIENTS, call_metadata, unary
 from facade.errors import OpenAIError, from_grpc
 from facade.signed_urls import URL_SIGNER
 from hubmesh.images.v1 import images_pb2 as pb
@@ -72,14 +72,9 @@ async def create_image(request: web.Request) -> web.Response:
     """Creates images from a prompt: base64 PNGs, or absolute URLs on this façade."""
     body = await parse_body(request, ImageRequest)
     clients = request.app[CLIENTS]
-    call = clients.images.Generate(body.to_proto(), timeout=clients.timeout_s, metadata=call_metadata(subject_of(request), body.user))
-    try:
-        result = await call
-    except grpc.aio.AioRpcError as err:
-        raise from_grpc(err, "images", default_param="prompt") from err
-    finally:
-        if not call.done():
-            call.cancel()
+    metadata = call_metadata(subject_of(request), body.user)
+    call = clients.images.Generate(body.to_proto(), timeout=clients.timeout_s, metadata=metadata)
+    result = await unary(call, "images", default_param="prompt")
     data = []
     for image in result.images:
         if body.response_format == "url":

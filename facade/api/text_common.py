@@ -10,7 +10,7 @@ import grpc
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
 
 from facade.auth.middleware import subject_of
-from facade.clients import CLIENTS, call_metadata
+from facade.clients import CLIENTS, call_metadata, unary
 from facade.observability import MODEL, record_usage
 from services.common.metrics import StreamTimer
 from aiohttp import web
@@ -113,15 +113,9 @@ async def generate(http: web.Request, request: pb.GenerateRequest, input_param: 
     clients = http.app[CLIENTS]
     metadata = call_metadata(subject_of(http), request.user)
     call = clients.text.Generate(request, timeout=clients.timeout_s, metadata=metadata)
-    try:
-        result = await call
-        record_usage(http, result.usage.prompt_tokens, result.usage.completion_tokens)
-        return result
-    except grpc.aio.AioRpcError as err:
-        raise from_grpc(err, "text", default_param=input_param) from err
-    finally:
-        if not call.done():
-            call.cancel()
+    result = await unary(call, "text", default_param=input_param)
+    record_usage(http, result.usage.prompt_tokens, result.usage.completion_tokens)
+    return result
 
 
 class GenerationStream:

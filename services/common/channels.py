@@ -89,3 +89,11 @@ class TritonBackend:
 
     async def close(self) -> None:
         await self._client.close()
+
+
+async def all_ready(backend, triton_models) -> bool:
+    """Ready when `backend.is_ready` says so for every one of `triton_models` (what gRPC health reports)."""
+    for model in triton_models:
+        if not await backend.is_ready(model):
+            return False
+    return True

@@ -10,6 +10,7 @@ import numpy as np
 from hubmesh.embeddings.v1 import embeddings_pb2 as pb
 from hubmesh.embeddings.v1 import embeddings_pb2_grpc as pb_grpc
 from services.common.errors import InvalidArgument, ModelNotFound
+from services.common.channels import all_ready
 from services.common.grpc_errors import abort_on_service_error
 from services.common.metrics import count_tokens
 from services.common.telemetry import set_genai_attributes
@@ -47,10 +48,7 @@ class EmbeddingsServicer(pb_grpc.EmbeddingsServicer):
 
     async def is_ready(self) -> bool:
         """Ready when every catalogued Triton model is ready."""
-        for entry in self._catalog.values():
-            if not await self._backend.is_ready(entry.triton_model):
-                return False
-        return True
+        return await all_ready(self._backend, (entry.triton_model for entry in self._catalog.values()))
 
     def _validate(self, request: pb.EmbedRequest) -> EmbeddingModel:
         entry = self._catalog.get(request.model)

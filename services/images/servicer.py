@@ -7,6 +7,7 @@ import asyncio
 from hubmesh.images.v1 import images_pb2 as pb
 from hubmesh.images.v1 import images_pb2_grpc as pb_grpc
 from services.common.errors import InvalidArgument, ModelNotFound, ServiceError
+from services.common.channels import all_ready
 from services.common.grpc_errors import abort_on_service_error
 from services.common.telemetry import set_genai_attributes
 from services.images.backend import ImagesBackend
@@ -37,10 +38,7 @@ class ImagesServicer(pb_grpc.ImagesServicer):
 
     async def is_ready(self) -> bool:
         """Ready when every catalogued Triton model is ready."""
-        for entry in self._catalog.values():
-            if not await self._backend.is_ready(entry.triton_model):
-                return False
-        return True
+        return await all_ready(self._backend, (entry.triton_model for entry in self._catalog.values()))
 
     def _validate(self, request: pb.GenerateRequest) -> ImageModel:
         entry = self._catalog.get(request.model)

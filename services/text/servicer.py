@@ -12,6 +12,7 @@ from typing import Any
 from hubmesh.text.v1 import text_generation_pb2 as pb
 from hubmesh.text.v1 import text_generation_pb2_grpc as pb_grpc
 from services.common.errors import InvalidArgument, ModelNotFound
+from services.common.channels import all_ready
 from services.common.grpc_errors import abort_on_service_error
 from services.common.metrics import StreamTimer, count_tokens
 from services.common.telemetry import set_genai_attributes
@@ -118,10 +119,7 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
 
     async def is_ready(self) -> bool:
         """Ready when every catalogued Triton model is ready."""
-        for entry in self._catalog.values():
-            if not await self._backend.is_ready(entry.triton_model):
-                return False
-        return True
+        return await all_ready(self._backend, (entry.triton_model for entry in self._catalog.values()))
 
     @abort_on_service_error
     async def Generate(self, request: pb.GenerateRequest, context) -> pb.GenerateResponse:

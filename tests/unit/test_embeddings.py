@@ -2,7 +2,6 @@
 
 import base64
 import dataclasses
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import grpc
@@ -17,6 +16,7 @@ from services.common.errors import InvalidArgument
 from services.embeddings.catalog import load_catalog
 from services.embeddings.servicer import EmbeddingsServicer
 from tests.fakes import FakeEmbeddingsBackend
+from tests.unit.text_service_fixture import serving
 
 CATALOG = load_catalog(Path(__file__).resolve().parents[2] / "services" / "embeddings" / "catalog.toml")
 MODEL = next(iter(CATALOG))
@@ -24,16 +24,9 @@ KEY = "k"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
-@asynccontextmanager
-async def embeddings_service(backend, catalog=CATALOG, chunk_size=3):
-    server = grpc.aio.server()
-    pb_grpc.add_EmbeddingsServicer_to_server(EmbeddingsServicer(backend, catalog, chunk_size), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        await server.stop(None)
+def embeddings_service(backend, catalog=CATALOG, chunk_size=3):
+    servicer = EmbeddingsServicer(backend, catalog, chunk_size)
+    return serving(lambda server: pb_grpc.add_EmbeddingsServicer_to_server(servicer, server))
 
 
 async def embed(target, **fields):

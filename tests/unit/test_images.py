@@ -2,7 +2,6 @@
 
 import base64
 import io
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import grpc
@@ -17,6 +16,7 @@ from services.images.catalog import load_catalog
 from services.images.servicer import ImagesServicer
 from services.images.storage import LocalDirectoryStore
 from tests.fakes import FakeImagesBackend
+from tests.unit.text_service_fixture import serving
 
 CATALOG = load_catalog(Path(__file__).resolve().parents[2] / "services" / "images" / "catalog.toml")
 MODEL = next(iter(CATALOG))
@@ -32,16 +32,9 @@ class Clock:
         return self.now
 
 
-@asynccontextmanager
-async def images_service(backend, store, ttl_s=60.0):
-    server = grpc.aio.server()
-    pb_grpc.add_ImagesServicer_to_server(ImagesServicer(backend, CATALOG, store, ttl_s), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        await server.stop(None)
+def images_service(backend, store, ttl_s=60.0):
+    servicer = ImagesServicer(backend, CATALOG, store, ttl_s)
+    return serving(lambda server: pb_grpc.add_ImagesServicer_to_server(servicer, server))
 
 
 def png_size(data: bytes) -> tuple[int, int]:

@@ -16,12 +16,19 @@ MODEL = next(iter(CATALOG))
 
 
 @asynccontextmanager
-async def running_text_service(backend):
-    server = grpc.aio.server()
-    pb_grpc.add_TextGenerationServicer_to_server(TextGenerationServicer(backend, CATALOG), server)
+async def serving(register, interceptors=None):
+    """An in-process grpc.aio server on 127.0.0.1, port 0; `register(server)` adds the servicers."""
+    server = grpc.aio.server(interceptors=interceptors)
+    register(server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:
         yield f"127.0.0.1:{port}"
     finally:
         await server.stop(None)
+
+
+def running_text_service(backend):
+    """The real text servicer in front of `backend`."""
+    servicer = TextGenerationServicer(backend, CATALOG)
+    return serving(lambda server: pb_grpc.add_TextGenerationServicer_to_server(servicer, server))
