@@ -10,7 +10,7 @@ from aiohttp import web
 from facade.admission import GRACE_OVER, IN_FLIGHT
 from facade.app import create_app
 from facade.settings import Settings
-from services.common import logs, telemetry
+from services.common import event_loop, logs, telemetry
 
 log = logging.getLogger("facade")
 
@@ -53,7 +53,7 @@ if __name__ == "__main__":
     logs.configure("facade")
     provider = telemetry.configure_tracing("hubmesh-facade")
     try:
-        asyncio.run(main(Settings.from_env()))
+        event_loop.run(main(Settings.from_env()))
     finally:
         if provider is not None:
             provider.shutdown()  # flush the last spans

@@ -9,23 +9,25 @@ from aiohttp import web
 from grpc_health.v1 import health_pb2
 from opentelemetry.instrumentation.aiohttp_server import AioHttpServerInstrumentor
 
+from facade.admission import GRACE_OVER, IN_FLIGHT, InFlight, admission_middleware
 from facade.api import chat, completions, embeddings, images, models
 from facade.auth.limits import RateLimiter
 from facade.auth.middleware import LIMITER, VERIFIER, auth_middleware, jwks_refresher
 from facade.auth.tokens import JwtSettings, TokenVerifier
 from facade.clients import CLIENTS, SERVICE_NAMES, clients_ctx
-from facade.admission import GRACE_OVER, IN_FLIGHT, InFlight, admission_middleware
 from facade.errors import error_middleware
+from facade.jsonio import json_response
 from facade.observability import access_middleware, add_request_id, metrics_endpoint
 from facade.openapi import OPENAPI, build_document, openapi
 from facade.settings import Settings
 from facade.signed_urls import URL_SIGNER, UrlSigner
 from facade.sse import SSE_PING_S
+from services.common.telemetry import tracing_enabled
 
 
 async def health(request: web.Request) -> web.Response:
     """Alive (no dependency checked)."""
-    return web.json_response({"status": "ok"})
+    return json_response({"status": "ok"})
 
 
 async def ready(request: web.Request) -> web.Response:
@@ -42,14 +44,14 @@ async def ready(request: web.Request) -> web.Response:
     names = list(SERVICE_NAMES)
     statuses = dict(zip(names, await asyncio.gather(*(status(n) for n in names)), strict=True))
     ok = all(s == "SERVING" for s in statuses.values())
-    return web.json_response({"status": "ready" if ok else "not ready", "services": statuses}, status=200 if ok else 503)
+    return json_response({"status": "ready" if ok else "not ready", "services": statuses}, status=200 if ok else 503)
 
 
 def create_app(settings: Settings) -> web.Application:
     instrumentor = AioHttpServerInstrumentor()
-    if not instrumentor.is_instrumented_by_opentelemetry:
+    if tracing_enabled() and not instrumentor.is_instrumented_by_opentelemetry:
         # puts OpenTelemetry's middleware first in every web.Application: one server span per request,
-        # continuing an incoming traceparent (a no-op when tracing is not configured)
+        # continuing an incoming traceparent
         instrumentor.instrument()
     app = web.Application(
         middlewares=[

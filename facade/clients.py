@@ -17,8 +17,8 @@ from hubmesh.embeddings.v1 import embeddings_pb2_grpc as embeddings_grpc
 from hubmesh.images.v1 import images_pb2_grpc as images_grpc
 from hubmesh.text.v1 import text_generation_pb2_grpc as text_grpc
 from services.common.channels import CHANNEL_OPTIONS
-from services.common.internal_auth import secret_interceptors
-from services.common.telemetry import client_interceptors
+from services.common.internal_auth import SECRET_METADATA_KEY
+from services.common.telemetry import client_interceptors, tracing_enabled
 
 # Idempotent unary calls are retried once on UNAVAILABLE (a service restarting, a replica going away);
 # generation never is: it could run twice, and a stream may have sent tokens already.
@@ -52,25 +52,28 @@ class Clients:
     images: images_grpc.ImagesStub
     health: dict[str, health_pb2_grpc.HealthStub]
     timeout_s: float
+    internal_secret: str = ""
+
+    def metadata(self, subject: str, user: str | None) -> list[tuple[str, str]]:
+        """gRPC metadata for the services: the internal secret, the verified subject and OpenAI's
+        `user` (never the caller's credential)."""
+        metadata = [(SECRET_METADATA_KEY, self.internal_secret)] if self.internal_secret else []
+        if subject:
+            metadata.append(("hubmesh-subject", subject))
+        if user:
+            metadata.append(("hubmesh-user", user))
+        return metadata
 
 
 CLIENTS = web.AppKey("clients", Clients)
-
-
-def call_metadata(subject: str, user: str | None) -> list[tuple[str, str]]:
-    """gRPC metadata for the services: the verified subject and OpenAI's `user` (never the credential)."""
-    metadata = [("hubmesh-subject", subject)] if subject else []
-    return metadata + ([("hubmesh-user", user)] if user else [])
 
 
 def clients_ctx(settings: Settings):
     """cleanup_ctx: opens the channels at start-up, closes them at shutdown."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        # OpenTelemetry client spans (and traceparent to the services), then the internal secret
-        interceptors = client_interceptors()
-        if settings.internal_secret:
-            interceptors += secret_interceptors(settings.internal_secret)
+        # OpenTelemetry client spans and traceparent to the services, when tracing is on
+        interceptors = client_interceptors() if tracing_enabled() else []
         channels = {
             name: grpc.aio.insecure_channel(target, options=FACADE_CHANNEL_OPTIONS, interceptors=interceptors)
             for name, target in (
@@ -85,6 +88,7 @@ def clients_ctx(settings: Settings):
             images=images_grpc.ImagesStub(channels["images"]),
             health={name: health_pb2_grpc.HealthStub(channel) for name, channel in channels.items()},
             timeout_s=settings.request_timeout_s,
+            internal_secret=settings.internal_secret,
         )
         yield
         for channel in channels.values():

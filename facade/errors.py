@@ -7,6 +7,7 @@ import logging
 import grpc
 from aiohttp import web
 
+from facade.jsonio import json_response
 from services.common.errors import PARAM_METADATA_KEY
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ class OpenAIError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
     def response(self) -> web.Response:
-        return web.json_response(self.body(), status=self.status, headers=self.headers)
+        return json_response(self.body(), status=self.status, headers=self.headers)
 
 
 def invalid(message: str, param: str | None = None, code: str | None = None) -> OpenAIError:

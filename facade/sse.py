@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from aiohttp import web
 from aiohttp_sse import EventSourceResponse
 
+from facade import jsonio
 from facade.errors import OpenAIError
 
 SSE_PING_S = web.AppKey("sse_ping_s", float)
@@ -34,8 +34,14 @@ class EventStream:
         self._request[EVENT_STREAM] = self
 
     async def send(self, payload: dict[str, Any]) -> None:
+        # written as is: JSON has no raw newlines to split into several `data:` lines. A stalled
+        # client is still cut off: the ping task's writes time out and abort the connection.
         if not self._ended:
-            await self._response.send(json.dumps(payload, separators=(",", ":"), ensure_ascii=False))
+            try:
+                await self._response.write(b"data: " + jsonio.dumps(payload) + b"\n\n")
+            except ConnectionResetError:
+                self._response.stop_streaming()
+                raise
 
     async def send_error(self, err: OpenAIError) -> None:
         """After the first byte the status line is gone: errors travel in-band, as OpenAI does."""

@@ -11,6 +11,7 @@ import json
 from typing import Literal
 
 from aiohttp import web
+from hubmesh.text.v1 import text_generation_pb2 as pb
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -25,7 +26,7 @@ from pydantic import (
 from facade.api import text_common as tc
 from facade.api.validation import parse_body
 from facade.errors import invalid
-from hubmesh.text.v1 import text_generation_pb2 as pb
+from facade.jsonio import json_response
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 NAME_PATTERN = r"^[a-zA-Z0-9_-]{1,64}$"  # OpenAI's rule for function and schema names
@@ -239,7 +240,7 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
     if body.stream:
         return await _stream(request, body, proto)
     result = await tc.generate(request, proto, input_param="messages")
-    return web.json_response(
+    return json_response(
         {
             "id": tc.new_id("chatcmpl"),
             "object": "chat.completion",

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 
 from aiohttp import web
+from hubmesh.text.v1 import text_generation_pb2 as pb
 from pydantic import Field, StrictBool, StrictInt, StrictStr, field_validator
 
 from facade.api import text_common as tc
 from facade.api.validation import parse_body
 from facade.errors import invalid
-from hubmesh.text.v1 import text_generation_pb2 as pb
+from facade.jsonio import json_response
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's and the seed's default for completions
 
@@ -82,6 +83,6 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
                     "finish_reason": tc.FINISH_REASONS.get(choice.finish_reason, "stop"),
                 }
             )
-    return web.json_response(
+    return json_response(
         {**base, "system_fingerprint": tc.SYSTEM_FINGERPRINT, "choices": choices, "usage": tc.usage_json(usage)}
     )

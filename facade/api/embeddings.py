@@ -7,13 +7,14 @@ from typing import Literal
 
 import numpy as np
 from aiohttp import web
+from hubmesh.embeddings.v1 import embeddings_pb2 as pb
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
 
 from facade.api.validation import parse_body
 from facade.auth.middleware import subject_of
-from facade.clients import CLIENTS, call_metadata, unary
+from facade.clients import CLIENTS, unary
+from facade.jsonio import json_response
 from facade.observability import record_usage
-from hubmesh.embeddings.v1 import embeddings_pb2 as pb
 
 MAX_INPUTS = 2048
 
@@ -73,11 +74,11 @@ async def create_embeddings(request: web.Request) -> web.Response:
     body = await parse_body(request, EmbeddingRequest)
     clients = request.app[CLIENTS]
     call = clients.embeddings.Embed(
-        body.to_proto(), timeout=clients.timeout_s, metadata=call_metadata(subject_of(request), body.user)
+        body.to_proto(), timeout=clients.timeout_s, metadata=clients.metadata(subject_of(request), body.user)
     )
     result = await unary(call, "embeddings", default_param="input")
     record_usage(request, result.prompt_tokens)
-    return web.json_response(
+    return json_response(
         {
             "object": "list",
             "data": [

@@ -9,14 +9,15 @@ from typing import Literal
 
 import grpc
 from aiohttp import web
+from hubmesh.images.v1 import images_pb2 as pb
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from facade.api.validation import parse_body
 from facade.auth.middleware import subject_of
-from facade.clients import CLIENTS, call_metadata, unary
+from facade.clients import CLIENTS, unary
 from facade.errors import OpenAIError, from_grpc
+from facade.jsonio import json_response
 from facade.signed_urls import URL_SIGNER
-from hubmesh.images.v1 import images_pb2 as pb
 
 FILES_PREFIX = "/v1/images/files/"
 PUBLIC_URL = web.AppKey("public_url", str)
@@ -72,7 +73,7 @@ async def create_image(request: web.Request) -> web.Response:
     """Creates images from a prompt: base64 PNGs, or absolute URLs on this façade."""
     body = await parse_body(request, ImageRequest)
     clients = request.app[CLIENTS]
-    metadata = call_metadata(subject_of(request), body.user)
+    metadata = clients.metadata(subject_of(request), body.user)
     call = clients.images.Generate(body.to_proto(), timeout=clients.timeout_s, metadata=metadata)
     result = await unary(call, "images", default_param="prompt")
     data = []
@@ -83,7 +84,7 @@ async def create_image(request: web.Request) -> web.Response:
             data.append({"url": f"{_base_url(request)}{path}?{signed}", "revised_prompt": image.revised_prompt})
         else:
             data.append({"b64_json": base64.b64encode(image.png).decode("ascii"), "revised_prompt": image.revised_prompt})
-    return web.json_response({"created": int(time.time()), "data": data})
+    return json_response({"created": int(time.time()), "data": data})
 
 
 async def download_image(request: web.Request) -> web.Response:
@@ -91,7 +92,9 @@ async def download_image(request: web.Request) -> web.Response:
     clients = request.app[CLIENTS]
     try:
         image = await clients.images.GetImage(
-            pb.GetImageRequest(image_id=request.match_info["image_id"]), timeout=min(clients.timeout_s, 30.0)
+            pb.GetImageRequest(image_id=request.match_info["image_id"]),
+            timeout=min(clients.timeout_s, 30.0),
+            metadata=clients.metadata(subject_of(request), None),
         )
     except grpc.aio.AioRpcError as err:
         if err.code() == grpc.StatusCode.NOT_FOUND:

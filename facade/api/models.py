@@ -7,13 +7,14 @@ import logging
 
 import grpc
 from aiohttp import web
+from hubmesh.embeddings.v1 import embeddings_pb2 as embeddings_pb
+from hubmesh.images.v1 import images_pb2 as images_pb
+from hubmesh.text.v1 import text_generation_pb2 as text_pb
 
 from facade.auth.middleware import allowed_models, require_model
 from facade.clients import CLIENTS, Clients
 from facade.errors import OpenAIError, from_grpc
-from hubmesh.embeddings.v1 import embeddings_pb2 as embeddings_pb
-from hubmesh.images.v1 import images_pb2 as images_pb
-from hubmesh.text.v1 import text_generation_pb2 as text_pb
+from facade.jsonio import json_response
 
 log = logging.getLogger(__name__)
 LIST_TIMEOUT_S = 10.0
@@ -28,10 +29,13 @@ def _model_json(m) -> dict:
 
 async def _all_models(clients: Clients) -> list[dict]:
     """Models of every reachable service; 503 only when no service answers."""
+    metadata = clients.metadata("", None)
     calls = {
-        "text": clients.text.ListModels(text_pb.ListModelsRequest(), timeout=LIST_TIMEOUT_S),
-        "embeddings": clients.embeddings.ListModels(embeddings_pb.ListModelsRequest(), timeout=LIST_TIMEOUT_S),
-        "images": clients.images.ListModels(images_pb.ListModelsRequest(), timeout=LIST_TIMEOUT_S),
+        "text": clients.text.ListModels(text_pb.ListModelsRequest(), timeout=LIST_TIMEOUT_S, metadata=metadata),
+        "embeddings": clients.embeddings.ListModels(
+            embeddings_pb.ListModelsRequest(), timeout=LIST_TIMEOUT_S, metadata=metadata
+        ),
+        "images": clients.images.ListModels(images_pb.ListModelsRequest(), timeout=LIST_TIMEOUT_S, metadata=metadata),
     }
     replies = await asyncio.gather(*calls.values(), return_exceptions=True)
     models, failures = [], []
@@ -53,7 +57,7 @@ async def list_models(request: web.Request) -> web.Response:
     """Lists the models every service can serve."""
     models = await _all_models(request.app[CLIENTS])
     allowed = set(allowed_models(request, [m["id"] for m in models]))
-    return web.json_response({"object": "list", "data": [m for m in models if m["id"] in allowed]})
+    return json_response({"object": "list", "data": [m for m in models if m["id"] in allowed]})
 
 
 async def retrieve_model(request: web.Request) -> web.Response:
@@ -62,5 +66,5 @@ async def retrieve_model(request: web.Request) -> web.Response:
     require_model(request, model_id)
     for model in await _all_models(request.app[CLIENTS]):
         if model["id"] == model_id:
-            return web.json_response(model)
+            return json_response(model)
     raise OpenAIError(404, f"The model '{model_id}' does not exist", param="model", code="model_not_found")

@@ -7,17 +7,24 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 
 import grpc
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
+from aiohttp import web
+from hubmesh.text.v1 import text_generation_pb2 as pb
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    field_validator,
+)
 
 from facade.auth.middleware import subject_of
-from facade.clients import CLIENTS, call_metadata, unary
-from facade.observability import MODEL, record_usage
-from services.common.metrics import StreamTimer
-from aiohttp import web
-
+from facade.clients import CLIENTS, unary
 from facade.errors import OpenAIError, from_grpc, invalid
+from facade.observability import MODEL, record_usage
 from facade.sse import EventStream
-from hubmesh.text.v1 import text_generation_pb2 as pb
+from services.common.metrics import StreamTimer
 
 FINISH_REASONS = {
     pb.FINISH_REASON_STOP: "stop", pb.FINISH_REASON_LENGTH: "length", pb.FINISH_REASON_TOOL_CALLS: "tool_calls",
@@ -111,7 +118,7 @@ def usage_json(usage: pb.Usage) -> dict:
 async def generate(http: web.Request, request: pb.GenerateRequest, input_param: str) -> pb.GenerateResponse:
     """Unary Generate; gRPC failures become OpenAI errors. Cancelling the caller cancels the call."""
     clients = http.app[CLIENTS]
-    metadata = call_metadata(subject_of(http), request.user)
+    metadata = clients.metadata(subject_of(http), request.user)
     call = clients.text.Generate(request, timeout=clients.timeout_s, metadata=metadata)
     result = await unary(call, "text", default_param=input_param)
     record_usage(http, result.usage.prompt_tokens, result.usage.completion_tokens)
@@ -124,7 +131,7 @@ class GenerationStream:
 
     def __init__(self, http: web.Request, request: pb.GenerateRequest, input_param: str) -> None:
         clients = http.app[CLIENTS]
-        metadata = call_metadata(subject_of(http), request.user)
+        metadata = clients.metadata(subject_of(http), request.user)
         self._call = clients.text.GenerateStream(request, timeout=clients.timeout_s, metadata=metadata)
         self._input_param = input_param
         self._first: pb.GenerateStreamResponse | None = None

@@ -6,13 +6,13 @@ and an SDK sending a newer one should not break. Types are strict (no "1" for 1)
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import TypeVar
 
 import pydantic
 from aiohttp import web
 
+from facade import jsonio
 from facade.auth.middleware import require_model
 from facade.errors import OpenAIError, invalid
 from facade.observability import MODEL
@@ -68,14 +68,12 @@ async def parse_body(request: web.Request, model: type[Model]) -> Model:
     except web.HTTPRequestEntityTooLarge as exc:
         raise OpenAIError(413, "The request body is too large.", code="request_too_large") from exc
     try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        data = jsonio.loads(raw)
+    except jsonio.JSONDecodeError as exc:
         raise invalid(
             "We could not parse the JSON body of your request. The body must be a JSON object "
             f"(error: {exc.__class__.__name__} at position {getattr(exc, 'pos', 0)})."
         ) from exc
-    except RecursionError as exc:
-        raise invalid("The JSON body is nested too deeply.") from exc
     if not isinstance(data, dict):
         raise invalid("The request body must be a JSON object.")
     if _depth(data, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:

@@ -52,31 +52,3 @@ def _denying_like(handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandle
     return grpc.unary_unary_rpc_method_handler(
         unary, handler.request_deserializer if handler else None, handler.response_serializer if handler else None
     )
-
-
-class _SecretMetadata:
-    def __init__(self, secret: str) -> None:
-        self._secret = secret
-
-    def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
-        metadata = grpc.aio.Metadata(*(details.metadata or ()))
-        metadata.add(SECRET_METADATA_KEY, self._secret)
-        return grpc.aio.ClientCallDetails(
-            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
-        )
-
-
-class _AddSecretUnary(_SecretMetadata, grpc.aio.UnaryUnaryClientInterceptor):
-    async def intercept_unary_unary(self, continuation, details, request):
-        return await continuation(self._details(details), request)
-
-
-class _AddSecretStream(_SecretMetadata, grpc.aio.UnaryStreamClientInterceptor):
-    async def intercept_unary_stream(self, continuation, details, request):
-        return await continuation(self._details(details), request)
-
-
-def secret_interceptors(secret: str) -> list[grpc.aio.ClientInterceptor]:
-    """Client side: put the shared internal secret on every unary and server-streaming call.
-    (grpc.aio files an interceptor under one call type only, hence one per type.)"""
-    return [_AddSecretUnary(secret), _AddSecretStream(secret)]

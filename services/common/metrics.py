@@ -30,13 +30,14 @@ class StreamTimer:
         self.model = model
         self.started = time.perf_counter()
         self.last: float | None = None
+        self._itl = ITL.labels(model)  # looked up once: chunks come thousands a second
 
     def chunk(self) -> None:
         now = time.perf_counter()
         if self.last is None:
             TTFT.labels(self.model).observe(now - self.started)
         else:
-            ITL.labels(self.model).observe(now - self.last)
+            self._itl.observe(now - self.last)
         self.last = now
 
 

@@ -13,7 +13,7 @@ import grpc
 from prometheus_client import start_http_server
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from services.common import logs, telemetry
+from services.common import event_loop, logs, telemetry
 from services.common.channels import SERVER_OPTIONS
 from services.common.internal_auth import RequireSecret
 from services.common.interceptors import AdmissionInterceptor, MetricsInterceptor
@@ -78,9 +78,10 @@ def run_service(component: str, main: Callable[[ServeOptions], Awaitable[None]])
     """A service process: JSON logs, tracing (when OTEL_* says so), then main(options) until stopped."""
     logs.configure(component)
     provider = telemetry.configure_tracing(f"hubmesh-{component}")
-    telemetry.instrument_grpc_clients()  # spans around Triton calls, traceparent sent to Triton
+    if provider is not None:
+        telemetry.instrument_grpc_clients()  # spans around Triton calls, traceparent sent to Triton
     try:
-        asyncio.run(main(ServeOptions.from_env()))
+        event_loop.run(main(ServeOptions.from_env()))
     finally:
         if provider is not None:
             provider.shutdown()  # flush the last spans
@@ -97,7 +98,7 @@ async def serve(
     """Serves until SIGTERM/SIGINT; then NOT_SERVING, drain for `options.grace_s`, stop."""
     if options.metrics_port:
         start_http_server(options.metrics_port, addr=listen.rsplit(":", 1)[0].strip("[]") or "0.0.0.0")
-    interceptors = [*telemetry.server_interceptors()]
+    interceptors = telemetry.server_interceptors() if telemetry.tracing_enabled() else []
     if options.internal_secret:
         interceptors.append(RequireSecret(options.internal_secret))
     interceptors += [MetricsInterceptor(), AdmissionInterceptor(options.max_in_flight)]

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import struct
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from typing import Any, Protocol
 import grpc
 import numpy as np
 import tritonclient.grpc.aio as triton
-from tritonclient.utils import InferenceServerException
+from tritonclient.utils import InferenceServerException, triton_to_np_dtype
 
 from services.common.channels import TritonBackend
 from services.common.triton_errors import classify_triton_error, from_triton_exception
@@ -70,22 +71,46 @@ def _string_input(name: str, value: str) -> triton.InferInput:
     return tensor
 
 
-def _decode_strings(array: np.ndarray | None) -> list[str]:
-    if array is None:
-        return []
-    return [v.decode("utf-8", errors="replace") if isinstance(v, bytes) else str(v) for v in array.reshape(-1)]
+def _bytes_elements(raw: bytes) -> list[str]:
+    """A BYTES tensor's elements (each a 4-byte little-endian length, then the bytes), as text."""
+    values, offset = [], 0
+    while offset < len(raw):
+        (size,) = struct.unpack_from("<I", raw, offset)
+        offset += 4
+        values.append(raw[offset:offset + size].decode("utf-8", errors="replace"))
+        offset += size
+    return values
 
 
-def _parse_result(result: triton.InferResult) -> GenerationChunk:
-    texts = _decode_strings(result.as_numpy("text_output"))
-    reasons = [None if r in ("None", "") else r for r in _decode_strings(result.as_numpy("finish_reason"))]
-    num_in = result.as_numpy("num_input_tokens")
-    num_out = result.as_numpy("num_output_tokens")
+def _output_values(output, raw: bytes | None) -> list:
+    """An output tensor's elements: from its raw buffer (what Triton's gRPC frontend sends) or from
+    its typed contents."""
+    if raw is None:
+        c = output.contents
+        if output.datatype == "BYTES":
+            return [v.decode("utf-8", errors="replace") for v in c.bytes_contents]
+        return list(c.uint_contents or c.int_contents or c.uint64_contents or c.int64_contents)
+    if output.datatype == "BYTES":
+        return _bytes_elements(raw)
+    return np.frombuffer(raw, dtype=triton_to_np_dtype(output.datatype)).tolist()
+
+
+def parse_response(response) -> GenerationChunk:
+    """One ModelInferResponse of the contract, read straight from the protobuf (this runs for every
+    streamed token: no InferResult, no numpy object arrays)."""
+    raws = response.raw_output_contents
+    values = {
+        output.name: _output_values(output, raws[i] if i < len(raws) else None)
+        for i, output in enumerate(response.outputs)
+    }
+    texts = values.get("text_output", [])
+    reasons = [None if r in ("None", "") else r for r in values.get("finish_reason", [])]
+    num_in = values.get("num_input_tokens")
     return GenerationChunk(
         texts=texts,
         finish_reasons=reasons or [None] * len(texts),
-        num_input_tokens=int(num_in.reshape(-1)[0]) if num_in is not None else None,
-        num_output_tokens=[int(v) for v in num_out.reshape(-1)] if num_out is not None else [],
+        num_input_tokens=int(num_in[0]) if num_in else None,
+        num_output_tokens=[int(v) for v in values.get("num_output_tokens", [])],
     )
 
 
@@ -126,7 +151,7 @@ class TritonTextBackend(TritonBackend):
                     raise from_triton_exception(err) from err
                 if error is not None:
                     raise classify_triton_error(error.message())
-                chunk = _parse_result(result)
+                chunk = parse_response(result.get_response())
                 if chunk.texts or chunk.num_input_tokens is not None:
                     yield chunk
         finally:

@@ -6,7 +6,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from hubmesh.text.v1 import text_generation_pb2 as pb
 from hubmesh.text.v1 import text_generation_pb2_grpc as pb_grpc
-from services.common.internal_auth import RequireSecret, secret_interceptors
+from facade.clients import Clients
+from services.common.internal_auth import RequireSecret
 from services.text.servicer import TextGenerationServicer
 from tests.fakes import FakeTextBackend, chunk
 from tests.unit.text_service_fixture import CATALOG, MODEL
@@ -43,12 +44,20 @@ async def test_calls_without_the_secret_are_unauthenticated(target):
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
+def _facade_metadata(secret: str) -> list[tuple[str, str]]:
+    """What the façade sends with every call (its Clients carry the configured secret)."""
+    clients = Clients(text=None, embeddings=None, images=None, health={}, timeout_s=5.0, internal_secret=secret)
+    return clients.metadata("alice", "end-user-1")
+
+
 async def test_wrong_secret_rejected_and_right_secret_accepted(target):
-    async with grpc.aio.insecure_channel(target, interceptors=secret_interceptors("guess")) as channel:
-        with pytest.raises(grpc.aio.AioRpcError) as err:
-            await pb_grpc.TextGenerationStub(channel).Generate(REQUEST)
-        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
-    async with grpc.aio.insecure_channel(target, interceptors=secret_interceptors("internal-s3cret")) as channel:
+    async with grpc.aio.insecure_channel(target) as channel:
         stub = pb_grpc.TextGenerationStub(channel)
-        assert (await stub.Generate(REQUEST)).choices[0].text == "ok"
-        assert [m async for m in stub.GenerateStream(REQUEST)][-1].HasField("usage")
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.Generate(REQUEST, metadata=_facade_metadata("guess"))
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        metadata = _facade_metadata("internal-s3cret")
+        assert ("hubmesh-subject", "alice") in metadata and ("hubmesh-user", "end-user-1") in metadata
+        assert (await stub.Generate(REQUEST, metadata=metadata)).choices[0].text == "ok"
+        assert [m async for m in stub.GenerateStream(REQUEST, metadata=metadata)][-1].HasField("usage")
+        assert (await stub.ListModels(pb.ListModelsRequest(), metadata=metadata)).models
