@@ -27,6 +27,11 @@ def main() -> None:
     with LocalStack(config) as stack:
         results = {
             "cores": os.cpu_count(),
+            "configuration": {
+                "event loop": os.environ.get("HUBMESH_EVENT_LOOP", "uvloop"),
+                "tracing": "on (OTLP)" if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") else "off (no OTEL endpoint)",
+                "façade and service processes": "1 each",
+            },
             "overhead": asyncio.run(overhead.measure(stack)),
             "text_streaming": asyncio.run(text_stream.measure(stack, tokens=256, rounds=3)),
             "embeddings": embeddings_throughput.measure(stack, n=640, rounds=3),

@@ -17,6 +17,7 @@ import time
 import aiohttp
 import numpy as np
 
+from bench.cpu import CpuMeter
 from local.stack import LocalStack
 from services.embeddings.backend import TritonEmbeddingsBackend
 from services.text.backend import TritonTextBackend
@@ -53,6 +54,7 @@ async def measure(stack: LocalStack, quick: bool = False) -> dict:
     headers = {"Authorization": f"Bearer {stack.config.api_key}"}
     connector = aiohttp.TCPConnector(limit=128)
     report: dict = {"latency": {}, "streaming": {}}
+    meter = CpuMeter(stack)
     async with aiohttp.ClientSession(connector=connector, headers=headers) as http:
 
         async def post(path, body):
@@ -79,8 +81,11 @@ async def measure(stack: LocalStack, quick: bool = False) -> dict:
             for concurrency, count in ((1, 60 if quick else 300), (64, 256 if quick else 1280)):
                 await _run(concurrency, 32, facade)  # warm
                 await _run(concurrency, 32, direct)
+                before = meter.snapshot()
                 f_lat, f_rps = await _run(concurrency, count, facade)
+                middle = meter.snapshot()
                 d_lat, d_rps = await _run(concurrency, count, direct)
+                after = meter.snapshot()
                 f, d = _percentiles(f_lat), _percentiles(d_lat)
                 report["latency"][f"{name}@{concurrency}"] = {
                     "facade": {**f, "rps": round(f_rps, 1)},
@@ -89,6 +94,10 @@ async def measure(stack: LocalStack, quick: bool = False) -> dict:
                     "added_p99_ms": round(f["p99_ms"] - d["p99_ms"], 3),
                     "p50_ratio": round(f["p50_ms"] / d["p50_ms"], 2),
                     "rps_ratio": round(f_rps / d_rps, 3),
+                    "cpu_ms_per_request": {
+                        "facade": meter.per_unit(before, middle, count),
+                        "direct": meter.per_unit(middle, after, count),
+                    },
                 }
 
         tokens = 256
@@ -116,12 +125,15 @@ async def measure(stack: LocalStack, quick: bool = False) -> dict:
             result = {}
             for label, fn in (("facade", stream_facade), ("direct", stream_direct)):
                 rounds = []
+                before = meter.snapshot()
                 for _ in range(1 if quick else 2):
                     start = time.perf_counter()
                     ttfts = await asyncio.gather(*(fn() for _ in range(streams)))
                     rounds.append((streams * tokens / (time.perf_counter() - start), statistics.median(ttfts)))
+                cpu = meter.per_unit(before, meter.snapshot(), streams * tokens * len(rounds) / 1000)
                 best = max(rounds)
-                result[label] = {"tokens_per_s": round(best[0], 1), "ttft_ms": round(best[1] * 1000, 2)}
+                result[label] = {"tokens_per_s": round(best[0], 1), "ttft_ms": round(best[1] * 1000, 2),
+                                 "cpu_ms_per_1000_tokens": cpu}
             result["ratio"] = round(result["facade"]["tokens_per_s"] / result["direct"]["tokens_per_s"], 3)
             result["added_ttft_ms"] = round(result["facade"]["ttft_ms"] - result["direct"]["ttft_ms"], 2)
             report["streaming"][f"{streams}_streams"] = result

@@ -34,12 +34,38 @@ def _rows(report: dict) -> list[str]:
     return lines
 
 
+def _cpu_rows(report: dict) -> list[str]:
+    """Where the cores went: CPU ms per request (or per 1000 streamed tokens) of each process group,
+    on the hubmesh path and on the direct path."""
+    overhead = report.get("overhead", {})
+    measured = [(f"{name} (per request)", r["cpu_ms_per_request"]) for name, r in overhead.get("latency", {}).items()
+                if "cpu_ms_per_request" in r and name.endswith("@64")]
+    measured += [(f"echo stream, {name.replace('_', ' ')} (per 1000 tokens)",
+                  {"facade": r["facade"]["cpu_ms_per_1000_tokens"], "direct": r["direct"]["cpu_ms_per_1000_tokens"]})
+                 for name, r in overhead.get("streaming", {}).items() if "cpu_ms_per_1000_tokens" in r["facade"]]
+    if not measured:
+        return []
+    groups = sorted({g for _, cpu in measured for path in cpu.values() for g in path})
+    lines = ["", "## CPU time by process (ms)", "",
+             "| measurement | path | " + " | ".join(groups) + " | total |",
+             "| --- | --- | " + " | ".join("---" for _ in groups) + " | --- |"]
+    for name, cpu in measured:
+        for path, label in (("facade", "hubmesh"), ("direct", "direct Triton")):
+            values = cpu[path]
+            cells = " | ".join(str(values.get(g, "")) for g in groups)
+            lines.append(f"| {name} | {label} | {cells} | {round(sum(values.values()), 3)} |")
+    return lines
+
+
 def write(report: dict, directory: Path) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
     json_path, md_path, png_path = directory / "report.json", directory / "report.md", directory / "report.png"
     json_path.write_text(json.dumps(report, indent=2))
     md = ["# hubmesh benchmark", "", f"Cores: {report.get('cores')}. Every ratio was measured in the same run.", ""]
+    if report.get("configuration"):
+        md += ["Configuration: " + ", ".join(f"{k}: {v}" for k, v in report["configuration"].items()) + ".", ""]
     md += _rows(report)
+    md += _cpu_rows(report)
     peer = report.get("peer")
     if peer is not None:
         md += ["", "## Peer gateway (LiteLLM proxy, same Triton)", "", "```", json.dumps(peer, indent=2), "```"]

@@ -7,6 +7,7 @@ import time
 
 import grpc
 import tritonclient.grpc.aio as triton
+from tritonclient.grpc import service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -70,7 +71,10 @@ class TritonBackend:
     """What every modality's Triton backend shares: one client per process, readiness, closing."""
 
     def __init__(self, url: str, timeout_s: float) -> None:
-        self._client = triton_client(url)
+        self._client = triton_client(url)  # readiness and the calls that are not per request
+        # the per-request path: Triton's own gRPC stub, protobuf in and out (services.common.triton_tensors)
+        self._channel = grpc.aio.insecure_channel(url, options=TRITON_CHANNEL_OPTIONS)
+        self._inference = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
         self._timeout_s = timeout_s
 
     def _call_timeout(self) -> float:
@@ -88,6 +92,7 @@ class TritonBackend:
             return False
 
     async def close(self) -> None:
+        await self._channel.close()
         await self._client.close()
 
 

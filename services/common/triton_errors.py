@@ -47,12 +47,13 @@ def classify_triton_error(message: str, code: grpc.StatusCode | None = None) -> 
 
 
 def from_triton_exception(err: InferenceServerException | grpc.aio.AioRpcError) -> ServiceError:
-    """The domain error for an exception raised by tritonclient.grpc.aio."""
+    """The domain error for a failed call to Triton (a gRPC error, or tritonclient's exception)."""
     if isinstance(err, grpc.aio.AioRpcError):
-        return classify_triton_error(err.details() or str(err), err.code())
-    status = (err.status() or "").removeprefix("StatusCode.")
-    code = grpc.StatusCode[status] if status in grpc.StatusCode.__members__ else None
-    message = err.message() or str(err)
+        code, message = err.code(), err.details() or str(err)
+    else:
+        status = (err.status() or "").removeprefix("StatusCode.")
+        code = grpc.StatusCode[status] if status in grpc.StatusCode.__members__ else None
+        message = err.message() or str(err)
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return InvalidArgument(message.removeprefix("invalid argument: "))
     return classify_triton_error(message, code)

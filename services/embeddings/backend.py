@@ -1,4 +1,4 @@
-"""The embeddings service's only door to Triton (tritonclient.grpc.aio).
+"""The embeddings service's only door to Triton (its gRPC API, protobuf in and out).
 
 Contract of an embedding model in Triton: batched (max_batch_size > 0) with input `text`
 (STRING [1] per item) or `token_ids` (INT32 [-1] per item), outputs `embedding` (FP32 [-1],
@@ -11,9 +11,9 @@ from typing import Protocol
 
 import grpc
 import numpy as np
-import tritonclient.grpc.aio as triton
-from tritonclient.utils import InferenceServerException
+from tritonclient.grpc import service_pb2
 
+from services.common import triton_tensors
 from services.common.channels import TritonBackend
 from services.common.triton_errors import from_triton_exception
 
@@ -39,23 +39,23 @@ class EmbeddingsBackend(Protocol):
 
 
 class TritonEmbeddingsBackend(TritonBackend):
-    """EmbeddingsBackend over one tritonclient.grpc.aio client per process."""
+    """EmbeddingsBackend over Triton's gRPC ModelInfer (one channel per process)."""
 
-    async def _infer(self, model: str, tensor: triton.InferInput) -> tuple[np.ndarray, list[int]]:
+    async def _infer(self, request: service_pb2.ModelInferRequest) -> tuple[np.ndarray, list[int]]:
         try:
-            result = await self._client.infer(model, [tensor], client_timeout=self._call_timeout())
-        except (InferenceServerException, grpc.aio.AioRpcError) as err:
+            response = await self._inference.ModelInfer(request, timeout=self._call_timeout())
+        except grpc.aio.AioRpcError as err:
             raise from_triton_exception(err) from err
-        vectors = result.as_numpy("embedding").astype(np.float32, copy=False)
-        tokens = [int(t) for t in result.as_numpy("num_tokens").reshape(-1)]
-        return vectors, tokens
+        values = triton_tensors.outputs(response)
+        vectors = values["embedding"].astype(np.float32, copy=False)
+        return vectors, values["num_tokens"].reshape(-1).tolist()
 
     async def embed_texts(self, model: str, texts: list[str]) -> tuple[np.ndarray, list[int]]:
-        tensor = triton.InferInput("text", [len(texts), 1], "BYTES")
-        tensor.set_data_from_numpy(np.array([[t.encode("utf-8")] for t in texts], dtype=np.object_))
-        return await self._infer(model, tensor)
+        request = triton_tensors.new_request(model)
+        triton_tensors.add_bytes(request, "text", [t.encode("utf-8") for t in texts], [len(texts), 1])
+        return await self._infer(request)
 
     async def embed_tokens(self, model: str, ids: list[int]) -> tuple[np.ndarray, list[int]]:
-        tensor = triton.InferInput("token_ids", [1, len(ids)], "INT32")
-        tensor.set_data_from_numpy(np.array([ids], dtype=np.int32))
-        return await self._infer(model, tensor)
+        request = triton_tensors.new_request(model)
+        triton_tensors.add_array(request, "token_ids", np.array([ids], dtype=np.int32))
+        return await self._infer(request)

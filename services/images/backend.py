@@ -1,4 +1,4 @@
-"""The images service's only door to Triton (tritonclient.grpc.aio).
+"""The images service's only door to Triton (its gRPC API, protobuf in and out).
 
 Contract of an image model in Triton (model_repository/tiny_sd): inputs prompt (STRING [1]),
 width, height, num_images (INT32 [1]), optional seed (INT64 [1]), quality and style (STRING [1]);
@@ -11,9 +11,8 @@ from typing import Protocol
 
 import grpc
 import numpy as np
-import tritonclient.grpc.aio as triton
-from tritonclient.utils import InferenceServerException
 
+from services.common import triton_tensors
 from services.common.channels import TritonBackend
 from services.common.triton_errors import from_triton_exception
 
@@ -36,31 +35,21 @@ class ImagesBackend(Protocol):
         ...
 
 
-def _tensor(name: str, value, datatype: str) -> triton.InferInput:
-    tensor = triton.InferInput(name, [1], datatype)
-    dtype = {"BYTES": np.object_, "INT32": np.int32, "INT64": np.int64}[datatype]
-    tensor.set_data_from_numpy(np.array([value.encode("utf-8") if datatype == "BYTES" else value], dtype=dtype))
-    return tensor
-
-
 class TritonImagesBackend(TritonBackend):
-    """ImagesBackend over one tritonclient.grpc.aio client per process."""
+    """ImagesBackend over Triton's gRPC ModelInfer (one channel per process)."""
 
     async def generate(
         self, model: str, prompt: str, width: int, height: int, n: int, seed: int | None, quality: str, style: str
     ) -> np.ndarray:
-        inputs = [
-            _tensor("prompt", prompt, "BYTES"),
-            _tensor("width", width, "INT32"),
-            _tensor("height", height, "INT32"),
-            _tensor("num_images", n, "INT32"),
-            _tensor("quality", quality, "BYTES"),
-            _tensor("style", style, "BYTES"),
-        ]
+        request = triton_tensors.new_request(model)
+        for name, text in (("prompt", prompt), ("quality", quality), ("style", style)):
+            triton_tensors.add_bytes(request, name, [text.encode("utf-8")], [1])
+        for name, number in (("width", width), ("height", height), ("num_images", n)):
+            triton_tensors.add_array(request, name, np.array([number], dtype=np.int32))
         if seed is not None:
-            inputs.append(_tensor("seed", seed, "INT64"))
+            triton_tensors.add_array(request, "seed", np.array([seed], dtype=np.int64))
         try:
-            result = await self._client.infer(model, inputs, client_timeout=self._call_timeout())
-        except (InferenceServerException, grpc.aio.AioRpcError) as err:
+            response = await self._inference.ModelInfer(request, timeout=self._call_timeout())
+        except grpc.aio.AioRpcError as err:
             raise from_triton_exception(err) from err
-        return result.as_numpy("images")
+        return triton_tensors.outputs(response)["images"]

@@ -14,17 +14,14 @@ import asyncio
 import contextlib
 import json
 import logging
-import struct
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import grpc
 import numpy as np
-import tritonclient.grpc.aio as triton
-from tritonclient.utils import InferenceServerException, triton_to_np_dtype
 
+from services.common import triton_tensors
 from services.common.channels import TritonBackend
 from services.common.triton_errors import classify_triton_error, from_triton_exception
 
@@ -59,105 +56,56 @@ class TextBackend(Protocol):
         ...
 
 
-def _bool_input(name: str, value: bool) -> triton.InferInput:
-    tensor = triton.InferInput(name, [1], "BOOL")
-    tensor.set_data_from_numpy(np.array([value], dtype=bool))
-    return tensor
-
-
-def _string_input(name: str, value: str) -> triton.InferInput:
-    tensor = triton.InferInput(name, [1], "BYTES")
-    tensor.set_data_from_numpy(np.array([value.encode("utf-8")], dtype=np.object_))
-    return tensor
-
-
-def _bytes_elements(raw: bytes) -> list[str]:
-    """A BYTES tensor's elements (each a 4-byte little-endian length, then the bytes), as text."""
-    values, offset = [], 0
-    while offset < len(raw):
-        (size,) = struct.unpack_from("<I", raw, offset)
-        offset += 4
-        values.append(raw[offset:offset + size].decode("utf-8", errors="replace"))
-        offset += size
-    return values
-
-
-def _output_values(output, raw: bytes | None) -> list:
-    """An output tensor's elements: from its raw buffer (what Triton's gRPC frontend sends) or from
-    its typed contents."""
-    if raw is None:
-        c = output.contents
-        if output.datatype == "BYTES":
-            return [v.decode("utf-8", errors="replace") for v in c.bytes_contents]
-        return list(c.uint_contents or c.int_contents or c.uint64_contents or c.int64_contents)
-    if output.datatype == "BYTES":
-        return _bytes_elements(raw)
-    return np.frombuffer(raw, dtype=triton_to_np_dtype(output.datatype)).tolist()
-
-
 def parse_response(response) -> GenerationChunk:
-    """One ModelInferResponse of the contract, read straight from the protobuf (this runs for every
-    streamed token: no InferResult, no numpy object arrays)."""
-    raws = response.raw_output_contents
-    values = {
-        output.name: _output_values(output, raws[i] if i < len(raws) else None)
-        for i, output in enumerate(response.outputs)
-    }
+    """One ModelInferResponse of the contract as a chunk."""
+    values = triton_tensors.outputs(response)
     texts = values.get("text_output", [])
     reasons = [None if r in ("None", "") else r for r in values.get("finish_reason", [])]
     num_in = values.get("num_input_tokens")
+    num_out = values.get("num_output_tokens")
     return GenerationChunk(
         texts=texts,
         finish_reasons=reasons or [None] * len(texts),
-        num_input_tokens=int(num_in[0]) if num_in else None,
-        num_output_tokens=[int(v) for v in values.get("num_output_tokens", [])],
+        num_input_tokens=int(num_in.reshape(-1)[0]) if num_in is not None and num_in.size else None,
+        num_output_tokens=num_out.reshape(-1).tolist() if num_out is not None else [],
     )
 
 
 class TritonTextBackend(TritonBackend):
-    """TextBackend over one tritonclient.grpc.aio client per process."""
+    """TextBackend over Triton's gRPC streaming endpoint."""
 
     async def generate(
         self, model: str, prompt: str, sampling: dict[str, Any], stream: bool
     ) -> AsyncIterator[GenerationChunk]:
-        request = {
-            "model_name": model,
-            "request_id": uuid.uuid4().hex,
-            "inputs": [
-                _string_input("text_input", prompt),
-                _bool_input("stream", stream),
-                _string_input("sampling_parameters", json.dumps(sampling)),
-                _bool_input("exclude_input_in_output", True),
-                _bool_input("return_finish_reason", True),
-                _bool_input("return_num_input_tokens", True),
-                _bool_input("return_num_output_tokens", True),
-            ],
-        }
-
-        async def requests():
-            yield request
-
-        responses = self._client.stream_infer(requests(), stream_timeout=self._call_timeout())
+        request = triton_tensors.new_request(model)
+        for name, value in (("text_input", prompt), ("sampling_parameters", json.dumps(sampling))):
+            triton_tensors.add_bytes(request, name, [value.encode("utf-8")], [1])
+        for name, flag in (
+            ("stream", stream), ("exclude_input_in_output", True), ("return_finish_reason", True),
+            ("return_num_input_tokens", True), ("return_num_output_tokens", True),
+        ):
+            triton_tensors.add_array(request, name, np.array([flag]))
+        call = self._inference.ModelStreamInfer(iter((request,)), timeout=self._call_timeout())
         exhausted = False
         try:
             while True:
                 try:
-                    result, error = await anext(responses)
-                except StopAsyncIteration:
-                    exhausted = True  # Triton closes the stream once the final response is out
-                    break
-                except (grpc.aio.AioRpcError, InferenceServerException) as err:
+                    response = await call.read()
+                except grpc.aio.AioRpcError as err:
                     exhausted = True
                     raise from_triton_exception(err) from err
-                if error is not None:
-                    raise classify_triton_error(error.message())
-                chunk = parse_response(result.get_response())
+                if response is grpc.aio.EOF:
+                    exhausted = True  # Triton closes the stream once the final response is out
+                    break
+                if response.error_message:
+                    raise classify_triton_error(response.error_message)
+                chunk = parse_response(response.infer_response)
                 if chunk.texts or chunk.num_input_tokens is not None:
                     yield chunk
         finally:
             if not exhausted:
                 # The consumer went away (client disconnect, deadline) or the model failed: stop the
                 # model too, then read once more so the call (and its trace span) really ends.
-                responses.cancel()
+                call.cancel()
                 with contextlib.suppress(Exception, asyncio.CancelledError):
-                    await anext(responses)
+                    await call.read()

@@ -1,12 +1,15 @@
-"""The text backend reads Triton's streamed responses straight from the protobuf: the same values as
-tritonclient's own InferResult, for raw buffers and typed contents alike."""
+"""Triton requests and responses in plain protobuf (services.common.triton_tensors): byte for byte what
+tritonclient builds, and the same values as its InferResult reads, for raw buffers and typed contents."""
 
 import numpy as np
 import pytest
 import tritonclient.grpc.aio as triton
 from tritonclient.grpc import service_pb2
-from tritonclient.utils import serialize_byte_tensor
+from tritonclient.utils import np_to_triton_dtype, serialize_byte_tensor
 
+from tritonclient.grpc._utils import _get_inference_request
+
+from services.common import triton_tensors
 from services.text.backend import parse_response
 
 
@@ -67,3 +70,45 @@ def test_a_response_without_counts_or_reasons():
     chunk = parse_response(response)
     assert chunk.texts == ["tok"] and chunk.finish_reasons == [None]
     assert chunk.num_input_tokens is None and chunk.num_output_tokens == []
+
+
+def _tritonclient_request(inputs):
+    tensors = []
+    for name, array in inputs:
+        tensor = triton.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+        tensor.set_data_from_numpy(array)
+        tensors.append(tensor)
+    return _get_inference_request(model_name="m", inputs=tensors, model_version="", request_id="", outputs=None,
+                                  sequence_id=0, sequence_start=False, sequence_end=False, priority=0,
+                                  timeout=None, parameters=None)
+
+
+def test_requests_match_tritonclient_byte_for_byte():
+    texts = ["hello", "wörld 中文", ""]
+    ours = triton_tensors.new_request("m")
+    triton_tensors.add_bytes(ours, "text", [t.encode() for t in texts], [3, 1])
+    triton_tensors.add_array(ours, "stream", np.array([True]))
+    triton_tensors.add_array(ours, "token_ids", np.array([[101, 7592, 102]], dtype=np.int32))
+    reference = _tritonclient_request([
+        ("text", np.array([[t.encode()] for t in texts], dtype=np.object_)),
+        ("stream", np.array([True])),
+        ("token_ids", np.array([[101, 7592, 102]], dtype=np.int32)),
+    ])
+    assert ours.id  # a fresh request id for Triton's logs and traces
+    ours.ClearField("id")
+    assert list(ours.raw_input_contents) == list(reference.raw_input_contents)
+    assert [(i.name, i.datatype, list(i.shape)) for i in ours.inputs] == [
+        (i.name, i.datatype, list(i.shape)) for i in reference.inputs
+    ]
+
+
+def test_float_matrices_come_back_in_shape():
+    vectors = np.arange(6, dtype=np.float32).reshape(2, 3) / 7
+    response = service_pb2.ModelInferResponse(model_name="m")
+    response.outputs.add(name="embedding", datatype="FP32", shape=[2, 3])
+    response.raw_output_contents.append(vectors.tobytes())
+    response.outputs.add(name="num_tokens", datatype="UINT32", shape=[2, 1])
+    response.raw_output_contents.append(np.array([[4], [9]], dtype=np.uint32).tobytes())
+    values = triton_tensors.outputs(response)
+    np.testing.assert_array_equal(values["embedding"], triton.InferResult(response).as_numpy("embedding"))
+    assert values["embedding"].shape == (2, 3) and values["num_tokens"].reshape(-1).tolist() == [4, 9]

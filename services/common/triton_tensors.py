@@ -1,0 +1,74 @@
+"""Triton inference requests and responses in plain protobuf, for the per-request paths of the services.
+
+tritonclient's InferInput/InferResult wrap every tensor in numpy objects and helper classes; on a
+path that runs for every request (and, when streaming, every token) the services build
+`ModelInferRequest`s and read `ModelInferResponse`s directly. Raw buffers follow Triton's gRPC
+protocol: numbers little-endian in row-major order, BOOL one byte each, BYTES elements each
+preceded by a 4-byte little-endian length.
+"""
+
+from __future__ import annotations
+
+import struct
+import uuid
+from collections.abc import Sequence
+
+import numpy as np
+from tritonclient.grpc import service_pb2
+from tritonclient.utils import np_to_triton_dtype, triton_to_np_dtype
+
+# where each datatype's elements sit when a response carries typed contents instead of raw buffers
+_TYPED_CONTENTS = {
+    "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
+    "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
+    "UINT64": "uint64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents",
+}
+
+
+def new_request(model: str) -> service_pb2.ModelInferRequest:
+    return service_pb2.ModelInferRequest(model_name=model, id=uuid.uuid4().hex)
+
+
+def add_bytes(request: service_pb2.ModelInferRequest, name: str, values: Sequence[bytes], shape: Sequence[int]) -> None:
+    """A BYTES input of `values` (row-major) with `shape`."""
+    request.inputs.add(name=name, datatype="BYTES", shape=shape)
+    request.raw_input_contents.append(b"".join(struct.pack("<I", len(v)) + v for v in values))
+
+
+def add_array(request: service_pb2.ModelInferRequest, name: str, array: np.ndarray) -> None:
+    """A numeric or BOOL input from a numpy array (its dtype and shape)."""
+    request.inputs.add(name=name, datatype=np_to_triton_dtype(array.dtype), shape=array.shape)
+    request.raw_input_contents.append(np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<")).tobytes())
+
+
+def _bytes_elements(raw: bytes) -> list[str]:
+    values, offset = [], 0
+    while offset < len(raw):
+        (size,) = struct.unpack_from("<I", raw, offset)
+        offset += 4
+        values.append(raw[offset:offset + size].decode("utf-8", errors="replace"))
+        offset += size
+    return values
+
+
+def outputs(response: service_pb2.ModelInferResponse) -> dict[str, np.ndarray | list[str]]:
+    """Every output of a response by name: BYTES as a flat list of text, numbers as numpy arrays of
+    the output's shape (from raw buffers, as Triton's gRPC frontend sends them, or typed contents)."""
+    raws = response.raw_output_contents
+    result: dict[str, np.ndarray | list[str]] = {}
+    for i, output in enumerate(response.outputs):
+        raw = raws[i] if i < len(raws) else None
+        if output.datatype == "BYTES":
+            if raw is not None:
+                result[output.name] = _bytes_elements(raw)
+            else:
+                result[output.name] = [v.decode("utf-8", errors="replace") for v in output.contents.bytes_contents]
+            continue
+        dtype = triton_to_np_dtype(output.datatype)
+        if raw is not None:
+            array = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<"))
+        else:
+            array = np.array(list(getattr(output.contents, _TYPED_CONTENTS[output.datatype])), dtype=dtype)
+        shape = list(output.shape)
+        result[output.name] = array.reshape(shape) if int(np.prod(shape)) == array.size else array
+    return result
