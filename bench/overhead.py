@@ -23,6 +23,7 @@ from services.embeddings.backend import TritonEmbeddingsBackend
 from services.text.backend import TritonTextBackend
 
 ECHO = "hubmesh/echo-benchmark"
+BLOCKS = 4  # latency runs alternate façade and direct blocks
 EMBEDDER = "sentence-transformers/all-MiniLM-L6-v2"
 
 
@@ -81,11 +82,19 @@ async def measure(stack: LocalStack, quick: bool = False) -> dict:
             for concurrency, count in ((1, 60 if quick else 300), (64, 256 if quick else 1280)):
                 await _run(concurrency, 32, facade)  # warm
                 await _run(concurrency, 32, direct)
-                before = meter.snapshot()
-                f_lat, f_rps = await _run(concurrency, count, facade)
-                middle = meter.snapshot()
-                d_lat, d_rps = await _run(concurrency, count, direct)
-                after = meter.snapshot()
+                # alternating blocks, so that the machine's drifts hit both paths alike
+                samples = {"facade": ([], 0.0, {}), "direct": ([], 0.0, {})}
+                for block in range(BLOCKS):
+                    order = (("facade", facade), ("direct", direct))
+                    for path, call in order if block % 2 == 0 else reversed(order):
+                        latencies, elapsed, cpu = samples[path]
+                        before = meter.snapshot()
+                        lat, rps = await _run(concurrency, count // BLOCKS, call)
+                        used = meter.per_unit(before, meter.snapshot(), 1)
+                        samples[path] = (latencies + lat, elapsed + len(lat) / rps,
+                                         {k: cpu.get(k, 0) + used.get(k, 0) for k in {*cpu, *used}})
+                f_lat, d_lat = samples["facade"][0], samples["direct"][0]
+                f_rps, d_rps = len(f_lat) / samples["facade"][1], len(d_lat) / samples["direct"][1]
                 f, d = _percentiles(f_lat), _percentiles(d_lat)
                 report["latency"][f"{name}@{concurrency}"] = {
                     "facade": {**f, "rps": round(f_rps, 1)},
@@ -95,8 +104,8 @@ async def measure(stack: LocalStack, quick: bool = False) -> dict:
                     "p50_ratio": round(f["p50_ms"] / d["p50_ms"], 2),
                     "rps_ratio": round(f_rps / d_rps, 3),
                     "cpu_ms_per_request": {
-                        "facade": meter.per_unit(before, middle, count),
-                        "direct": meter.per_unit(middle, after, count),
+                        path: {k: round(v / len(samples[path][0]), 3) for k, v in sorted(samples[path][2].items())}
+                        for path in ("facade", "direct")
                     },
                 }
 

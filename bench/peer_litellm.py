@@ -6,7 +6,9 @@ get byte-identical OpenAI request bodies from the same aiohttp client, in altern
 machine noise hits both alike:
 
   (a) non-streaming chat, max_tokens=1: p50/p99 latency at concurrency 1 and 16, requests/s;
-  (b) 4 concurrent streams of 64 tokens: aggregate tokens/s and time to first token;
+  (b) 4 concurrent streams of 64 tokens: aggregate tokens/s and time to first token; and the same for
+      16 streams of 256 tokens of the `echo` benchmark model, where the gateway, not the model, is
+      the bottleneck;
   (c) embeddings, one sentence per request at concurrency 32: sentences/s.
 
 What LiteLLM's Triton provider cannot do with our models, and what the config does about it
@@ -50,6 +52,8 @@ LITELLM = PEER_VENV / "bin" / "litellm"
 TEXT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 EMBED_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 CHAT_TEMPLATE = ROOT / "services" / "text" / "templates" / "smollm2-chatml.jinja"
+ECHO_MODEL = "hubmesh/echo-benchmark"
+PLAIN_TEMPLATE = ROOT / "services" / "text" / "templates" / "plain.jinja"
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
 STORY = [{"role": "user", "content": "Tell me a long story about a lighthouse keeper."}]
 NO_END = {"0": -100.0, "2": -100.0}  # <|endoftext|>, <|im_end|>: every stream makes exactly max_tokens
@@ -75,6 +79,13 @@ def litellm_config(stack: LocalStack, master_key: str) -> dict:
                 },
             },
             {
+                "model_name": ECHO_MODEL,
+                "litellm_params": {
+                    "model": "triton/echo",
+                    "api_base": f"http://127.0.0.1:{ports['text']['triton_http']}/v2/models/echo/generate",
+                },
+            },
+            {
                 "model_name": EMBED_MODEL,
                 "litellm_params": {
                     "model": "triton/minilm",
@@ -95,7 +106,11 @@ def litellm_config(stack: LocalStack, master_key: str) -> dict:
                         "bos_token": "<|im_start|>",
                         "eos_token": "<|im_end|>",
                     },
-                }
+                },
+                "echo": {
+                    "status": "success",
+                    "tokenizer": {"chat_template": PLAIN_TEMPLATE.read_text(), "bos_token": "", "eos_token": ""},
+                },
             },
         },
         "general_settings": {"master_key": master_key},
@@ -176,10 +191,12 @@ class Target:
         return time.perf_counter() - start, first or 0.0, chunks, "".join(text)
 
 
-def chat_body(max_tokens: int, messages: list, stream: bool = False, logit_bias: dict | None = None) -> dict:
+def chat_body(
+    max_tokens: int, messages: list, stream: bool = False, logit_bias: dict | None = None, model: str = TEXT_MODEL
+) -> dict:
     """The same bytes go to both gateways: OpenAI fields for hubmesh, extra_body for LiteLLM's Triton."""
     sampling = {"max_tokens": max_tokens, "temperature": 0, **({"logit_bias": logit_bias} if logit_bias else {})}
-    body = {"model": TEXT_MODEL, "messages": messages, "max_tokens": max_tokens, "temperature": 0,
+    body = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0,
             "extra_body": {"sampling_parameters": json.dumps(sampling)}}
     if logit_bias:
         body["logit_bias"] = logit_bias
@@ -263,8 +280,10 @@ async def chat_latency(peer: Target, hubmesh: Target, concurrency: int, requests
     return out
 
 
-async def streaming(peer: Target, hubmesh: Target, streams: int, tokens: int, rounds: int) -> dict:
-    body = chat_body(tokens, STORY, stream=True, logit_bias=NO_END)
+async def streaming(
+    peer: Target, hubmesh: Target, streams: int, tokens: int, rounds: int, model: str = TEXT_MODEL
+) -> dict:
+    body = chat_body(tokens, STORY, stream=True, logit_bias=NO_END, model=model)
     texts: dict[str, set[str]] = {"litellm": set(), "hubmesh": set()}
 
     async def run(target: Target):
@@ -275,7 +294,7 @@ async def streaming(peer: Target, hubmesh: Target, streams: int, tokens: int, ro
         return wall, [first for _, first, _, _ in results], [chunks for _, _, chunks, _ in results]
 
     for target in (peer, hubmesh):  # the first stream through a fresh proxy pays for its imports
-        await target.stream(chat_body(8, STORY, stream=True, logit_bias=NO_END))
+        await target.stream(chat_body(8, STORY, stream=True, logit_bias=NO_END, model=model))
     results = await alternate([peer, hubmesh], rounds, run)
     out = {"streams": streams, "tokens_per_stream": tokens, "rounds": len(results["hubmesh"])}
     for name, runs in results.items():
@@ -344,6 +363,9 @@ async def run_all(stack: LocalStack, peer_url: str, master_key: str, quick: bool
                 "peer_response_fidelity": fidelity,
             }
             out["streaming"] = await part("streaming", streaming(peer, hubmesh, 4, 64, 1 if quick else 3))
+            out["echo_streaming"] = await part(
+                "echo streaming", streaming(peer, hubmesh, 16, 256, 1 if quick else 3, model=ECHO_MODEL)
+            )
         out["embeddings_passthrough"] = await part(
             "embeddings", embeddings(peer, hubmesh, 256 // scale, 32, 1 if quick else 3)
         )

@@ -57,6 +57,31 @@ def _cpu_rows(report: dict) -> list[str]:
     return lines
 
 
+def _peer_rows(peer: dict) -> list[str]:
+    """hubmesh vs LiteLLM's proxy, figure by figure (what could be measured)."""
+    lines = ["| measurement | hubmesh | LiteLLM | hubmesh / LiteLLM |", "| --- | --- | --- | --- |"]
+    for level, r in (peer.get("chat_1_token") or {}).items():
+        if isinstance(r, dict) and "hubmesh" in r:
+            h, p = r["hubmesh"], r["litellm"]
+            lines.append(f"| 1-token chat {level}: req/s | {h['requests_per_s']:.1f} | {p['requests_per_s']:.1f} | "
+                         f"{h['requests_per_s'] / p['requests_per_s']:.2f}x |")
+            lines.append(f"| 1-token chat {level}: p50 | {h['p50_ms']:.1f} ms | {p['p50_ms']:.1f} ms | "
+                         f"{h['p50_ms'] / p['p50_ms']:.2f} |")
+    for key, label in (("streaming", "SmolLM2"), ("echo_streaming", "echo")):
+        r = peer.get(key) or {}
+        if "hubmesh" in r:
+            h, p = r["hubmesh"], r["litellm"]
+            lines.append(f"| {label}, {r['streams']} streams x {r['tokens_per_stream']} tokens: tokens/s (TTFT) | "
+                         f"{h['tokens_per_s']:.1f} ({h['ttft_ms']:.0f} ms) | {p['tokens_per_s']:.1f} "
+                         f"({p['ttft_ms']:.0f} ms) | {h['tokens_per_s'] / p['tokens_per_s']:.2f}x |")
+    r = peer.get("embeddings_passthrough") or {}
+    if "hubmesh" in r:
+        lines.append(f"| embeddings @{r['concurrency']} (peer only via Triton tensors in extra_body): sentences/s | "
+                     f"{r['hubmesh']['sentences_per_s']:.1f} | {r['litellm']['sentences_per_s']:.1f} | "
+                     f"{r['ratio_hubmesh_vs_peer_sentences_per_s']:.2f}x |")
+    return lines if len(lines) > 2 else []
+
+
 def write(report: dict, directory: Path) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
     json_path, md_path, png_path = directory / "report.json", directory / "report.md", directory / "report.png"
@@ -68,7 +93,8 @@ def write(report: dict, directory: Path) -> list[Path]:
     md += _cpu_rows(report)
     peer = report.get("peer")
     if peer is not None:
-        md += ["", "## Peer gateway (LiteLLM proxy, same Triton)", "", "```", json.dumps(peer, indent=2), "```"]
+        md += ["", "## Peer gateway (LiteLLM proxy, same Triton)", "", *_peer_rows(peer), "",
+               "Details (setup, what the peer cannot do, raw figures):", "", "```", json.dumps(peer, indent=2), "```"]
     md += ["", f"![latency and throughput]({png_path.name})", ""]
     md_path.write_text("\n".join(md))
     _plot(report, png_path)
