@@ -8,7 +8,7 @@ TRITON := .triton
 GEN    := build/gen
 PROTOS := $(shell find protos -name '*.proto')
 
-.PHONY: setup proto run test unit bench clean
+.PHONY: setup proto run test unit bench profile clean
 .DEFAULT_GOAL := run
 
 setup: $(VENV)/.installed $(TRITON)/bin/tritonserver proto
@@ -47,6 +47,11 @@ clean:
 
 bench: setup peer-venv
 	PYTHONPATH=.:$(GEN) $(PY) -m bench
+
+# py-spy on the façade and a service under one workload: chat (default), stream or embeddings
+WORKLOAD ?= chat
+profile: setup
+	PYTHONPATH=.:$(GEN) $(PY) -m bench.profile $(WORKLOAD)
 
 # The "peer gateway" of `make bench` (bench/peer_litellm.py): LiteLLM's proxy in its own venv, never
 # in .venv (its pins clash with ours). Not needed by run/test; bench reports the peer missing without it.

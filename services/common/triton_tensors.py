@@ -9,6 +9,7 @@ preceded by a 4-byte little-endian length.
 
 from __future__ import annotations
 
+import math
 import struct
 import uuid
 from collections.abc import Sequence
@@ -70,5 +71,5 @@ def outputs(response: service_pb2.ModelInferResponse) -> dict[str, np.ndarray | 
         else:
             array = np.array(list(getattr(output.contents, _TYPED_CONTENTS[output.datatype])), dtype=dtype)
         shape = list(output.shape)
-        result[output.name] = array.reshape(shape) if int(np.prod(shape)) == array.size else array
+        result[output.name] = array.reshape(shape) if math.prod(shape) == array.size else array
     return result
