@@ -71,13 +71,11 @@ class StackConfig:
 
     @classmethod
     def with_free_ports(cls, api_key: str, run_dir: Path, **overrides) -> StackConfig:
-        ports = {
-            m.name: {
-                k: processes.free_port() for k in ("service", "metrics", "triton_http", "triton_grpc", "triton_metrics")
-            }
-            for m in MODALITIES
-        }
-        return cls(api_key=api_key, run_dir=run_dir, http_port=processes.free_port(), ports=ports, **overrides)
+        kinds = ("service", "metrics", "triton_http", "triton_grpc", "triton_metrics")
+        free = iter(processes.free_ports(1 + len(kinds) * len(MODALITIES)))  # all distinct
+        http_port = next(free)
+        ports = {m.name: {k: next(free) for k in kinds} for m in MODALITIES}
+        return cls(api_key=api_key, run_dir=run_dir, http_port=http_port, ports=ports, **overrides)
 
     def service_target(self, modality: str) -> str:
         return f"127.0.0.1:{self.ports[modality]['service']}"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import tempfile
 import time
@@ -18,6 +17,7 @@ import yaml
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
+from local.processes import free_ports
 from tests.k8s.manifests import (
     FACADE_PORT,
     GRPC_PORTS,
@@ -234,12 +234,6 @@ def test_tritons_close_connections_so_clients_find_new_replicas(manifests, modal
 TRITONSERVER = ROOT / ".triton" / "bin" / "tritonserver"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _live(port: int) -> bool:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/live", timeout=1) as response:
@@ -259,7 +253,7 @@ def test_tritonserver_accepts_every_argument_the_manifests_pass(cpu, gpu):
             for manifests in (cpu, gpu):
                 for modality in MODALITIES:
                     _, _, args = _triton(manifests, modality)
-                    ports = {kind: _free_port() for kind in ("http", "grpc", "metrics")}
+                    ports = dict(zip(("http", "grpc", "metrics"), free_ports(3), strict=True))
                     command = [str(TRITONSERVER), *(a for a in args if not a.startswith(local)),
                                f"--model-repository={repository}", "--http-address=127.0.0.1",
                                "--grpc-address=127.0.0.1", "--metrics-address=127.0.0.1",
