@@ -6,9 +6,9 @@ import contextvars
 import time
 
 import grpc
-import tritonclient.grpc.aio as triton
-from tritonclient.grpc import service_pb2_grpc
-from tritonclient.utils import InferenceServerException
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from services.common.triton_errors import from_triton_exception
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
@@ -57,22 +57,16 @@ SERVER_OPTIONS = [
 ]
 
 
-def triton_client(url: str) -> triton.InferenceServerClient:
-    """The one tritonclient.grpc.aio client of a service process."""
-    return triton.InferenceServerClient(url=url, channel_args=TRITON_CHANNEL_OPTIONS)
-
-
 # When the gRPC call being served must be answered (time.monotonic()), set per call by the servers'
 # interceptor; Triton calls made for it get no more than what remains.
 CALL_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("call_deadline", default=None)
 
 
 class TritonBackend:
-    """What every modality's Triton backend shares: one client per process, readiness, closing."""
+    """What every modality's Triton backend shares: one channel per process to Triton's own gRPC API
+    (protobuf in and out, see services.common.triton_tensors), deadlines, readiness, closing."""
 
     def __init__(self, url: str, timeout_s: float) -> None:
-        self._client = triton_client(url)  # readiness and the calls that are not per request
-        # the per-request path: Triton's own gRPC stub, protobuf in and out (services.common.triton_tensors)
         self._channel = grpc.aio.insecure_channel(url, options=TRITON_CHANNEL_OPTIONS)
         self._inference = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
         self._timeout_s = timeout_s
@@ -84,16 +78,23 @@ class TritonBackend:
             return self._timeout_s
         return max(0.001, min(self._timeout_s, deadline - time.monotonic()))
 
+    async def _model_infer(self, request: service_pb2.ModelInferRequest) -> service_pb2.ModelInferResponse:
+        """One unary inference within the call's deadline; failures become domain errors."""
+        try:
+            return await self._inference.ModelInfer(request, timeout=self._call_timeout())
+        except grpc.aio.AioRpcError as err:
+            raise from_triton_exception(err) from err
+
     async def is_ready(self, model: str) -> bool:
         """True when `model` is loaded and ready in Triton."""
         try:
-            return bool(await self._client.is_model_ready(model, client_timeout=2.0))
-        except (InferenceServerException, grpc.aio.AioRpcError):
+            reply = await self._inference.ModelReady(service_pb2.ModelReadyRequest(name=model), timeout=2.0)
+        except grpc.aio.AioRpcError:
             return False
+        return reply.ready
 
     async def close(self) -> None:
         await self._channel.close()
-        await self._client.close()
 
 
 async def all_ready(backend, triton_models) -> bool:

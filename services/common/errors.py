@@ -33,12 +33,6 @@ class ModelNotFound(ServiceError):
     code = grpc.StatusCode.NOT_FOUND
 
 
-class Overloaded(ServiceError):
-    """Too much work in flight; retry later."""
-
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
-
-
 class BackendUnavailable(ServiceError):
     """The model server is down or the model is not ready."""
 

@@ -23,15 +23,13 @@ class RequireSecret(grpc.aio.ServerInterceptor):
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
         if details.method.startswith(OPEN_PREFIXES):
-            return await continuation(details)
+            return handler
         presented = dict(details.invocation_metadata or ()).get(SECRET_METADATA_KEY, "")
         if isinstance(presented, str):
             presented = presented.encode()
-        if not hmac.compare_digest(presented, self._secret):
-            handler = await continuation(details)
-            return _denying_like(handler)
-        return await continuation(details)
+        return handler if hmac.compare_digest(presented, self._secret) else _denying_like(handler)
 
 
 def _denying_like(handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler:

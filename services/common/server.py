@@ -42,13 +42,18 @@ async def watch_readiness(
         status = SERVING if ready else NOT_SERVING
         if status != last:
             log.info("health: %s", "SERVING" if ready else "NOT_SERVING")
-            for name in ["", *service_names]:
-                await health_servicer.set(name, status)
+            await _set_health(health_servicer, service_names, status)
             last = status
         try:
             await asyncio.wait_for(stopping.wait(), timeout=interval_s)
         except TimeoutError:
             pass
+
+
+async def _set_health(health_servicer: health.aio.HealthServicer, service_names: list[str], status) -> None:
+    """The status of every service name and of the server as a whole ("")."""
+    for name in ["", *service_names]:
+        await health_servicer.set(name, status)
 
 
 @dataclass(frozen=True)
@@ -110,8 +115,7 @@ async def serve(
     register(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    for name in ["", *service_names]:
-        await health_servicer.set(name, NOT_SERVING)
+    await _set_health(health_servicer, service_names, NOT_SERVING)
     port = server.add_insecure_port(listen)
     if port == 0:
         raise RuntimeError(f"cannot listen on {listen}")
@@ -127,8 +131,7 @@ async def serve(
 
     log.info("stopping: NOT_SERVING, draining for up to %.0f s", grace_s)
     await watcher
-    for name in ["", *service_names]:
-        await health_servicer.set(name, NOT_SERVING)
+    await _set_health(health_servicer, service_names, NOT_SERVING)
     await server.stop(grace_s)
     if on_stop is not None:
         await on_stop()

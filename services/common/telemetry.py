@@ -57,7 +57,7 @@ def tracing_enabled() -> bool:
 
 
 def instrument_grpc_clients() -> None:
-    """Traces every grpc.aio channel created from now on (tritonclient's included) and sends W3C
+    """Traces every grpc.aio channel created from now on (the services' channels to Triton included) and sends W3C
     `traceparent` in its metadata, which Triton continues.
 
     Unary calls are left out: OpenTelemetry's aio unary interceptor awaits the whole call inside the

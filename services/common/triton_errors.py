@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 
 import grpc
-from tritonclient.utils import InferenceServerException
 
 from services.common.errors import BackendUnavailable, Cancelled, DeadlineExceeded, InvalidArgument, ServiceError
 
@@ -46,14 +45,9 @@ def classify_triton_error(message: str, code: grpc.StatusCode | None = None) -> 
     return ServiceError("the model server failed to handle the request")
 
 
-def from_triton_exception(err: InferenceServerException | grpc.aio.AioRpcError) -> ServiceError:
-    """The domain error for a failed call to Triton (a gRPC error, or tritonclient's exception)."""
-    if isinstance(err, grpc.aio.AioRpcError):
-        code, message = err.code(), err.details() or str(err)
-    else:
-        status = (err.status() or "").removeprefix("StatusCode.")
-        code = grpc.StatusCode[status] if status in grpc.StatusCode.__members__ else None
-        message = err.message() or str(err)
+def from_triton_exception(err: grpc.aio.AioRpcError) -> ServiceError:
+    """The domain error for a failed gRPC call to Triton."""
+    code, message = err.code(), err.details() or str(err)
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return InvalidArgument(message.removeprefix("invalid argument: "))
     return classify_triton_error(message, code)

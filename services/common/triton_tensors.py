@@ -18,11 +18,16 @@ import numpy as np
 from tritonclient.grpc import service_pb2
 from tritonclient.utils import np_to_triton_dtype, triton_to_np_dtype
 
-# where each datatype's elements sit when a response carries typed contents instead of raw buffers
-_TYPED_CONTENTS = {
-    "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
-    "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
-    "UINT64": "uint64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents",
+# each numeric datatype: its little-endian numpy dtype, and where its elements sit when a response
+# carries typed contents instead of raw buffers (worked out once: this runs for every streamed token)
+_NUMERIC = {
+    datatype: (np.dtype(triton_to_np_dtype(datatype)).newbyteorder("<"), field)
+    for datatype, field in (
+        ("BOOL", "bool_contents"), ("INT8", "int_contents"), ("INT16", "int_contents"), ("INT32", "int_contents"),
+        ("INT64", "int64_contents"), ("UINT8", "uint_contents"), ("UINT16", "uint_contents"),
+        ("UINT32", "uint_contents"), ("UINT64", "uint64_contents"), ("FP16", None), ("FP32", "fp32_contents"),
+        ("FP64", "fp64_contents"),
+    )
 }
 
 
@@ -39,7 +44,13 @@ def add_bytes(request: service_pb2.ModelInferRequest, name: str, values: Sequenc
 def add_array(request: service_pb2.ModelInferRequest, name: str, array: np.ndarray) -> None:
     """A numeric or BOOL input from a numpy array (its dtype and shape)."""
     request.inputs.add(name=name, datatype=np_to_triton_dtype(array.dtype), shape=array.shape)
-    request.raw_input_contents.append(np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<")).tobytes())
+    request.raw_input_contents.append(array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes())
+
+
+def add_flag(request: service_pb2.ModelInferRequest, name: str, value: bool) -> None:
+    """A one-element BOOL input (one byte)."""
+    request.inputs.add(name=name, datatype="BOOL", shape=[1])
+    request.raw_input_contents.append(b"\x01" if value else b"\x00")
 
 
 def _bytes_elements(raw: bytes) -> list[str]:
@@ -65,11 +76,11 @@ def outputs(response: service_pb2.ModelInferResponse) -> dict[str, np.ndarray | 
             else:
                 result[output.name] = [v.decode("utf-8", errors="replace") for v in output.contents.bytes_contents]
             continue
-        dtype = triton_to_np_dtype(output.datatype)
+        dtype, field = _NUMERIC[output.datatype]
         if raw is not None:
-            array = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<"))
+            array = np.frombuffer(raw, dtype=dtype)
         else:
-            array = np.array(list(getattr(output.contents, _TYPED_CONTENTS[output.datatype])), dtype=dtype)
+            array = np.array(list(getattr(output.contents, field)), dtype=dtype)
         shape = list(output.shape)
         result[output.name] = array.reshape(shape) if math.prod(shape) == array.size else array
     return result

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 from typing import Protocol
 
-import grpc
 import numpy as np
 from tritonclient.grpc import service_pb2
 
 from services.common import triton_tensors
 from services.common.channels import TritonBackend
-from services.common.triton_errors import from_triton_exception
 
 
 class EmbeddingsBackend(Protocol):
@@ -39,14 +37,10 @@ class EmbeddingsBackend(Protocol):
 
 
 class TritonEmbeddingsBackend(TritonBackend):
-    """EmbeddingsBackend over Triton's gRPC ModelInfer (one channel per process)."""
+    """EmbeddingsBackend over Triton's gRPC ModelInfer."""
 
     async def _infer(self, request: service_pb2.ModelInferRequest) -> tuple[np.ndarray, list[int]]:
-        try:
-            response = await self._inference.ModelInfer(request, timeout=self._call_timeout())
-        except grpc.aio.AioRpcError as err:
-            raise from_triton_exception(err) from err
-        values = triton_tensors.outputs(response)
+        values = triton_tensors.outputs(await self._model_infer(request))
         vectors = values["embedding"].astype(np.float32, copy=False)
         return vectors, values["num_tokens"].reshape(-1).tolist()
 

@@ -100,9 +100,10 @@ class EmbeddingsServicer(pb_grpc.EmbeddingsServicer):
             if dims is not None and dims < vectors.shape[1]:
                 vectors = vectors[:, :dims]
                 vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(min=1e-12)
+            vectors = vectors.astype("<f4", copy=False)
             for i, (vector, count) in enumerate(zip(vectors, tokens, strict=True)):
                 embeddings.append(
-                    pb.Embedding(index=offset + i, vector_f32le=vector.astype("<f4").tobytes(), tokens=count)
+                    pb.Embedding(index=offset + i, vector_f32le=vector.tobytes(), tokens=count)
                 )
                 total += count
         count_tokens(entry.id, total, 0)

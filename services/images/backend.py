@@ -9,12 +9,10 @@ from __future__ import annotations
 
 from typing import Protocol
 
-import grpc
 import numpy as np
 
 from services.common import triton_tensors
 from services.common.channels import TritonBackend
-from services.common.triton_errors import from_triton_exception
 
 
 class ImagesBackend(Protocol):
@@ -36,7 +34,7 @@ class ImagesBackend(Protocol):
 
 
 class TritonImagesBackend(TritonBackend):
-    """ImagesBackend over Triton's gRPC ModelInfer (one channel per process)."""
+    """ImagesBackend over Triton's gRPC ModelInfer."""
 
     async def generate(
         self, model: str, prompt: str, width: int, height: int, n: int, seed: int | None, quality: str, style: str
@@ -48,8 +46,4 @@ class TritonImagesBackend(TritonBackend):
             triton_tensors.add_array(request, name, np.array([number], dtype=np.int32))
         if seed is not None:
             triton_tensors.add_array(request, "seed", np.array([seed], dtype=np.int64))
-        try:
-            response = await self._inference.ModelInfer(request, timeout=self._call_timeout())
-        except grpc.aio.AioRpcError as err:
-            raise from_triton_exception(err) from err
-        return triton_tensors.outputs(response)["images"]
+        return triton_tensors.outputs(await self._model_infer(request))["images"]

@@ -1,4 +1,4 @@
-"""The text service's only door to Triton: the vLLM-backend tensor contract over tritonclient.grpc.aio.
+"""The text service's only door to Triton: the vLLM-backend tensor contract over Triton's gRPC stream.
 
 Any Triton model that speaks this contract can serve text: the CPU default (a python-backend
 SmolLM2 model in ./model_repository) or, on GPU nodes, Triton's official vLLM backend.
@@ -13,19 +13,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import grpc
-import numpy as np
 
 from services.common import triton_tensors
 from services.common.channels import TritonBackend
 from services.common.triton_errors import classify_triton_error, from_triton_exception
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -84,7 +80,7 @@ class TritonTextBackend(TritonBackend):
             ("stream", stream), ("exclude_input_in_output", True), ("return_finish_reason", True),
             ("return_num_input_tokens", True), ("return_num_output_tokens", True),
         ):
-            triton_tensors.add_array(request, name, np.array([flag]))
+            triton_tensors.add_flag(request, name, flag)
         call = self._inference.ModelStreamInfer(iter((request,)), timeout=self._call_timeout())
         exhausted = False
         try:

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import logging
 import math
 from collections.abc import AsyncIterator
 from typing import Any
-
 
 from hubmesh.text.v1 import text_generation_pb2 as pb
 from hubmesh.text.v1 import text_generation_pb2_grpc as pb_grpc
@@ -21,7 +19,6 @@ from services.text.catalog import ModelEntry
 from services.text.structured import Mode, OutputPlan, plan_output
 from services.text.tool_calls import CallStart, Content, Event, ToolCallParser
 
-log = logging.getLogger(__name__)
 
 MAX_CHOICES = 128
 MAX_STOP_SEQUENCES = 4

@@ -22,7 +22,6 @@ llguidance before the request goes out: a schema it cannot enforce is the caller
 
 from __future__ import annotations
 
-import copy
 import enum
 import json
 import re
@@ -184,7 +183,7 @@ def _call_schema(names: list[str], schemas: dict[str, dict], parallel: bool, emb
     one = calls[0] if len(calls) == 1 else {"anyOf": calls}
     if not parallel:
         return one
-    return {"anyOf": [one, {"type": "array", "items": copy.deepcopy(one), "minItems": 1}]}
+    return {"anyOf": [one, {"type": "array", "items": one, "minItems": 1}]}
 
 
 def _structural_tag(names: list[str], schemas: dict[str, dict]) -> dict:
