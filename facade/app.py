@@ -16,6 +16,7 @@ from facade.auth.middleware import LIMITER, VERIFIER, auth_middleware, jwks_refr
 from facade.auth.tokens import JwtSettings, TokenVerifier
 from facade.clients import CLIENTS, SERVICE_NAMES, clients_ctx
 from facade.errors import error_middleware
+from facade import jsonio
 from facade.jsonio import json_response
 from facade.observability import access_middleware, add_request_id, metrics_endpoint
 from facade.openapi import OPENAPI, build_document, openapi
@@ -73,7 +74,6 @@ def create_app(settings: Settings) -> web.Application:
             issuer=settings.jwt_issuer,
             audience=settings.jwt_audience,
             leeway_s=settings.jwt_leeway_s,
-            jwks_refresh_s=settings.jwks_refresh_s,
         ),
     )
     app[LIMITER] = RateLimiter(settings.rate_limit_rpm, settings.rate_limit_tpm)
@@ -85,7 +85,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/ready", ready)
     app.router.add_get("/metrics", metrics_endpoint)
     app.on_response_prepare.append(add_request_id)
-    app[OPENAPI] = build_document()
+    app[OPENAPI] = jsonio.dumps(build_document())
     app.router.add_get("/openapi.json", openapi)
     app.router.add_get("/v1/models", models.list_models)
     app.router.add_get("/v1/models/{model:.+}", models.retrieve_model)

@@ -83,9 +83,9 @@ def from_grpc(err: grpc.aio.AioRpcError, service: str, default_param: str | None
     return OpenAIError(status, message, type=type_, param=param, code=error_code, headers=headers)
 
 
-def _from_http_exception(exc: web.HTTPException) -> OpenAIError:
+def _from_http_exception(exc: web.HTTPException, request: web.Request) -> OpenAIError:
     if exc.status == 404:
-        return OpenAIError(404, f"Unknown request URL: {exc.reason}", code="unknown_url")
+        return OpenAIError(404, f"Unknown request URL: {request.method} {request.path}", code="unknown_url")
     if exc.status == 405:
         return OpenAIError(405, "Method not allowed for this URL.", code="method_not_allowed")
     if exc.status == 413:
@@ -103,10 +103,7 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        err = _from_http_exception(exc)
-        if exc.status == 404:
-            err.message = f"Unknown request URL: {request.method} {request.path}"
-        return err.response()
+        return _from_http_exception(exc, request).response()
     except grpc.aio.AioRpcError as err:
         return from_grpc(err, "model").response()
     except Exception:

@@ -48,7 +48,8 @@ async def access_middleware(request: web.Request, handler) -> web.StreamResponse
     endpoint = _endpoint(request)
     start = time.perf_counter()
     status = 500
-    metrics.IN_FLIGHT.labels(endpoint).inc()
+    in_flight = metrics.IN_FLIGHT.labels(endpoint)
+    in_flight.inc()
     try:
         response = await handler(request)
         status = response.status
@@ -58,9 +59,9 @@ async def access_middleware(request: web.Request, handler) -> web.StreamResponse
         raise
     finally:
         elapsed = time.perf_counter() - start
-        metrics.IN_FLIGHT.labels(endpoint).dec()
+        in_flight.dec()
         model = request.get(MODEL, "")
-        family = family_of(request.path, request.method)
+        family = family_of(request.path)
         if family is not None:
             set_genai_attributes(operation__name=OPERATIONS[family], request__model=model or None)
         metrics.REQUESTS.labels(endpoint, model, str(status)).inc()

@@ -108,7 +108,7 @@ def build_document() -> dict:
 
 async def openapi(request: web.Request) -> web.Response:
     """The OpenAPI 3.1 document of this façade."""
-    return web.json_response(request.app[OPENAPI])
+    return web.Response(body=request.app[OPENAPI], content_type="application/json")
 
 
-OPENAPI = web.AppKey("openapi", dict)
+OPENAPI = web.AppKey("openapi", bytes)  # the document, serialised once at start-up

@@ -7,7 +7,6 @@ import re
 import time
 from typing import Literal
 
-import grpc
 from aiohttp import web
 from hubmesh.images.v1 import images_pb2 as pb
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
@@ -15,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 from facade.api.validation import parse_body
 from facade.auth.middleware import subject_of
 from facade.clients import CLIENTS, unary
-from facade.errors import OpenAIError, from_grpc
+from facade.errors import OpenAIError
 from facade.jsonio import json_response
 from facade.signed_urls import URL_SIGNER
 
@@ -90,16 +89,17 @@ async def create_image(request: web.Request) -> web.Response:
 async def download_image(request: web.Request) -> web.Response:
     """A stored image, for a signed link or a request with the API key, until it expires."""
     clients = request.app[CLIENTS]
+    call = clients.images.GetImage(
+        pb.GetImageRequest(image_id=request.match_info["image_id"]),
+        timeout=min(clients.timeout_s, 30.0),
+        metadata=clients.metadata(subject_of(request), None),
+    )
     try:
-        image = await clients.images.GetImage(
-            pb.GetImageRequest(image_id=request.match_info["image_id"]),
-            timeout=min(clients.timeout_s, 30.0),
-            metadata=clients.metadata(subject_of(request), None),
-        )
-    except grpc.aio.AioRpcError as err:
-        if err.code() == grpc.StatusCode.NOT_FOUND:
+        image = await unary(call, "images")
+    except OpenAIError as err:
+        if err.status == 404:  # NOT_FOUND
             raise OpenAIError(404, "The image does not exist or has expired.", code="image_not_found") from err
-        raise from_grpc(err, "images") from err
+        raise
     max_age = max(0, int(image.expires_at - time.time()))
     return web.Response(
         body=image.data,

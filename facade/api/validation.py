@@ -14,7 +14,7 @@ from aiohttp import web
 
 from facade import jsonio
 from facade.auth.middleware import require_model
-from facade.errors import OpenAIError, invalid
+from facade.errors import invalid
 from facade.observability import MODEL
 
 log = logging.getLogger(__name__)
@@ -23,18 +23,17 @@ Model = TypeVar("Model", bound=pydantic.BaseModel)
 MAX_JSON_DEPTH = 64
 
 
-def _depth(value, limit: int) -> int:
-    stack, deepest = [(value, 1)], 0
+def _too_deep(value, limit: int) -> bool:
+    """Whether any value sits deeper than `limit` levels (the body itself is level 1); only
+    containers are walked, so long lists of strings or token ids cost one pass over the list."""
+    stack = [(value, 1)]
     while stack:
         item, depth = stack.pop()
-        deepest = max(deepest, depth)
-        if deepest > limit:
-            return deepest
-        if isinstance(item, dict):
-            stack.extend((v, depth + 1) for v in item.values())
-        elif isinstance(item, list):
-            stack.extend((v, depth + 1) for v in item)
-    return deepest
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        if children and depth >= limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
 
 
 def param_path(loc: tuple) -> str | None:
@@ -61,12 +60,10 @@ def _message(error: dict, param: str | None) -> str:
 async def parse_body(request: web.Request, model: type[Model]) -> Model:
     """The validated request model, or an OpenAIError (400/413).
 
-    The body limit is the app's client_max_size: aiohttp stops reading at the limit.
+    The body limit is the app's client_max_size: aiohttp stops reading at the limit and raises 413,
+    which error_middleware turns into OpenAI's shape.
     """
-    try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge as exc:
-        raise OpenAIError(413, "The request body is too large.", code="request_too_large") from exc
+    raw = await request.read()
     try:
         data = jsonio.loads(raw)
     except jsonio.JSONDecodeError as exc:
@@ -76,7 +73,7 @@ async def parse_body(request: web.Request, model: type[Model]) -> Model:
         ) from exc
     if not isinstance(data, dict):
         raise invalid("The request body must be a JSON object.")
-    if _depth(data, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+    if _too_deep(data, MAX_JSON_DEPTH):
         raise invalid("The JSON body is nested too deeply.")
     try:
         parsed = model.model_validate(data)
@@ -87,7 +84,6 @@ async def parse_body(request: web.Request, model: type[Model]) -> Model:
     if isinstance(getattr(parsed, "model", None), str):
         request[MODEL] = parsed.model
         require_model(request, parsed.model)  # the token's model allow-list, for every endpoint family
-    ignored = set(data) - set(model.model_fields)
-    if ignored:
+    if log.isEnabledFor(logging.DEBUG) and (ignored := set(data) - set(model.model_fields)):
         log.debug("ignoring unknown fields %s", sorted(ignored))
     return parsed

@@ -51,7 +51,7 @@ def auth_middleware(allow: Callable[[web.Request], bool] = lambda request: False
             principal = await request.app[VERIFIER].authenticate(credential.strip())
         except InvalidToken as err:
             raise _unauthorized(str(err), "invalid_api_key") from None
-        family = family_of(request.path, request.method)
+        family = family_of(request.path)
         if family is not None and not principal.may_use(family):
             raise OpenAIError(
                 403, f"This credential lacks the '{family}' scope.", type="permission_error", code="insufficient_scope"

@@ -29,7 +29,7 @@ class Principal:
 PRINCIPAL = web.RequestKey("principal", Principal)
 
 
-def family_of(path: str, method: str) -> str | None:
+def family_of(path: str) -> str | None:
     """The endpoint family a request belongs to (None: public or unknown path)."""
     if path == "/v1/models" or path.startswith("/v1/models/"):
         return "models"

@@ -25,6 +25,7 @@ from facade.auth.principal import FAMILIES, Principal
 log = logging.getLogger(__name__)
 
 ASYMMETRIC_ALGORITHMS = {"RSA": ["RS256"], "EC": ["ES256"], "OKP": ["EdDSA"]}
+ACCEPTED_ASYMMETRIC = frozenset(a for algorithms in ASYMMETRIC_ALGORITHMS.values() for a in algorithms)
 
 
 class InvalidToken(Exception):
@@ -44,7 +45,6 @@ class JwtSettings:
     issuer: str = ""
     audience: str = ""
     leeway_s: float = 30.0
-    jwks_refresh_s: float = 300.0
 
 
 def _scopes(claims: Mapping) -> frozenset[str]:
@@ -73,7 +73,8 @@ class KeySet:
     def __init__(self, source: str) -> None:
         self.source = source
         self._keys: dict[str, jwt.PyJWK] = {}
-        self.loaded_at = 0.0
+        self.loaded_at = 0.0  # last successful load
+        self.tried_at = 0.0  # last early reload started for an unknown kid (successful or not)
 
     def _read(self) -> dict:
         if self.source.startswith(("http://", "https://")):
@@ -102,7 +103,11 @@ class TokenVerifier:
     """Turns a Bearer credential into a Principal, or raises InvalidToken."""
 
     def __init__(self, api_keys: Iterable[str] = (), jwt_settings: JwtSettings | None = None) -> None:
-        self._api_keys = [k.encode() for k in api_keys if k]
+        # each key with its principal, made once (a key's subject is a hash of it, never the key)
+        self._api_keys = [
+            (k.encode(), Principal(subject="key:" + hashlib.sha256(k.encode()).hexdigest()[:12], scopes=frozenset(["*"])))
+            for k in api_keys if k
+        ]
         self._jwt = jwt_settings or JwtSettings()
         self.keyset = KeySet(self._jwt.jwks) if self._jwt.jwks else None
         if self.keyset is not None:
@@ -115,19 +120,21 @@ class TokenVerifier:
         try:
             return self.verify(credential)
         except _UnknownKey:
-            if self.keyset is None or time.monotonic() - self.keyset.loaded_at < 10:
-                raise
+            now = time.monotonic()
+            if self.keyset is None or now - max(self.keyset.loaded_at, self.keyset.tried_at) < 10:
+                raise  # at most one early reload every 10 s, even while the JWKS URL is down
+            self.keyset.tried_at = now  # before the reload: concurrent requests do not start their own
             await asyncio.to_thread(self.keyset.refresh)  # a new key may have been published
             return self.verify(credential)
 
     def verify(self, credential: str) -> Principal:
         presented = credential.encode()
-        matched = b""
-        for key in self._api_keys:  # every key compared in constant time
+        matched = None
+        for key, principal in self._api_keys:  # every key compared in constant time
             if hmac.compare_digest(presented, key):
-                matched = key
-        if matched:
-            return Principal(subject="key:" + hashlib.sha256(matched).hexdigest()[:12], scopes=frozenset(["*"]))
+                matched = principal
+        if matched is not None:
+            return matched
         if credential.count(".") != 2:
             raise InvalidToken("Incorrect API key provided.")
         return principal_from_claims(self._decode(credential))
@@ -140,7 +147,7 @@ class TokenVerifier:
         algorithm = header.get("alg")
         if algorithm == "HS256" and self._jwt.secret:
             key, algorithms = self._jwt.secret, ["HS256"]
-        elif self.keyset is not None and algorithm in {a for algs in ASYMMETRIC_ALGORITHMS.values() for a in algs}:
+        elif self.keyset is not None and algorithm in ACCEPTED_ASYMMETRIC:
             jwk = self._key_for(header.get("kid"))
             key, algorithms = jwk.key, ASYMMETRIC_ALGORITHMS[jwk.key_type]
         else:
