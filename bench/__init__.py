@@ -1,0 +1,19 @@
+"""`make bench` and `make profile`: measurements of the real stack against their baselines."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from local.stack import ROOT, StackConfig
+
+# the benchmark catalogue: the default models plus `echo`, which streams as fast as Triton carries it
+BENCH_CATALOG = ROOT / "services" / "text" / "catalog.bench.toml"
+
+
+def bench_config(api_key: str) -> StackConfig:
+    """A stack on free ports in a fresh run directory, with the `echo` benchmark model served."""
+    config = StackConfig.with_free_ports(api_key=api_key, run_dir=Path(tempfile.mkdtemp(prefix=f"hubmesh-{api_key}-")))
+    config.extra_models["text"] = ["echo"]
+    config.extra_env["HUBMESH_TEXT_CATALOG"] = str(BENCH_CATALOG)
+    return config

@@ -12,19 +12,13 @@ stop it. Writes build/bench/report.{json,md,png}.
 import asyncio
 import json
 import os
-import tempfile
-from pathlib import Path
 
-from bench import embeddings_throughput, images_latency, overhead, peer_litellm, report, text_stream
-from local.stack import ROOT, LocalStack, StackConfig
+from bench import bench_config, cpu, embeddings_throughput, images_latency, overhead, peer_litellm, report, text_stream
+from local.stack import ROOT, LocalStack
 
 
 def main() -> None:
-    run_dir = Path(tempfile.mkdtemp(prefix="hubmesh-bench-"))
-    config = StackConfig.with_free_ports(api_key="bench", run_dir=run_dir)
-    config.extra_models["text"] = ["echo"]
-    config.extra_env["HUBMESH_TEXT_CATALOG"] = str(ROOT / "services" / "text" / "catalog.bench.toml")
-    with LocalStack(config) as stack:
+    with LocalStack(bench_config("bench")) as stack:
         results = {
             "cores": os.cpu_count(),
             "configuration": {
@@ -37,7 +31,7 @@ def main() -> None:
             "embeddings": embeddings_throughput.measure(stack, n=640, rounds=3),
             "images": asyncio.run(images_latency.measure(stack, rounds=2)),
             "peer": peer_litellm.measure(stack),
-            "rss_mib": text_stream.process_memory(stack),
+            "rss_mib": cpu.process_memory(stack),
         }
     written = report.write(results, ROOT / "build" / "bench")
     print(json.dumps(results, indent=2))

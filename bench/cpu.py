@@ -1,5 +1,6 @@
-"""CPU time per process group of the stack (a Triton's python-backend stubs count with their Triton)
-and of this benchmark process, read from /proc: where the cores go on each path."""
+"""Where the stack's resources go, read from /proc: CPU time per process group (a Triton's
+python-backend stubs count with their Triton) and of this benchmark process; resident memory of
+each process."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from local.stack import LocalStack
 TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
 
 
-def _group_cpu_s(pgids: dict[int, str]) -> dict[str, float]:
-    totals = dict.fromkeys(pgids.values(), 0.0)
+def _processes():
+    """(pid, process group, CPU seconds) of every process (utime + stime from /proc/<pid>/stat)."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -21,10 +22,38 @@ def _group_cpu_s(pgids: dict[int, str]) -> dict[str, float]:
         except OSError:
             continue
         fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": state ppid pgrp ...
-        name = pgids.get(int(fields[2]))
+        yield int(entry), int(fields[2]), (int(fields[11]) + int(fields[12])) * TICK_S
+
+
+def _group_cpu_s(pgids: dict[int, str]) -> dict[str, float]:
+    totals = dict.fromkeys(pgids.values(), 0.0)
+    for _, pgid, cpu_s in _processes():
+        name = pgids.get(pgid)
         if name is not None:
-            totals[name] += (int(fields[11]) + int(fields[12])) * TICK_S  # utime + stime
+            totals[name] += cpu_s
     return totals
+
+
+def rss_mib(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def process_memory(stack: LocalStack) -> dict[str, float]:
+    """RSS of each process of the stack; each Triton's python-backend stubs (one per model instance)
+    are added up on their own line."""
+    out = {name: rss_mib(proc.pid) for name, proc in stack.children().items()}
+    tritons = {triton.proc.pid: name for name, triton in stack.tritons.items()}
+    for pid, pgid, _ in _processes():
+        if pgid in tritons and pid != pgid:  # started by that Triton: its model stubs
+            key = f"triton-{tritons[pgid]} python stubs"
+            out[key] = out.get(key, 0.0) + rss_mib(pid)
+    return out
 
 
 class CpuMeter:

@@ -9,17 +9,17 @@ import statistics
 import time
 
 import aiohttp
-import numpy as np
-import tritonclient.grpc.aio as triton
 
 from local.stack import LocalStack
+from services.images.backend import TritonImagesBackend
 
 MODEL = "hubmesh/tiny-sd-noise-test"
 SIZES = ((1024, 1024), (1792, 1024))
+PROMPT = "A beautiful sunset over the ocean"
 
 
 async def via_facade(stack: LocalStack, width: int, height: int) -> float:
-    body = {"model": MODEL, "prompt": "A beautiful sunset over the ocean", "size": f"{width}x{height}", "seed": 1}
+    body = {"model": MODEL, "prompt": PROMPT, "size": f"{width}x{height}", "seed": 1}
     headers = {"Authorization": f"Bearer {stack.config.api_key}"}
     async with aiohttp.ClientSession() as http:
         start = time.perf_counter()
@@ -30,24 +30,14 @@ async def via_facade(stack: LocalStack, width: int, height: int) -> float:
 
 
 async def direct(stack: LocalStack, width: int, height: int) -> float:
-    client = triton.InferenceServerClient(f"127.0.0.1:{stack.config.ports['images']['triton_grpc']}")
+    """The same image straight from Triton: exactly the call the images service makes."""
+    backend = TritonImagesBackend(f"127.0.0.1:{stack.config.ports['images']['triton_grpc']}", 300)
     try:
-        inputs = []
-        for name, value, dtype, np_type in (
-            ("prompt", b"A beautiful sunset over the ocean", "BYTES", np.object_),
-            ("width", width, "INT32", np.int32),
-            ("height", height, "INT32", np.int32),
-            ("num_images", 1, "INT32", np.int32),
-            ("seed", 1, "INT64", np.int64),
-        ):
-            tensor = triton.InferInput(name, [1], dtype)
-            tensor.set_data_from_numpy(np.array([value], dtype=np_type))
-            inputs.append(tensor)
         start = time.perf_counter()
-        await client.infer("tiny_sd", inputs, client_timeout=300)
+        await backend.generate("tiny_sd", PROMPT, width, height, 1, 1, "standard", "vivid")
         return time.perf_counter() - start
     finally:
-        await client.close()
+        await backend.close()
 
 
 async def measure(stack: LocalStack, rounds: int = 3) -> dict:

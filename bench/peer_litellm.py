@@ -45,7 +45,8 @@ import time
 import aiohttp
 
 from local import processes
-from local.stack import ROOT, LocalStack, http_ok
+from local.processes import http_ok
+from local.stack import ROOT, LocalStack
 
 PEER_VENV = ROOT / ".venv-peer"
 LITELLM = PEER_VENV / "bin" / "litellm"

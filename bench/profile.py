@@ -12,13 +12,13 @@ import asyncio
 import collections
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import aiohttp
 
-from local.stack import MODALITIES, ROOT, LocalStack, StackConfig
+from bench import bench_config
+from local.stack import MODALITIES, ROOT, LocalStack
 
 SECONDS = 12
 ECHO = "hubmesh/echo-benchmark"
@@ -72,9 +72,7 @@ def top_frames(collapsed: Path, count: int = 15) -> list[tuple[float, str]]:
 def main(workload: str) -> None:
     service, concurrency, path, body, streamed = WORKLOADS[workload]
     py_spy = Path(sys.executable).with_name("py-spy")
-    config = StackConfig.with_free_ports(api_key="profile", run_dir=Path(tempfile.mkdtemp(prefix="hubmesh-profile-")))
-    config.extra_models["text"] = ["echo"]
-    config.extra_env["HUBMESH_TEXT_CATALOG"] = str(ROOT / "services" / "text" / "catalog.bench.toml")
+    config = bench_config("profile")
     out = ROOT / "build" / "bench"
     out.mkdir(parents=True, exist_ok=True)
     with LocalStack(config, modalities=tuple(m for m in MODALITIES if m.name == service)) as stack:

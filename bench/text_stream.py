@@ -1,4 +1,4 @@
-"""Streamed tokens/s through the façade vs the same model straight from Triton, plus each process's RSS.
+"""Streamed tokens/s through the façade vs the same model straight from Triton.
 
 Both paths generate the same number of tokens with the same request (greedy, end tokens banned),
 alternating façade and direct runs so machine noise hits both alike.
@@ -7,10 +7,8 @@ alternating façade and direct runs so machine noise hits both alike.
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import time
-from pathlib import Path
 
 import httpx
 
@@ -58,33 +56,6 @@ async def direct(stack: LocalStack, tokens: int) -> tuple[float, float, int]:
         return time.perf_counter() - start, first or 0.0, count
     finally:
         await backend.close()
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def process_memory(stack: LocalStack) -> dict[str, float]:
-    """RSS of each process of the stack; Triton's python-backend stubs are listed on their own."""
-    out = {}
-    for name, proc in stack.children().items():
-        out[name] = rss_mib(proc.pid)
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            if b"triton_python_backend_stub" not in cmdline[0]:
-                continue
-            for name, triton in stack.tritons.items():
-                if os.getpgid(int(pid)) == triton.proc.pid:
-                    out[f"triton-{name} python stub"] = rss_mib(int(pid))
-        except (OSError, IndexError):
-            continue
-    return out
 
 
 async def measure(stack: LocalStack, tokens: int, rounds: int) -> dict:

@@ -1,4 +1,5 @@
-"""The whole stack on 127.0.0.1: Triton with the real models, the text service, the façade.
+"""The whole stack on 127.0.0.1: one Triton per modality with the real models, the three services,
+the façade.
 
 Used by `make run` (local/__main__.py) and by the end-to-end tests, so both meet the same thing.
 """
@@ -27,11 +28,11 @@ from local.triton import ROOT, TritonServer
 class Modality:
     """One modality: its Triton (own process, own models) and its gRPC service."""
 
-    name: str  # text, embeddings
+    name: str  # text, embeddings, images
     models: tuple[str, ...]  # Triton models to load
     service_module: str  # python -m <module>
     grpc_service: str  # name in gRPC health checking
-    env_prefix: str  # HUBMESH_<PREFIX>_LISTEN / _TRITON_URL
+    env_prefix: str  # HUBMESH_<PREFIX>_LISTEN, _TRITON_URL (service) and _TARGET (façade)
 
     @property
     def repository(self) -> Path:
@@ -114,12 +115,6 @@ def grpc_serving(target: str, service: str) -> bool:
         return reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def http_ok(url: str, headers: dict[str, str] | None = None) -> bool:
-    request = urllib.request.Request(url, headers=headers or {})
-    with urllib.request.urlopen(request, timeout=5) as response:
-        return response.status == 200
-
-
 class LocalStack:
     """Starts each modality's Triton, then its service, then the façade; each waits for the one before."""
 
@@ -143,11 +138,6 @@ class LocalStack:
         }
         self.services: dict[str, object] = {}
         self.facade = None
-
-    @property
-    def triton(self) -> TritonServer:
-        """The text modality's Triton."""
-        return self.tritons["text"]
 
     def start(self, timeout_s: float = 300.0) -> None:
         try:
@@ -195,7 +185,7 @@ class LocalStack:
         ready = f"http://127.0.0.1:{self.config.http_port}/ready"
         complete = len(self.modalities) == len(MODALITIES)  # /ready wants every service
         processes.wait_until(
-            lambda: (not complete or http_ok(ready)) and http_ok(f"{self.config.base_url}/models", auth),
+            lambda: (not complete or processes.http_ok(ready)) and processes.http_ok(f"{self.config.base_url}/models", auth),
             timeout_s, "façade", self.facade, log_path,
         )
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import sys
 import sysconfig
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,9 +62,7 @@ class TritonServer:
         self.proc = processes.spawn(self.command(), self.env(), self.log_path)
 
     def is_ready(self) -> bool:
-        url = f"http://127.0.0.1:{self.http_port}/v2/health/ready"
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200
+        return processes.http_ok(f"http://127.0.0.1:{self.http_port}/v2/health/ready", timeout_s=2)
 
     def wait_ready(self, timeout_s: float = 180.0) -> None:
         processes.wait_until(self.is_ready, timeout_s, "tritonserver", self.proc, self.log_path)

@@ -68,9 +68,10 @@ class TritonPythonModel:
         self.vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
         self.add_bos = self.llm.metadata.get("tokenizer.ggml.add_bos_token", "false") == "true"
         self._primed = None  # (prompt tokens, logits after them) of the prompt in the KV cache
-        self.eog_tokens = [t for t in range(self.n_vocab) if llama_cpp.llama_vocab_is_eog(self.vocab, t)]
+        eog_tokens = [t for t in range(self.n_vocab) if llama_cpp.llama_vocab_is_eog(self.vocab, t)]
+        self.eog = frozenset(eog_tokens)  # end-of-generation tokens, checked for every token
         # llguidance's view of the same vocabulary, for structured output (built once, ~1 s)
-        self.grammar_tokenizer = tokenizer_from_llama(self.vocab, self.n_vocab, self.eog_tokens)
+        self.grammar_tokenizer = tokenizer_from_llama(self.vocab, self.n_vocab, eog_tokens)
 
         labels = {"model": self.name}
         # Families must outlive their metrics, hence kept on self.
@@ -197,36 +198,39 @@ class TritonPythonModel:
         logits = self._prime(prompt_tokens)
         text, emitted, unreported, generated, reason = "", 0, 0, 0, None
         cut_at_stop = False
-        while reason is None:
-            if sender.is_cancelled():
-                raise _Cancelled
-            token = sampler.choose(logits, None if mask is None else mask.allowed())
-            if llama_cpp.llama_vocab_is_eog(self.vocab, token):
-                reason = "stop"
-                break
-            if mask is not None:
-                mask.accept(token)
-            generated += 1
-            unreported += 1
-            self.m_tokens.increment(1)
-            piece = decoder.decode(self.llm.detokenize([token]))
-            text += piece
-            stop_at = stops.find(text, start=len(text) - len(piece))
-            if stop_at is not None:
-                text, reason, cut_at_stop = text[:stop_at], "stop", True
-                break
-            if mask is not None and mask.finished:
-                reason = "stop"  # the grammar is complete: nothing but the end could follow
-                break
-            if generated >= budget:
-                reason = "length"
-                break
-            logits = self._step(token)
-            if emit is not None:
-                safe = stops.safe_length(text)
-                if safe > emitted:
-                    emit(text[emitted:safe], unreported, None)
-                    emitted, unreported = safe, 0
+        try:
+            while reason is None:
+                if sender.is_cancelled():
+                    raise _Cancelled
+                token = sampler.choose(logits, None if mask is None else mask.allowed())
+                if token in self.eog:
+                    reason = "stop"
+                    break
+                if mask is not None:
+                    mask.accept(token)
+                generated += 1
+                unreported += 1
+                piece = decoder.decode(self.llm.detokenize([token]))
+                text += piece
+                stop_at = stops.find(text, start=len(text) - len(piece))
+                if stop_at is not None:
+                    text, reason, cut_at_stop = text[:stop_at], "stop", True
+                    break
+                if mask is not None and mask.finished:
+                    reason = "stop"  # the grammar is complete: nothing but the end could follow
+                    break
+                if generated >= budget:
+                    reason = "length"
+                    break
+                logits = self._step(token)
+                if emit is not None:
+                    safe = stops.safe_length(text)
+                    if safe > emitted:
+                        emit(text[emitted:safe], unreported, None)
+                        emitted, unreported = safe, 0
+        finally:  # one update per choice: each increment is a round trip to the Triton server
+            if generated:
+                self.m_tokens.increment(generated)
         if not cut_at_stop:
             text += decoder.decode(b"", final=True)
         if emit is not None:
