@@ -58,7 +58,9 @@ def test_seed_chat_example_as_written(stack):
     assert response.status_code == 200, response.text
     reply = response.json()
     assert reply["choices"][0]["message"]["role"] == "assistant"
-    assert reply["choices"][0]["message"]["content"] and "\n" not in reply["choices"][0]["message"]["content"]
+    # sampled at 0.7 without a seed, a first "\n" (stop) legitimately leaves the content empty
+    content = reply["choices"][0]["message"]["content"]
+    assert isinstance(content, str) and "\n" not in content
     assert reply["choices"][0]["finish_reason"] == "stop"
     assert set(reply) >= {"id", "object", "created", "model", "system_fingerprint", "choices", "usage"}
 
