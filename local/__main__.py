@@ -16,6 +16,7 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     env = os.environ
     config = StackConfig(api_key=env.get("HUBMESH_API_KEY") or generate_api_key(), run_dir=ROOT / "run")
+    config.jwt_secret = env.get("HUBMESH_JWT_SECRET") or config.jwt_secret
     config.http_port = int(env.get("HUBMESH_HTTP_PORT", config.http_port))
     for modality in MODALITIES:  # HUBMESH_TEXT_PORT=50051, HUBMESH_TEXT_TRITON_PORTS=8000,8001,8002, ...
         ports = config.ports[modality.name]

@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 
 from local.stack import MODALITIES, ROOT, LocalStack, StackConfig
+from tests.e2e.conftest import wait_for
 
 pytestmark = pytest.mark.e2e
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -134,7 +135,7 @@ def test_triton_crash_mid_load_ends_every_request_clearly_and_recovers(stack):
         target=lambda: result.update(asyncio.run(load(stack, 25, 2 * FACADE_LIMIT, text_ok=text_ok)))
     )
     loader.start()
-    time.sleep(3)
+    wait_for(lambda: text_ok, 60, "a first text answer under load")
     timeline["crashed"] = time.monotonic()
     stack.crash_triton("text")
     time.sleep(2)

@@ -28,10 +28,6 @@ class Workload:
     obj: dict
 
     @property
-    def kind(self) -> str:
-        return self.obj["kind"]
-
-    @property
     def name(self) -> str:
         return self.obj["metadata"]["name"]
 

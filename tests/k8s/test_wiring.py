@@ -9,7 +9,6 @@ import re
 import subprocess
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ import yaml
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from local.processes import free_ports
+from local.processes import free_ports, http_ok
 from tests.k8s.manifests import (
     FACADE_PORT,
     GRPC_PORTS,
@@ -234,10 +233,9 @@ def test_tritons_close_connections_so_clients_find_new_replicas(manifests, modal
 TRITONSERVER = ROOT / ".triton" / "bin" / "tritonserver"
 
 
-def _live(port: int) -> bool:
+def _triton_live(port: int) -> bool:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/live", timeout=1) as response:
-            return response.status == 200
+        return http_ok(f"http://127.0.0.1:{port}/v2/health/live", timeout_s=1)
     except OSError:
         return False
 
@@ -269,7 +267,7 @@ def test_tritonserver_accepts_every_argument_the_manifests_pass(cpu, gpu):
                 for run in list(pending):
                     name, proc, port = run
                     assert proc.poll() is None, f"tritonserver refused {name}:\n{proc.stdout.read()[-2000:]}"
-                    if _live(port):
+                    if _triton_live(port):
                         pending.remove(run)
                 time.sleep(0.2)
             assert not pending, f"not live within 60 s: {[name for name, _, _ in pending]}"

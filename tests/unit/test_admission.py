@@ -28,6 +28,18 @@ async def limited_service():
     await server.stop(None)
 
 
+async def _admitted_stream(stub, timeout_s: float = 10.0):
+    """A GenerateStream that got past admission (retried while it answers RESOURCE_EXHAUSTED)."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        call = stub.GenerateStream(REQUEST)
+        await asyncio.wait_for(call.initial_metadata(), timeout=timeout_s)  # headers, or the rejection
+        if not call.done() or await call.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+            return call
+        assert asyncio.get_running_loop().time() < deadline, "no admission slot came free"
+        await asyncio.sleep(0.05)
+
+
 async def test_service_rejects_beyond_its_limit_and_recovers(limited_service):
     target, _ = limited_service
     async with grpc.aio.insecure_channel(target) as channel:
@@ -39,8 +51,7 @@ async def test_service_rejects_beyond_its_limit_and_recovers(limited_service):
             await asyncio.wait_for(stub.Generate(REQUEST), timeout=10)
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         held[0].cancel()
-        await asyncio.sleep(0.1)
-        third = stub.GenerateStream(REQUEST)  # a slot is free again
+        third = await _admitted_stream(stub)  # a slot is free again once the server has seen the cancel
         assert (await asyncio.wait_for(third.read(), timeout=10)).deltas[0].text == "a"
         third.cancel()
         held[1].cancel()
