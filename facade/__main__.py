@@ -11,6 +11,7 @@ from facade.admission import GRACE_OVER, IN_FLIGHT
 from facade.app import create_app
 from facade.settings import Settings
 from services.common import event_loop, logs, telemetry
+from services.common.settings import settings_or_exit
 
 log = logging.getLogger("facade")
 
@@ -50,10 +51,11 @@ async def drain(app: web.Application, site: web.TCPSite, grace_s: float) -> None
 
 
 if __name__ == "__main__":
+    settings = settings_or_exit(Settings)  # a bad value: one line naming the variable, exit status 1
     logs.configure("facade")
     provider = telemetry.configure_tracing("hubmesh-facade")
     try:
-        event_loop.run(main(Settings.from_env()))
+        event_loop.run(main(settings))
     finally:
         if provider is not None:
             provider.shutdown()  # flush the last spans

@@ -11,9 +11,8 @@ import contextlib
 from aiohttp import web
 
 from facade.errors import OpenAIError
+from facade.routing import route_of
 from facade.sse import EVENT_STREAM, SHUTDOWN_ERROR
-
-ADMITTED_PREFIX = "/v1/"
 
 
 class InFlight:
@@ -44,7 +43,8 @@ GRACE_OVER = web.AppKey("grace_over", asyncio.Event)  # set when shutdown stops 
 
 @web.middleware
 async def admission_middleware(request: web.Request, handler) -> web.StreamResponse:
-    if not request.path.startswith(ADMITTED_PREFIX):
+    route = route_of(request)
+    if route is None or not route.admitted:  # probes, metrics, the document; unknown URLs
         return await handler(request)
     in_flight = request.app[IN_FLIGHT]
     if not in_flight.enter():

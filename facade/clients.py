@@ -11,8 +11,10 @@ from aiohttp import web
 
 from grpc_health.v1 import health_pb2_grpc
 
+from facade.auth.middleware import subject_of
 from facade.errors import from_grpc
 from facade.settings import Settings
+from hubmesh.common.v1 import common_pb2 as common_pb
 from hubmesh.embeddings.v1 import embeddings_pb2_grpc as embeddings_grpc
 from hubmesh.images.v1 import images_pb2_grpc as images_grpc
 from hubmesh.text.v1 import text_generation_pb2_grpc as text_grpc
@@ -54,15 +56,16 @@ class Clients:
     timeout_s: float
     internal_secret: str = ""
 
-    def metadata(self, subject: str, user: str | None) -> list[tuple[str, str]]:
-        """gRPC metadata for the services: the internal secret, the verified subject and OpenAI's
-        `user` (never the caller's credential)."""
-        metadata = [(SECRET_METADATA_KEY, self.internal_secret)] if self.internal_secret else []
-        if subject:
-            metadata.append(("hubmesh-subject", subject))
-        if user:
-            metadata.append(("hubmesh-user", user))
-        return metadata
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        """gRPC metadata of every call to the services: the internal secret, nothing else. Who the
+        call is for travels in the request message (`caller`), where any Unicode is fine."""
+        return ((SECRET_METADATA_KEY, self.internal_secret),) if self.internal_secret else ()
+
+
+def caller(request: web.Request, user: str | None = None) -> common_pb.Caller:
+    """Who a service call is for: the verified subject and OpenAI's `user` (never the credential)."""
+    return common_pb.Caller(subject=subject_of(request), user=user or "")
 
 
 CLIENTS = web.AppKey("clients", Clients)

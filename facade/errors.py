@@ -8,7 +8,7 @@ import grpc
 from aiohttp import web
 
 from facade.jsonio import json_response
-from services.common.errors import PARAM_METADATA_KEY
+from services.common.errors import reason_and_field
 
 log = logging.getLogger(__name__)
 
@@ -45,42 +45,51 @@ def invalid(message: str, param: str | None = None, code: str | None = None) -> 
     return OpenAIError(400, message, param=param, code=code)
 
 
-# gRPC status -> (HTTP status, OpenAI error type, OpenAI error code)
-GRPC_TO_HTTP: dict[grpc.StatusCode, tuple[int, str, str | None]] = {
-    grpc.StatusCode.INVALID_ARGUMENT: (400, "invalid_request_error", None),
-    grpc.StatusCode.FAILED_PRECONDITION: (400, "invalid_request_error", None),
-    grpc.StatusCode.OUT_OF_RANGE: (400, "invalid_request_error", None),
-    grpc.StatusCode.NOT_FOUND: (404, "invalid_request_error", "model_not_found"),
-    grpc.StatusCode.UNAUTHENTICATED: (401, "authentication_error", "invalid_api_key"),
-    grpc.StatusCode.PERMISSION_DENIED: (403, "permission_error", None),
-    grpc.StatusCode.RESOURCE_EXHAUSTED: (429, "rate_limit_error", "rate_limit_exceeded"),
-    grpc.StatusCode.UNIMPLEMENTED: (501, "server_error", "not_implemented"),
-    grpc.StatusCode.UNAVAILABLE: (503, "server_error", "service_unavailable"),
-    grpc.StatusCode.CANCELLED: (503, "server_error", "cancelled"),
-    grpc.StatusCode.DEADLINE_EXCEEDED: (504, "server_error", "timeout"),
+# Why a service call failed (hubmesh.common.v1.ErrorReason, the ErrorInfo of its status details)
+# -> (HTTP status, OpenAI error type, OpenAI error code). The one table the façade reads.
+REASONS: dict[str, tuple[int, str, str | None]] = {
+    "INVALID_REQUEST": (400, "invalid_request_error", None),
+    "CONTEXT_LENGTH_EXCEEDED": (400, "invalid_request_error", "context_length_exceeded"),
+    "MODEL_NOT_FOUND": (404, "invalid_request_error", "model_not_found"),
+    "IMAGE_NOT_FOUND": (404, "invalid_request_error", "image_not_found"),
+    "AT_CAPACITY": (429, "rate_limit_error", "rate_limit_exceeded"),
+    "BACKEND_UNAVAILABLE": (503, "server_error", "service_unavailable"),
+    "TIMEOUT": (504, "server_error", "timeout"),
+    "CANCELLED": (503, "server_error", "cancelled"),
+    "BACKEND_FAILED": (502, "server_error", "model_server_error"),
 }
+
+# A failure without details (the call never reached a service, or gRPC itself ended it):
+# gRPC status -> HTTP status, OpenAI error type and code, and the message shown.
+TRANSPORT: dict[grpc.StatusCode, tuple[int, str, str | None, str]] = {
+    grpc.StatusCode.UNAVAILABLE: (503, "server_error", "service_unavailable",
+                                  "The {service} service is unavailable; try again shortly."),
+    grpc.StatusCode.DEADLINE_EXCEEDED: (504, "server_error", "timeout",
+                                        "The {service} service did not answer in time."),
+    grpc.StatusCode.CANCELLED: (503, "server_error", "cancelled", "The call to the {service} service was cancelled."),
+    grpc.StatusCode.RESOURCE_EXHAUSTED: (503, "server_error", "service_unavailable",
+                                         "The {service} service cannot take the request now; try again shortly."),
+}
+FAILED = (500, "server_error", None, "The {service} service failed to handle the request.")
 
 
 def from_grpc(err: grpc.aio.AioRpcError, service: str, default_param: str | None = None) -> OpenAIError:
-    """The OpenAI error for a failed gRPC call to `service`."""
-    code = err.code()
-    status, type_, error_code = GRPC_TO_HTTP.get(code, (500, "server_error", None))
-    details = err.details() or ""
-    if code == grpc.StatusCode.UNAVAILABLE and (
-        "connect" in details.lower() or "unavailable" == details.lower() or not details
-    ):
-        message = f"The {service} service is unavailable; try again shortly."
-    elif status >= 500 and code not in GRPC_TO_HTTP:
-        log.error("%s service failed: %s %s", service, code, details)
-        message = f"The {service} service failed to handle the request."
+    """The OpenAI error for a failed gRPC call to `service`: by the reason its status details give,
+    else (the call never reached the service) by its status code alone."""
+    reason, field = reason_and_field(err)
+    mapped = REASONS.get(reason or "")
+    if mapped is not None:
+        status, type_, code = mapped
+        message = err.details() or f"The {service} service failed."
+        if status >= 500:
+            log.warning("%s service: %s (%s)", service, reason, message)
+        param = field or (default_param if status == 400 else None)
     else:
-        message = details or f"The {service} service answered {code.name}."
-    headers = {"Retry-After": "1"} if status == 429 else None  # a service at capacity: retry shortly
-    param = "model" if code == grpc.StatusCode.NOT_FOUND else None
-    if status == 400:
-        trailing = dict(err.trailing_metadata() or ())
-        param = trailing.get(PARAM_METADATA_KEY) or default_param
-    return OpenAIError(status, message, type=type_, param=param, code=error_code, headers=headers)
+        status, type_, code, template = TRANSPORT.get(err.code(), FAILED)
+        message, param = template.format(service=service), None
+        log.error("%s service call failed: %s %s", service, err.code(), err.details())
+    headers = {"Retry-After": "1"} if status in (429, 503) else None  # retry shortly
+    return OpenAIError(status, message, type=type_, param=param, code=code, headers=headers)
 
 
 def _from_http_exception(exc: web.HTTPException, request: web.Request) -> OpenAIError:

@@ -13,7 +13,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 
 from facade.auth.middleware import charge_tokens, subject_of
-from facade.auth.principal import family_of
+from facade.routing import route_of
 from services.common import metrics
 from services.common.telemetry import set_genai_attributes
 
@@ -22,8 +22,6 @@ REQUEST_ID = web.RequestKey("request_id", str)
 MODEL = web.RequestKey("model", str)
 USAGE = web.RequestKey("usage", tuple)
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-OPERATIONS = {"chat": "chat", "completions": "text_completion", "embeddings": "embeddings",
-              "images": "image_generation", "models": "list_models"}
 
 
 def record_usage(request: web.Request, prompt_tokens: int, completion_tokens: int = 0) -> None:
@@ -61,9 +59,9 @@ async def access_middleware(request: web.Request, handler) -> web.StreamResponse
         elapsed = time.perf_counter() - start
         in_flight.dec()
         model = request.get(MODEL, "")
-        family = family_of(request.path)
-        if family is not None:
-            set_genai_attributes(operation__name=OPERATIONS[family], request__model=model or None)
+        route = route_of(request)
+        if route is not None and route.operation is not None:
+            set_genai_attributes(operation__name=route.operation, request__model=model or None)
         metrics.REQUESTS.labels(endpoint, model, str(status)).inc()
         metrics.LATENCY.labels(endpoint, model).observe(elapsed)
         prompt_tokens, completion_tokens = request.get(USAGE, (0, 0))

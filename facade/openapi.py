@@ -1,108 +1,111 @@
-"""GET /openapi.json: the surface this façade serves, with the request schemas it enforces
-(generated from the same pydantic models that validate requests) and the shapes it answers."""
+"""GET /openapi.json: the surface this façade serves, generated from what serves it. Paths come from
+the route table (facade/routes.py), request schemas from the pydantic models that validate the
+bodies, response schemas from the TypedDicts the handlers build (facade/api/responses.py): nothing
+here is written by hand, so the document cannot drift from the wire."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
+import pydantic
 from aiohttp import web
 
-from facade.api.chat import ChatCompletionRequest
-from facade.api.completions import CompletionRequest
-from facade.api.embeddings import EmbeddingRequest
-from facade.api.images import ImageRequest
+from facade.api.responses import ErrorResponse
+from facade.routing import Route
+
+REF = "#/components/schemas/{model}"
+STREAM_DESCRIPTION = (
+    "With `stream: true`: server-sent events. Each `data:` event is one chunk ({chunk}); the stream "
+    "ends with `data: [DONE]`. Comment lines (`: ping`) keep the connection alive between events. "
+    "An error after the stream started is sent as one last `data:` event holding an ErrorResponse, "
+    "then `data: [DONE]`."
+)
+# the errors every documented operation may answer; POST bodies can also be invalid or too large
+ERRORS = ((401, "missing or invalid credential"), (403, "scope or model not allowed"), (404, "unknown model"),
+          (429, "rate limit, or the server at capacity"), (503, "a service is unavailable"),
+          (504, "a service timed out"))
+BODY_ERRORS = ((400, "invalid request"), (413, "body too large"))
 
 
-def _obj(properties: dict[str, Any], required: list[str] | None = None) -> dict:
-    return {"type": "object", "properties": properties, "required": required or list(properties)}
+class _Schemas:
+    """components/schemas, filled as types are referenced; a name given twice must mean one schema."""
+
+    def __init__(self) -> None:
+        self.schemas: dict[str, Any] = {}
+
+    def _put(self, name: str, schema: dict) -> None:
+        if self.schemas.setdefault(name, schema) != schema:
+            raise ValueError(f"two different schemas are named {name!r} in the OpenAPI document")
+
+    def _add(self, name: str, schema: dict) -> str:
+        for def_name, definition in schema.pop("$defs", {}).items():
+            self._put(def_name, definition)
+        self._put(name, schema)
+        return REF.format(model=name)
+
+    def request(self, model: type[pydantic.BaseModel]) -> str:
+        # OpenAI's names: ChatCompletionRequest -> CreateChatCompletionRequest
+        return self._add(f"Create{model.__name__}", model.model_json_schema(ref_template=REF))
+
+    def response(self, typed_dict: type) -> str:
+        return self._add(typed_dict.__name__, pydantic.TypeAdapter(typed_dict).json_schema(ref_template=REF))
 
 
-STRING, INTEGER = {"type": "string"}, {"type": "integer"}
-USAGE = _obj({"prompt_tokens": INTEGER, "completion_tokens": INTEGER, "total_tokens": INTEGER})
-ERROR = _obj({"error": _obj({"message": STRING, "type": STRING, "param": {"type": ["string", "null"]},
-                             "code": {"type": ["string", "null"]}})})
-MODEL = _obj({"id": STRING, "object": {"const": "model"}, "created": INTEGER, "owned_by": STRING})
-RESPONSES: dict[str, dict] = {
-    "ChatCompletion": _obj({
-        "id": STRING, "object": {"const": "chat.completion"}, "created": INTEGER, "model": STRING,
-        "system_fingerprint": STRING, "usage": USAGE,
-        "choices": {"type": "array", "items": _obj({
-            "index": INTEGER, "finish_reason": {"enum": ["stop", "length"]},
-            "message": _obj({"role": {"const": "assistant"}, "content": STRING}),
-        })},
-    }),
-    "Completion": _obj({
-        "id": STRING, "object": {"const": "text_completion"}, "created": INTEGER, "model": STRING, "usage": USAGE,
-        "choices": {"type": "array", "items": _obj({"index": INTEGER, "text": STRING,
-                                                     "finish_reason": {"enum": ["stop", "length"]}})},
-    }),
-    "EmbeddingList": _obj({
-        "object": {"const": "list"}, "model": STRING,
-        "usage": _obj({"prompt_tokens": INTEGER, "total_tokens": INTEGER}),
-        "data": {"type": "array", "items": _obj({
-            "object": {"const": "embedding"}, "index": INTEGER,
-            "embedding": {"oneOf": [{"type": "array", "items": {"type": "number"}}, STRING]},
-        })},
-    }),
-    "ImagesResponse": _obj({
-        "created": INTEGER,
-        "data": {"type": "array", "items": _obj({"b64_json": STRING, "url": STRING, "revised_prompt": STRING},
-                                                required=["revised_prompt"])},
-    }),
-    "Model": MODEL,
-    "ModelList": _obj({"object": {"const": "list"}, "data": {"type": "array", "items": MODEL}}),
-    "Error": ERROR,
-}
-REQUESTS = {
-    "CreateChatCompletionRequest": ChatCompletionRequest,
-    "CreateCompletionRequest": CompletionRequest,
-    "CreateEmbeddingRequest": EmbeddingRequest,
-    "CreateImageRequest": ImageRequest,
-}
-ERRORS = {str(code): {"description": text, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
-          for code, text in ((400, "invalid request"), (401, "missing or invalid credential"),
-                             (403, "scope or model not allowed"), (404, "unknown model"), (413, "body too large"),
-                             (429, "rate limit"), (503, "a service is unavailable"))}
+def _json(ref: str) -> dict:
+    return {"application/json": {"schema": {"$ref": ref}}}
 
 
-def _post(summary: str, request: str, response: str, stream: bool = False) -> dict:
-    content = {"application/json": {"schema": {"$ref": f"#/components/schemas/{response}"}}}
-    if stream:
-        content["text/event-stream"] = {"schema": STRING}
-    return {"post": {
-        "summary": summary,
-        "requestBody": {"required": True,
-                        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{request}"}}}},
-        "responses": {"200": {"description": "OK", "content": content}, **ERRORS},
-    }}
+def _operation(route: Route, schemas: _Schemas) -> dict:
+    error = schemas.response(ErrorResponse)
+    errors = (*BODY_ERRORS, *ERRORS) if route.request is not None else ERRORS
+    ok: dict[str, Any] = {"description": "OK"}
+    if route.response is not None:
+        ok["content"] = _json(schemas.response(route.response))
+    if route.stream is not None:
+        chunk = schemas.response(route.stream)
+        ok["description"] = "OK: the JSON answer, or with `stream: true` an event stream."
+        ok.setdefault("content", {})["text/event-stream"] = {"schema": {
+            "description": STREAM_DESCRIPTION.format(chunk=route.stream.__name__),
+            "anyOf": [{"$ref": chunk}, {"$ref": error}],
+        }}
+    operation: dict[str, Any] = {
+        "summary": route.summary,
+        "operationId": route.handler.__name__,
+        "responses": {
+            "200": ok,
+            **{str(code): {"description": text, "content": _json(error)} for code, text in sorted(errors)},
+        },
+    }
+    if route.handler.__doc__:
+        operation["description"] = route.handler.__doc__.strip()
+    if route.path_parameters:
+        operation["parameters"] = [
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            for name in route.path_parameters
+        ]
+    if route.request is not None:
+        operation["requestBody"] = {"required": True, "content": _json(schemas.request(route.request))}
+    if route.public:
+        operation["security"] = []
+    return operation
 
 
-def build_document() -> dict:
-    schemas: dict[str, Any] = {}
-    for name, model in REQUESTS.items():
-        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-        schemas.update(schema.pop("$defs", {}))
-        schemas[name] = schema
-    schemas.update(RESPONSES)
-    ok = lambda ref: {"200": {"description": "OK", "content": {"application/json": {"schema": {"$ref": ref}}}}, **ERRORS}  # noqa: E731
+def build_document(routes: Iterable[Route]) -> dict:
+    """The OpenAPI 3.1 document of the routes that have a summary."""
+    schemas = _Schemas()
+    paths: dict[str, dict] = {}
+    for route in routes:
+        if route.summary is not None:
+            paths.setdefault(route.openapi_path, {})[route.method.lower()] = _operation(route, schemas)
     return {
         "openapi": "3.1.0",
         "info": {"title": "hubmesh", "version": "0.1.0",
                  "description": "OpenAI-compatible API (chat, completions, embeddings, images, models)."},
-        "components": {"schemas": schemas, "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "components": {"schemas": schemas.schemas,
+                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
         "security": [{"bearer": []}],
-        "paths": {
-            "/v1/chat/completions": _post("Create a chat completion", "CreateChatCompletionRequest", "ChatCompletion", True),
-            "/v1/completions": _post("Create a completion", "CreateCompletionRequest", "Completion", True),
-            "/v1/embeddings": _post("Create embeddings", "CreateEmbeddingRequest", "EmbeddingList"),
-            "/v1/images/generations": _post("Create images", "CreateImageRequest", "ImagesResponse"),
-            "/v1/models": {"get": {"summary": "List models", "responses": ok("#/components/schemas/ModelList")}},
-            "/v1/models/{model}": {"get": {
-                "summary": "Retrieve a model",
-                "parameters": [{"name": "model", "in": "path", "required": True, "schema": STRING}],
-                "responses": ok("#/components/schemas/Model"),
-            }},
-        },
+        "paths": paths,
     }
 
 

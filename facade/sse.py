@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from aiohttp import web
 from aiohttp_sse import EventSourceResponse
 
 from facade import jsonio
+from facade.api.responses import ChatCompletionChunk, Completion, ErrorResponse
 from facade.errors import OpenAIError
 
 SSE_PING_S = web.AppKey("sse_ping_s", float)
@@ -33,7 +32,7 @@ class EventStream:
         await self._response.prepare(self._request)
         self._request[EVENT_STREAM] = self
 
-    async def send(self, payload: dict[str, Any]) -> None:
+    async def send(self, payload: ChatCompletionChunk | Completion | ErrorResponse) -> None:
         # written as is: JSON has no raw newlines to split into several `data:` lines. A stalled
         # client is still cut off: the ping task's writes time out and abort the connection.
         if not self._ended:

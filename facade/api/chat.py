@@ -24,7 +24,17 @@ from pydantic import (
 )
 
 from facade.api import text_common as tc
-from facade.api.validation import parse_body
+from facade.api.responses import (
+    ChatCompletion,
+    ChatCompletionChoice,
+    ChatCompletionChunkChoice,
+    ChatCompletionMessage,
+    ChatCompletionMessageToolCall,
+    ChatCompletionToolCallDelta,
+)
+from facade.api.validation import UInt32, parse_body
+from facade.clients import caller
+from hubmesh.common.v1 import common_pb2 as common_pb
 from facade.errors import invalid
 from facade.jsonio import json_response
 
@@ -109,7 +119,7 @@ class Message(BaseModel):
 
 class FunctionDefinition(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
-    name: StrictStr = Field(pattern=NAME_PATTERN)
+    name: StrictStr  # the service checks it (OpenAI's rule: [a-zA-Z0-9_-]{1,64})
     description: StrictStr | None = None
     parameters: dict | None = None  # a JSON schema of type object; absent: no arguments
     strict: StrictBool | None = None  # the schema is always enforced here
@@ -165,12 +175,12 @@ class ResponseFormat(BaseModel):
 class ChatCompletionRequest(tc.SamplingFields):
     """OpenAI's CreateChatCompletionRequest (the fields this server honours)."""
 
-    messages: list[Message] = Field(min_length=1)
-    max_completion_tokens: StrictInt | None = Field(default=None, ge=1)
+    messages: list[Message]
+    max_completion_tokens: UInt32 | None = None
     logprobs: bool | None = None
     response_format: ResponseFormat | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
-    tools: list[Tool] | None = Field(default=None, max_length=128)
+    tools: list[Tool] | None = None
     parallel_tool_calls: StrictBool | None = None
     functions: list | None = None  # deprecated by OpenAI: a 400 pointing at tools
     function_call: StrictStr | dict | None = None  # deprecated by OpenAI: a 400 pointing at tool_choice
@@ -180,7 +190,7 @@ class ChatCompletionRequest(tc.SamplingFields):
         """True when the answer can only be tool calls (required, or a named function)."""
         return bool(self.tools) and (self.tool_choice == "required" or isinstance(self.tool_choice, NamedToolChoice))
 
-    def to_proto(self) -> pb.GenerateRequest:
+    def to_proto(self, caller: common_pb.Caller | None = None) -> pb.GenerateRequest:
         self.check_stream_options()
         if self.logprobs:
             raise invalid("logprobs are not supported by this server.", param="logprobs")
@@ -192,7 +202,7 @@ class ChatCompletionRequest(tc.SamplingFields):
             model=self.model,
             chat=pb.ChatInput(messages=[m.to_proto() for m in self.messages]),
             sampling=self.sampling_proto(tc.max_tokens_of(self, self.max_completion_tokens, default=None)),
-            user=self.user or "",
+            caller=caller,
         )
         for tool in self.tools or ():
             function = request.tools.add(name=tool.function.name)
@@ -211,14 +221,14 @@ class ChatCompletionRequest(tc.SamplingFields):
         return request
 
 
-def tool_calls_json(calls) -> list[dict]:
+def tool_calls_json(calls) -> list[ChatCompletionMessageToolCall]:
     return [
         {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in calls
     ]
 
 
-def _choice_json(choice: pb.Choice) -> dict:
-    message = {
+def _choice_json(choice: pb.Choice) -> ChatCompletionChoice:
+    message: ChatCompletionMessage = {
         "role": "assistant",
         "content": choice.text if choice.text or not choice.tool_calls else None,
         "refusal": None,
@@ -236,25 +246,24 @@ def _choice_json(choice: pb.Choice) -> dict:
 async def create_chat_completion(request: web.Request) -> web.StreamResponse:
     """Creates a model response for the given chat conversation (JSON or SSE)."""
     body = await parse_body(request, ChatCompletionRequest)
-    proto = body.to_proto()
+    proto = body.to_proto(caller(request, body.user))
     if body.stream:
         return await _stream(request, body, proto)
     result = await tc.generate(request, proto, input_param="messages")
-    return json_response(
-        {
-            "id": tc.new_id("chatcmpl"),
-            "object": "chat.completion",
-            "created": tc.now(),
-            "model": result.model,
-            "system_fingerprint": tc.SYSTEM_FINGERPRINT,
-            "choices": [_choice_json(c) for c in result.choices],
-            "usage": tc.usage_json(result.usage),
-        }
-    )
+    completion: ChatCompletion = {
+        "id": tc.new_id("chatcmpl"),
+        "object": "chat.completion",
+        "created": tc.now(),
+        "model": result.model,
+        "system_fingerprint": tc.SYSTEM_FINGERPRINT,
+        "choices": [_choice_json(c) for c in result.choices],
+        "usage": tc.usage_json(result.usage),
+    }
+    return json_response(completion)
 
 
 async def _stream(request: web.Request, body: ChatCompletionRequest, proto: pb.GenerateRequest) -> web.StreamResponse:
-    base = {
+    base = {  # every chunk's fields but choices
         "id": tc.new_id("chatcmpl"),
         "object": "chat.completion.chunk",
         "created": tc.now(),
@@ -262,7 +271,7 @@ async def _stream(request: web.Request, body: ChatCompletionRequest, proto: pb.G
         "system_fingerprint": tc.SYSTEM_FINGERPRINT,
     }
     content = None if body.forces_tool_calls else ""  # as OpenAI: no content when only calls can follow
-    opening = [
+    opening: list[ChatCompletionChunkChoice] = [
         {"index": i, "delta": {"role": "assistant", "content": content}, "logprobs": None, "finish_reason": None}
         for i in range(body.n or 1)
     ]
@@ -270,7 +279,7 @@ async def _stream(request: web.Request, body: ChatCompletionRequest, proto: pb.G
     return await tc.respond_with_stream(request, [(0, upstream)], base, body.include_usage, _render, opening)
 
 
-def _tool_call_delta(call: pb.ToolCallDelta) -> dict:
+def _tool_call_delta(call: pb.ToolCallDelta) -> ChatCompletionToolCallDelta:
     """OpenAI's streamed tool call: id, type and name (arguments "") first, then argument fragments."""
     if call.HasField("id"):
         return {"index": call.index, "id": call.id, "type": "function",
@@ -278,8 +287,8 @@ def _tool_call_delta(call: pb.ToolCallDelta) -> dict:
     return {"index": call.index, "function": {"arguments": call.arguments}}
 
 
-def _render(delta: pb.ChoiceDelta, offset: int) -> list[dict]:
-    choices = []
+def _render(delta: pb.ChoiceDelta, offset: int) -> list[ChatCompletionChunkChoice]:
+    choices: list[ChatCompletionChunkChoice] = []
     if delta.text:
         choices.append({"index": delta.index, "delta": {"content": delta.text}, "logprobs": None, "finish_reason": None})
     if delta.tool_calls:

@@ -9,7 +9,10 @@ from hubmesh.text.v1 import text_generation_pb2 as pb
 from pydantic import Field, StrictBool, StrictInt, StrictStr, field_validator
 
 from facade.api import text_common as tc
+from facade.api.responses import Completion, CompletionChoice
 from facade.api.validation import parse_body
+from facade.clients import caller
+from hubmesh.common.v1 import common_pb2 as common_pb
 from facade.errors import invalid
 from facade.jsonio import json_response
 
@@ -39,7 +42,7 @@ class CompletionRequest(tc.SamplingFields):
     def prompts(self) -> list[str]:
         return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
 
-    def to_protos(self) -> list[pb.GenerateRequest]:
+    def to_protos(self, caller: common_pb.Caller | None = None) -> list[pb.GenerateRequest]:
         self.check_stream_options()
         if self.suffix:
             raise invalid("suffix is not supported by this model.", param="suffix")
@@ -49,28 +52,35 @@ class CompletionRequest(tc.SamplingFields):
             raise invalid("best_of other than n is not supported by this server.", param="best_of")
         sampling = self.sampling_proto(tc.max_tokens_of(self, None, default=DEFAULT_MAX_TOKENS))
         return [
-            pb.GenerateRequest(model=self.model, prompt=p, sampling=sampling, user=self.user or "") for p in self.prompts
+            pb.GenerateRequest(model=self.model, prompt=p, sampling=sampling, caller=caller) for p in self.prompts
         ]
 
 
 async def create_completion(request: web.Request) -> web.StreamResponse:
     """Creates a completion for the provided prompt(s) (JSON or SSE)."""
     body = await parse_body(request, CompletionRequest)
-    protos = body.to_protos()
+    protos = body.to_protos(caller(request, body.user))
     n = body.n or 1
     base = {"id": tc.new_id("cmpl"), "object": "text_completion", "created": tc.now(), "model": body.model}
     prompts = body.prompts
     if body.stream:
         upstreams = [(i * n, tc.GenerationStream(request, p, input_param="prompt")) for i, p in enumerate(protos)]
 
-        def render(delta: pb.ChoiceDelta, offset: int) -> list[dict]:
+        echoed: set[int] = set()  # with echo, each choice's first chunk starts with its prompt
+
+        def render(delta: pb.ChoiceDelta, offset: int) -> list[CompletionChoice]:
             reason = tc.FINISH_REASONS.get(delta.finish_reason) if delta.finish_reason else None
-            return [{"index": offset + delta.index, "text": delta.text, "logprobs": None, "finish_reason": reason}]
+            index, text = offset + delta.index, delta.text
+            if body.echo and index not in echoed:
+                echoed.add(index)
+                text = prompts[offset // n] + text
+            return [{"index": index, "text": text, "logprobs": None, "finish_reason": reason}]
 
         return await tc.respond_with_stream(request, upstreams, base, body.include_usage, render)
 
     results = await asyncio.gather(*(tc.generate(request, p, input_param="prompt") for p in protos))
-    choices, usage = [], pb.Usage()
+    choices: list[CompletionChoice] = []
+    usage = pb.Usage()
     for i, result in enumerate(results):
         usage.prompt_tokens += result.usage.prompt_tokens
         usage.completion_tokens += result.usage.completion_tokens
@@ -83,6 +93,7 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
                     "finish_reason": tc.FINISH_REASONS.get(choice.finish_reason, "stop"),
                 }
             )
-    return json_response(
-        {**base, "system_fingerprint": tc.SYSTEM_FINGERPRINT, "choices": choices, "usage": tc.usage_json(usage)}
-    )
+    completion: Completion = {
+        **base, "system_fingerprint": tc.SYSTEM_FINGERPRINT, "choices": choices, "usage": tc.usage_json(usage)
+    }
+    return json_response(completion)

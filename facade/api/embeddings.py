@@ -8,62 +8,43 @@ from typing import Literal
 import numpy as np
 from aiohttp import web
 from hubmesh.embeddings.v1 import embeddings_pb2 as pb
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
+from pydantic import BaseModel, ConfigDict, StrictStr
 
-from facade.api.validation import parse_body
-from facade.auth.middleware import subject_of
-from facade.clients import CLIENTS, unary
+from facade.api.responses import Embedding, EmbeddingList
+from facade.api.validation import TokenId, UInt32, parse_body
+from facade.clients import CLIENTS, caller, unary
+from hubmesh.common.v1 import common_pb2 as common_pb
 from facade.jsonio import json_response
 from facade.observability import record_usage
 
-MAX_INPUTS = 2048
-
-
 class EmbeddingRequest(BaseModel):
-    """OpenAI's CreateEmbeddingRequest."""
+    """OpenAI's CreateEmbeddingRequest, as types; how many inputs, how long, which dimensions is the
+    embeddings service's rule (services/embeddings/servicer.py)."""
 
     model_config = ConfigDict(extra="ignore", strict=True)
 
-    model: StrictStr = Field(min_length=1)
-    input: StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]]
+    model: StrictStr
+    input: StrictStr | list[StrictStr] | list[TokenId] | list[list[TokenId]]
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: StrictInt | None = Field(default=None, ge=1)
+    dimensions: UInt32 | None = None
     user: StrictStr | None = None
 
-    @field_validator("input")
-    @classmethod
-    def _input(cls, value):
-        items = [value] if isinstance(value, str) else value
-        if not items:
-            raise ValueError("must not be empty")
-        if len(items) > MAX_INPUTS and not all(isinstance(i, int) for i in items):
-            raise ValueError(f"at most {MAX_INPUTS} inputs are allowed, got {len(items)}")
-        for index, item in enumerate(items):
-            if item == "" or item == []:
-                raise ValueError(f"input {index} is empty; inputs must not be empty")
-            if isinstance(item, list) and any(t < 0 for t in item):
-                raise ValueError(f"input {index} has a negative token id")
-        if isinstance(items[0], int) and any(t < 0 for t in items):
-            raise ValueError("token ids must not be negative")
-        return value
-
-    def to_proto(self) -> pb.EmbedRequest:
+    def to_proto(self, caller: common_pb.Caller | None = None) -> pb.EmbedRequest:
         value = self.input
         if isinstance(value, str):
             inputs = [pb.EmbedInput(text=value)]
-        elif isinstance(value[0], int):  # one input given as token ids
+        elif value and isinstance(value[0], int):  # one input given as token ids
             inputs = [pb.EmbedInput(tokens=pb.TokenIds(ids=value))]
-        elif isinstance(value[0], list):
-            inputs = [pb.EmbedInput(tokens=pb.TokenIds(ids=ids)) for ids in value]
-        else:
-            inputs = [pb.EmbedInput(text=text) for text in value]
-        request = pb.EmbedRequest(model=self.model, inputs=inputs, user=self.user or "")
+        else:  # texts, or inputs of token ids (an empty list is the service's to refuse)
+            inputs = [pb.EmbedInput(tokens=pb.TokenIds(ids=item)) if isinstance(item, list) else pb.EmbedInput(text=item)
+                      for item in value]
+        request = pb.EmbedRequest(model=self.model, inputs=inputs, caller=caller)
         if self.dimensions is not None:
             request.dimensions = self.dimensions
         return request
 
 
-def _encode(vector_f32le: bytes, encoding_format: str):
+def _encode(vector_f32le: bytes, encoding_format: str) -> list[float] | str:
     if encoding_format == "base64":
         return base64.b64encode(vector_f32le).decode("ascii")  # what the openai SDK decodes by default
     return np.frombuffer(vector_f32le, dtype="<f4").tolist()
@@ -74,18 +55,18 @@ async def create_embeddings(request: web.Request) -> web.Response:
     body = await parse_body(request, EmbeddingRequest)
     clients = request.app[CLIENTS]
     call = clients.embeddings.Embed(
-        body.to_proto(), timeout=clients.timeout_s, metadata=clients.metadata(subject_of(request), body.user)
+        body.to_proto(caller(request, body.user)), timeout=clients.timeout_s, metadata=clients.metadata
     )
     result = await unary(call, "embeddings", default_param="input")
     record_usage(request, result.prompt_tokens)
-    return json_response(
-        {
-            "object": "list",
-            "data": [
-                {"object": "embedding", "index": e.index, "embedding": _encode(e.vector_f32le, body.encoding_format)}
-                for e in result.embeddings
-            ],
-            "model": result.model,
-            "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
-        }
-    )
+    data: list[Embedding] = [
+        {"object": "embedding", "index": e.index, "embedding": _encode(e.vector_f32le, body.encoding_format)}
+        for e in result.embeddings
+    ]
+    embeddings: EmbeddingList = {
+        "object": "list",
+        "data": data,
+        "model": result.model,
+        "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
+    }
+    return json_response(embeddings)

@@ -7,10 +7,9 @@ import logging
 
 import grpc
 from aiohttp import web
-from hubmesh.embeddings.v1 import embeddings_pb2 as embeddings_pb
-from hubmesh.images.v1 import images_pb2 as images_pb
-from hubmesh.text.v1 import text_generation_pb2 as text_pb
+from hubmesh.common.v1 import common_pb2 as common_pb
 
+from facade.api.responses import Model, ModelList
 from facade.auth.middleware import allowed_models, require_model
 from facade.clients import CLIENTS, Clients
 from facade.errors import OpenAIError, from_grpc
@@ -20,25 +19,23 @@ log = logging.getLogger(__name__)
 LIST_TIMEOUT_S = 10.0
 
 
-def _model_json(m) -> dict:
-    model = {"id": m.id, "object": "model", "created": m.created, "owned_by": m.owned_by}
-    if getattr(m, "description", ""):
+def _model_json(m) -> Model:
+    model: Model = {"id": m.id, "object": "model", "created": m.created, "owned_by": m.owned_by}
+    if m.description:
         model["description"] = m.description  # e.g. that a test pipeline draws noise
     return model
 
 
-async def _all_models(clients: Clients) -> list[dict]:
+async def _all_models(clients: Clients) -> list[Model]:
     """Models of every reachable service; 503 only when no service answers."""
-    metadata = clients.metadata("", None)
+    request, metadata = common_pb.ListModelsRequest(), clients.metadata
     calls = {
-        "text": clients.text.ListModels(text_pb.ListModelsRequest(), timeout=LIST_TIMEOUT_S, metadata=metadata),
-        "embeddings": clients.embeddings.ListModels(
-            embeddings_pb.ListModelsRequest(), timeout=LIST_TIMEOUT_S, metadata=metadata
-        ),
-        "images": clients.images.ListModels(images_pb.ListModelsRequest(), timeout=LIST_TIMEOUT_S, metadata=metadata),
+        name: stub.ListModels(request, timeout=LIST_TIMEOUT_S, metadata=metadata)
+        for name, stub in (("text", clients.text), ("embeddings", clients.embeddings), ("images", clients.images))
     }
     replies = await asyncio.gather(*calls.values(), return_exceptions=True)
-    models, failures = [], []
+    models: list[Model] = []
+    failures = []
     for service, reply in zip(calls, replies, strict=True):
         if isinstance(reply, grpc.aio.AioRpcError):
             log.warning("%s service did not list its models: %s", service, reply.code().name)
@@ -57,7 +54,8 @@ async def list_models(request: web.Request) -> web.Response:
     """Lists the models every service can serve."""
     models = await _all_models(request.app[CLIENTS])
     allowed = set(allowed_models(request, [m["id"] for m in models]))
-    return json_response({"object": "list", "data": [m for m in models if m["id"] in allowed]})
+    listing: ModelList = {"object": "list", "data": [m for m in models if m["id"] in allowed]}
+    return json_response(listing)
 
 
 async def retrieve_model(request: web.Request) -> web.Response:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Any
 
 import grpc
 from aiohttp import web
@@ -12,24 +13,32 @@ from hubmesh.text.v1 import text_generation_pb2 as pb
 from pydantic import (
     BaseModel,
     ConfigDict,
-    Field,
     StrictBool,
-    StrictInt,
     StrictStr,
     field_validator,
 )
 
-from facade.auth.middleware import subject_of
+from facade.api.responses import (
+    ChatCompletionChunk,
+    ChatCompletionChunkChoice,
+    Completion,
+    CompletionChoice,
+    FinishReason,
+    Usage,
+)
+from facade.api.validation import Int64, UInt32
 from facade.clients import CLIENTS, unary
 from facade.errors import OpenAIError, from_grpc, invalid
 from facade.observability import MODEL, record_usage
 from facade.sse import EventStream
 from services.common.metrics import StreamTimer
 
-FINISH_REASONS = {
+FINISH_REASONS: dict[int, FinishReason] = {
     pb.FINISH_REASON_STOP: "stop", pb.FINISH_REASON_LENGTH: "length", pb.FINISH_REASON_TOOL_CALLS: "tool_calls",
 }
 SYSTEM_FINGERPRINT = "fp_hubmesh_0_1"
+StreamChunk = ChatCompletionChunk | Completion  # one `data:` event of a chat or completions stream
+ChunkChoice = ChatCompletionChunkChoice | CompletionChoice
 
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
@@ -37,52 +46,39 @@ class StreamOptions(BaseModel):
 
 
 class SamplingFields(BaseModel):
-    """OpenAI's sampling fields, validated with OpenAI's limits."""
+    """OpenAI's sampling fields, as types; their limits are the text service's (services/text/servicer.py)."""
 
     model_config = ConfigDict(extra="ignore", strict=True)
 
-    model: StrictStr = Field(min_length=1)
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, gt=0, le=1)
-    n: StrictInt | None = Field(default=None, ge=1, le=128)
+    model: StrictStr
+    temperature: float | None = None
+    top_p: float | None = None
+    n: UInt32 | None = None
     stream: StrictBool | None = False
     stream_options: StreamOptions | None = None
     stop: StrictStr | list[StrictStr] | None = None
-    max_tokens: StrictInt | None = Field(default=None, ge=1)
-    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
-    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    max_tokens: UInt32 | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
     logit_bias: dict[StrictStr, float] | None = None
-    seed: StrictInt | None = None
+    seed: Int64 | None = None
     user: StrictStr | None = None
-
-    @field_validator("stop")
-    @classmethod
-    def _stop(cls, value):
-        stops = [value] if isinstance(value, str) else (value or [])
-        if len(stops) > 4:
-            raise ValueError(f"at most 4 stop sequences are allowed, got {len(stops)}")
-        if any(s == "" for s in stops):
-            raise ValueError("stop sequences must not be empty")
-        return value
 
     @field_validator("logit_bias")
     @classmethod
     def _logit_bias(cls, value):
-        for token, bias in (value or {}).items():
-            if not token.isdigit():
-                raise ValueError(f"keys must be token ids, got {token!r}")
-            if not -100 <= bias <= 100:
-                raise ValueError(f"bias for token {token} must be between -100 and 100, got {bias:g}")
+        for token in value or {}:  # JSON keys are strings: each must spell a token id
+            if not (token.isascii() and token.isdigit() and int(token) < 2**31):
+                raise ValueError(f"keys must be token ids, got {token[:40]!r}")
         return value
 
     def sampling_proto(self, max_tokens: int | None) -> pb.SamplingParameters:
         stops = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
         sampling = pb.SamplingParameters(
-            n=self.n or 1,
             stop=stops,
             logit_bias={int(k): v for k, v in (self.logit_bias or {}).items()},
         )
-        for name in ("temperature", "top_p", "presence_penalty", "frequency_penalty", "seed"):
+        for name in ("n", "temperature", "top_p", "presence_penalty", "frequency_penalty", "seed"):
             value = getattr(self, name)
             if value is not None:
                 setattr(sampling, name, value)
@@ -107,7 +103,7 @@ def now() -> int:
     return int(time.time())
 
 
-def usage_json(usage: pb.Usage) -> dict:
+def usage_json(usage: pb.Usage) -> Usage:
     return {
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
@@ -118,8 +114,7 @@ def usage_json(usage: pb.Usage) -> dict:
 async def generate(http: web.Request, request: pb.GenerateRequest, input_param: str) -> pb.GenerateResponse:
     """Unary Generate; gRPC failures become OpenAI errors. Cancelling the caller cancels the call."""
     clients = http.app[CLIENTS]
-    metadata = clients.metadata(subject_of(http), request.user)
-    call = clients.text.Generate(request, timeout=clients.timeout_s, metadata=metadata)
+    call = clients.text.Generate(request, timeout=clients.timeout_s, metadata=clients.metadata)
     result = await unary(call, "text", default_param=input_param)
     record_usage(http, result.usage.prompt_tokens, result.usage.completion_tokens)
     return result
@@ -131,8 +126,7 @@ class GenerationStream:
 
     def __init__(self, http: web.Request, request: pb.GenerateRequest, input_param: str) -> None:
         clients = http.app[CLIENTS]
-        metadata = clients.metadata(subject_of(http), request.user)
-        self._call = clients.text.GenerateStream(request, timeout=clients.timeout_s, metadata=metadata)
+        self._call = clients.text.GenerateStream(request, timeout=clients.timeout_s, metadata=clients.metadata)
         self._input_param = input_param
         self._first: pb.GenerateStreamResponse | None = None
 
@@ -171,13 +165,14 @@ def max_tokens_of(body: SamplingFields, max_completion_tokens: int | None, defau
 async def respond_with_stream(
     request: web.Request,
     upstreams: Sequence[tuple[int, GenerationStream]],
-    base: dict,
+    base: Mapping[str, Any],
     include_usage: bool,
-    render: Callable[[pb.ChoiceDelta, int], list[dict]],
-    opening: list[dict] | None = None,
+    render: Callable[[pb.ChoiceDelta, int], Sequence[ChunkChoice]],
+    opening: list[ChatCompletionChunkChoice] | None = None,
 ) -> web.StreamResponse:
     """Relays generation streams as OpenAI SSE chunks; the first stream's errors keep their HTTP status.
 
+    Each event is a StreamChunk, `{**base, "choices": [...]}` (`base`: every field but choices).
     `upstreams` pairs each stream with the offset added to its choice indices (completions with
     several prompts); `render` turns one delta into chunk choices. Every upstream call is cancelled
     when the response ends for any reason, the client going away included.

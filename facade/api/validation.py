@@ -7,9 +7,10 @@ and an SDK sending a newer one should not break. Types are strict (no "1" for 1)
 from __future__ import annotations
 
 import logging
-from typing import TypeVar
+from typing import Annotated, TypeVar
 
 import pydantic
+from pydantic import StrictInt
 from aiohttp import web
 
 from facade import jsonio
@@ -19,6 +20,13 @@ from facade.observability import MODEL
 
 log = logging.getLogger(__name__)
 Model = TypeVar("Model", bound=pydantic.BaseModel)
+
+# JSON integers as the protobuf field types they travel in: the façade checks only that a value has
+# the type and shape its field needs (a count that fits uint32, a seed that fits int64); what the
+# values may be (n 1-128, max_tokens within the context, ...) is the service's rule, checked there.
+UInt32 = Annotated[StrictInt, pydantic.Field(ge=0, le=2**32 - 1)]
+Int64 = Annotated[StrictInt, pydantic.Field(ge=-(2**63), le=2**63 - 1)]
+TokenId = Annotated[StrictInt, pydantic.Field(ge=0, le=2**31 - 1)]  # int32 token ids, never negative
 
 MAX_JSON_DEPTH = 64
 

@@ -15,11 +15,11 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 
 from facade.auth.limits import RateLimiter
-from facade.auth.principal import PRINCIPAL, Principal, family_of
+from facade.auth.principal import PRINCIPAL, Principal
 from facade.auth.tokens import InvalidToken, TokenVerifier
 from facade.errors import OpenAIError
+from facade.routing import route_of
 
-PUBLIC_PATHS = frozenset({"/health", "/ready", "/openapi.json", "/metrics"})
 LIMITER = web.AppKey("rate_limiter", RateLimiter)
 VERIFIER = web.AppKey("token_verifier", TokenVerifier)
 
@@ -31,12 +31,13 @@ def _unauthorized(message: str, code: str) -> OpenAIError:
 
 
 def auth_middleware(allow: Callable[[web.Request], bool] = lambda request: False):
-    """Authenticates every non-public request; `allow(request)` lets through requests that carry their
-    own permission (signed image links)."""
+    """Authenticates every request but those on public routes (unknown URLs too); `allow(request)`
+    lets through requests that carry their own permission (signed image links)."""
 
     @web.middleware
     async def middleware(request: web.Request, handler):
-        if request.path in PUBLIC_PATHS or allow(request):
+        route = route_of(request)
+        if (route is not None and route.public) or allow(request):
             return await handler(request)
         header = request.headers.get("Authorization", "")
         scheme, _, credential = header.partition(" ")
@@ -51,10 +52,15 @@ def auth_middleware(allow: Callable[[web.Request], bool] = lambda request: False
             principal = await request.app[VERIFIER].authenticate(credential.strip())
         except InvalidToken as err:
             raise _unauthorized(str(err), "invalid_api_key") from None
-        family = family_of(request.path)
+        family = route.family if route is not None else None
         if family is not None and not principal.may_use(family):
+            hint = "" if principal.scopes else (
+                " Its scopes name none of hubmesh's (models, chat, completions, embeddings, images); the"
+                " operator can grant such tokens default scopes with HUBMESH_JWT_DEFAULT_SCOPES."
+            )
             raise OpenAIError(
-                403, f"This credential lacks the '{family}' scope.", type="permission_error", code="insufficient_scope"
+                403, f"This credential lacks the '{family}' scope.{hint}", type="permission_error",
+                code="insufficient_scope",
             )
         wait_s = request.app[LIMITER].admit(principal.subject, principal.rpm, principal.tpm)
         if wait_s > 0:

@@ -27,18 +27,3 @@ class Principal:
 
 
 PRINCIPAL = web.RequestKey("principal", Principal)
-
-
-def family_of(path: str) -> str | None:
-    """The endpoint family a request belongs to (None: public or unknown path)."""
-    if path == "/v1/models" or path.startswith("/v1/models/"):
-        return "models"
-    if path == "/v1/chat/completions":
-        return "chat"
-    if path == "/v1/completions":
-        return "completions"
-    if path == "/v1/embeddings":
-        return "embeddings"
-    if path.startswith("/v1/images/"):
-        return "images"
-    return None

@@ -25,6 +25,7 @@ from facade.auth.principal import FAMILIES, Principal
 log = logging.getLogger(__name__)
 
 ASYMMETRIC_ALGORITHMS = {"RSA": ["RS256"], "EC": ["ES256"], "OKP": ["EdDSA"]}
+KNOWN_SCOPES = frozenset((*FAMILIES, "*"))
 ACCEPTED_ASYMMETRIC = frozenset(a for algorithms in ASYMMETRIC_ALGORITHMS.values() for a in algorithms)
 
 
@@ -45,6 +46,9 @@ class JwtSettings:
     issuer: str = ""
     audience: str = ""
     leeway_s: float = 30.0
+    # scopes of a token whose own scopes name none of hubmesh's families (HUBMESH_JWT_DEFAULT_SCOPES):
+    # an identity provider's token carries "openid profile ..."; empty grants such a token nothing
+    default_scopes: tuple[str, ...] = ()
 
 
 def _scopes(claims: Mapping) -> frozenset[str]:
@@ -54,13 +58,17 @@ def _scopes(claims: Mapping) -> frozenset[str]:
     return frozenset(item.removeprefix("hubmesh:") for item in items if isinstance(item, str))
 
 
-def principal_from_claims(claims: Mapping) -> Principal:
+def principal_from_claims(claims: Mapping, default_scopes: Iterable[str] = ()) -> Principal:
     """Claims -> permissions: `scope` (space-separated) or `scp`/`scopes` (list), optional `models`
-    allow-list, optional per-subject `rpm` and `tpm` limits."""
+    allow-list, optional per-subject `rpm` and `tpm` limits. A token whose scopes name none of
+    hubmesh's families (nor "*") gets `default_scopes` instead."""
     models = claims.get("models")
+    scopes = _scopes(claims)
+    if not scopes & KNOWN_SCOPES:
+        scopes = frozenset(s.removeprefix("hubmesh:") for s in default_scopes)
     return Principal(
         subject=f"jwt:{claims.get('sub', '')}",
-        scopes=_scopes(claims),
+        scopes=scopes,
         models=frozenset(models) if isinstance(models, list) else None,
         rpm=int(claims["rpm"]) if isinstance(claims.get("rpm"), int) else None,
         tpm=int(claims["tpm"]) if isinstance(claims.get("tpm"), int) else None,
@@ -137,7 +145,7 @@ class TokenVerifier:
             return matched
         if credential.count(".") != 2:
             raise InvalidToken("Incorrect API key provided.")
-        return principal_from_claims(self._decode(credential))
+        return principal_from_claims(self._decode(credential), self._jwt.default_scopes)
 
     def _decode(self, token: str) -> dict:
         try:

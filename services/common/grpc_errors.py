@@ -1,4 +1,4 @@
-"""Servicer methods answer domain errors with their gRPC status; nothing else leaks out."""
+"""Servicer methods answer domain errors with their gRPC status and details; nothing else leaks out."""
 
 from __future__ import annotations
 
@@ -9,22 +9,22 @@ from collections.abc import Callable
 
 import grpc
 
-from services.common.errors import PARAM_METADATA_KEY, ServiceError
+from services.common.errors import ServiceError, abort, status_of
+from hubmesh.common.v1 import common_pb2 as common_pb
 
 log = logging.getLogger(__name__)
 
 
 async def _abort(context: grpc.aio.ServicerContext, err: Exception) -> None:
     if isinstance(err, ServiceError):
-        if err.param:
-            context.set_trailing_metadata(((PARAM_METADATA_KEY, err.param),))
-        await context.abort(err.code, str(err))
+        await abort(context, err.status())
     log.error("unexpected error", exc_info=err)
-    await context.abort(grpc.StatusCode.INTERNAL, "internal error in the service")
+    await abort(context, status_of(grpc.StatusCode.INTERNAL, "internal error in the service",
+                                   common_pb.ERROR_REASON_UNSPECIFIED))
 
 
 def abort_on_service_error(method: Callable) -> Callable:
-    """Decorates a unary or server-streaming servicer method (the table lives in ServiceError.code)."""
+    """Decorates a unary or server-streaming servicer method (codes and reasons live on ServiceError)."""
     if inspect.isasyncgenfunction(method):
 
         @functools.wraps(method)

@@ -1,16 +1,22 @@
-"""Server interceptors that wrap each call of a service: admission control and call metrics."""
+"""Server interceptors that wrap each call of a service: admission control, call metrics, the access log."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 
+from opentelemetry import trace
+
 from services.common.channels import CALL_DEADLINE
+from services.common.errors import AtCapacity, abort
 from services.common.metrics import IN_FLIGHT, LATENCY, REQUESTS
+
+access_log = logging.getLogger("hubmesh.access")
 
 Around = Callable[[str, Any, grpc.aio.ServicerContext], contextlib.AbstractAsyncContextManager]
 
@@ -64,10 +70,9 @@ class AdmissionInterceptor(_Interceptor):
     @contextlib.asynccontextmanager
     async def around(self, endpoint: str, request, context) -> AsyncIterator[None]:
         if self.in_flight >= self.limit:
-            await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"the service is at capacity ({self.limit} requests in flight); retry shortly",
-            )
+            await abort(context, AtCapacity(
+                f"the service is at capacity ({self.limit} requests in flight); retry shortly"
+            ).status())
         self.in_flight += 1
         try:
             yield
@@ -76,20 +81,32 @@ class AdmissionInterceptor(_Interceptor):
 
 
 class MetricsInterceptor(_Interceptor):
-    """Requests, latency and in-flight gauge per RPC; also notes the call's deadline for the Triton
-    calls made on its behalf (CALL_DEADLINE)."""
+    """Requests, latency and in-flight gauge per RPC, and one access-log line per call with whom it
+    was for (the request's `caller`: the verified subject and OpenAI's `user`, also put on the
+    call's span); also notes the call's deadline for the Triton calls made on its behalf
+    (CALL_DEADLINE)."""
 
     @contextlib.asynccontextmanager
     async def around(self, endpoint: str, request, context) -> AsyncIterator[None]:
         remaining = context.time_remaining()
         CALL_DEADLINE.set(None if remaining is None else time.monotonic() + remaining)
         model, start = getattr(request, "model", ""), time.perf_counter()
+        caller = getattr(request, "caller", None)
+        subject, user = (caller.subject, caller.user) if caller is not None else ("", "")
+        span = trace.get_current_span()
+        if span.is_recording():
+            span.set_attributes({"hubmesh.subject": subject, "enduser.id": user})
         IN_FLIGHT.labels(endpoint).inc()
         try:
             yield
         finally:
             IN_FLIGHT.labels(endpoint).dec()
-            LATENCY.labels(endpoint, model).observe(time.perf_counter() - start)
+            elapsed = time.perf_counter() - start
+            LATENCY.labels(endpoint, model).observe(elapsed)
             code = context.code()
             status = "OK" if code is None else code.name if isinstance(code, grpc.StatusCode) else str(code)
             REQUESTS.labels(endpoint, model, status).inc()
+            access_log.info("%s %s", endpoint, status, extra={
+                "endpoint": endpoint, "model": model, "status": status, "latency_ms": round(elapsed * 1000, 1),
+                "subject": subject, "user": user,
+            })

@@ -8,6 +8,8 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 
+from services.common.errors import NotFromFacade, abort
+
 SECRET_METADATA_KEY = "hubmesh-internal-secret"
 OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
 
@@ -34,13 +36,13 @@ class RequireSecret(grpc.aio.ServerInterceptor):
 
 def _denying_like(handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler:
     """A handler of the same streaming shape that answers UNAUTHENTICATED."""
-    message = "calls to this service must come from the hubmesh façade"
+    status = NotFromFacade("calls to this service must come from the hubmesh façade").status()
 
     async def unary(request, context):
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        await abort(context, status)
 
     async def stream(request, context):
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        await abort(context, status)
         yield  # pragma: no cover - makes this an async generator
 
     if handler is not None and handler.response_streaming:

@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+import sys
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, Protocol, TypeVar
 
 import grpc
 from prometheus_client import start_http_server
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from pydantic import Field, PositiveInt
+from pydantic_settings import SettingsConfigDict
 
 from services.common import event_loop, logs, telemetry
+from services.common.catalog import CatalogError
 from services.common.channels import SERVER_OPTIONS
 from services.common.internal_auth import RequireSecret
 from services.common.interceptors import AdmissionInterceptor, MetricsInterceptor
+from services.common.settings import EnvSettings, NonNegativeSeconds, Port, ServiceSettings, settings_or_exit
 
 log = logging.getLogger(__name__)
 
@@ -56,37 +64,37 @@ async def _set_health(health_servicer: health.aio.HealthServicer, service_names:
         await health_servicer.set(name, status)
 
 
-@dataclass(frozen=True)
-class ServeOptions:
-    """What every service process shares: drain time, the façade's secret, the metrics port."""
+class ServeOptions(EnvSettings):
+    """What every service process shares: drain time, the façade's secret, the metrics port.
 
-    grace_s: float = 10.0
+    HUBMESH_GRACE_S, HUBMESH_INTERNAL_SECRET, HUBMESH_METRICS_PORT, HUBMESH_MAX_IN_FLIGHT.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="HUBMESH_")
+
+    grace_s: NonNegativeSeconds = 10.0
     # only callers presenting it (the façade) get past health checking; empty: no check
-    internal_secret: str = ""
+    internal_secret: str = Field("", repr=False)
     # Prometheus /metrics; 0: none
-    metrics_port: int = 9464
+    metrics_port: Port = 9464
     # calls in flight before new ones get RESOURCE_EXHAUSTED
-    max_in_flight: int = 64
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> ServeOptions:
-        """HUBMESH_GRACE_S, HUBMESH_INTERNAL_SECRET, HUBMESH_METRICS_PORT, HUBMESH_MAX_IN_FLIGHT."""
-        return cls(
-            grace_s=float(env.get("HUBMESH_GRACE_S", cls.grace_s)),
-            internal_secret=env.get("HUBMESH_INTERNAL_SECRET", ""),
-            metrics_port=int(env.get("HUBMESH_METRICS_PORT", cls.metrics_port)),
-            max_in_flight=int(env.get("HUBMESH_MAX_IN_FLIGHT", cls.max_in_flight)),
-        )
+    max_in_flight: PositiveInt = 64
 
 
-def run_service(component: str, main: Callable[[ServeOptions], Awaitable[None]]) -> None:
-    """A service process: JSON logs, tracing (when OTEL_* says so), then main(options) until stopped."""
+def run_service(
+    component: str, main: Callable[[ServeOptions], Awaitable[None]], options: ServeOptions | None = None
+) -> None:
+    """A service process: JSON logs, tracing (when OTEL_* says so), then main(options) until stopped.
+
+    `options` default to the environment's (a bad value exits with one line naming it)."""
+    if options is None:
+        options = settings_or_exit(ServeOptions)
     logs.configure(component)
     provider = telemetry.configure_tracing(f"hubmesh-{component}")
     if provider is not None:
         telemetry.instrument_grpc_clients()  # spans around Triton calls, traceparent sent to Triton
     try:
-        event_loop.run(main(ServeOptions.from_env()))
+        event_loop.run(main(options))
     finally:
         if provider is not None:
             provider.shutdown()  # flush the last spans
@@ -136,3 +144,84 @@ async def serve(
     if on_stop is not None:
         await on_stop()
     log.info("stopped")
+
+
+SettingsT = TypeVar("SettingsT", bound=ServiceSettings)
+BackendT = TypeVar("BackendT", bound="Closable")
+ServicerT = TypeVar("ServicerT", bound="Servicer")
+
+
+class Closable(Protocol):
+    """A Triton backend: its channel closes when the service stops."""
+
+    async def close(self) -> None: ...
+
+
+class Servicer(Protocol):
+    """A modality's servicer: SERVING while is_ready() says so."""
+
+    async def is_ready(self) -> bool: ...
+
+
+@dataclass
+class Wiring(Generic[SettingsT, BackendT]):
+    """What a modality's servicer is built from (see run_modality_service)."""
+
+    settings: SettingsT
+    catalog: Mapping[str, Any]
+    backend: BackendT
+    tasks: list[asyncio.Task] = field(default_factory=list)
+
+    def background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Runs `work` beside the server until the server has stopped (then it is cancelled)."""
+        self.tasks.append(asyncio.create_task(work))
+
+
+def run_modality_service(
+    component: str,
+    settings_type: type[SettingsT],
+    load_catalog: Callable[[Path], Mapping[str, Any]],
+    backend_type: Callable[[str, float], BackendT],
+    make_servicer: Callable[[Wiring[SettingsT, BackendT]], ServicerT],
+    add_to_server: Callable[[ServicerT, grpc.aio.Server], None],
+    service_name: str,
+    env: Mapping[str, str] = os.environ,
+) -> None:
+    """A modality service's entry point, from start-up to stop.
+
+    Parses ServeOptions and `settings_type` from `env` and loads the catalogue (a bad value or a bad
+    catalogue exits with status 1 and one line saying what is wrong), then: logs and tracing
+    (run_service), `backend_type(triton_url, triton_timeout_s)`, the servicer `make_servicer`
+    builds, served under the health name `service_name` until SIGTERM; then background work is
+    cancelled and the backend closed.
+    """
+    options = settings_or_exit(ServeOptions, env)
+    settings = settings_or_exit(settings_type, env)
+    try:
+        catalog = load_catalog(settings.catalog)
+    except CatalogError as err:
+        print(f"bad catalogue: {err}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
+
+    async def main(options: ServeOptions) -> None:
+        backend = backend_type(settings.triton_url, settings.triton_timeout_s)
+        wiring = Wiring(settings, catalog, backend)
+        try:
+            servicer = make_servicer(wiring)
+            log.info("models: %s; Triton at %s", ", ".join(catalog), settings.triton_url)
+            await serve(
+                settings.listen,
+                lambda server: add_to_server(servicer, server),
+                [service_name],
+                servicer.is_ready,
+                options,
+            )
+        finally:
+            for task in wiring.tasks:
+                task.cancel()
+            for task in wiring.tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await backend.close()
+
+    run_service(component, main, options)

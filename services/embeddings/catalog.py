@@ -2,30 +2,25 @@
 
 from __future__ import annotations
 
-import tomllib
-from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import PositiveInt
 
-@dataclass(frozen=True)
-class EmbeddingModel:
+from services.common import catalog
+from services.common.catalog import CatalogEntry, CatalogError
+
+__all__ = ["CatalogError", "EmbeddingModel", "load_catalog"]
+
+
+class EmbeddingModel(CatalogEntry):
     """One served embedding model."""
 
-    id: str
-    triton_model: str
-    dimensions: int
-    max_input_tokens: int
+    dimensions: PositiveInt  # length of the vectors it returns
+    max_input_tokens: PositiveInt  # longest input, in the model's tokens
+    # Matryoshka-trained: a request's `dimensions` may shorten the vectors
     supports_dimensions: bool = False
-    owned_by: str = "hubmesh"
-    created: int = 0
 
 
 def load_catalog(path: Path) -> dict[str, EmbeddingModel]:
     """Reads a TOML catalogue of [[models]] tables."""
-    entries = {}
-    for raw in tomllib.loads(path.read_text()).get("models", []):
-        entry = EmbeddingModel(**raw)
-        entries[entry.id] = entry
-    if not entries:
-        raise ValueError(f"{path}: no [[models]] entries")
-    return entries
+    return catalog.load_catalog(path, EmbeddingModel)

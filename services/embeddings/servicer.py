@@ -7,11 +7,12 @@ import re
 
 import numpy as np
 
+from hubmesh.common.v1 import common_pb2 as common_pb
 from hubmesh.embeddings.v1 import embeddings_pb2 as pb
 from hubmesh.embeddings.v1 import embeddings_pb2_grpc as pb_grpc
-from services.common.errors import InvalidArgument, ModelNotFound
-from services.common.channels import all_ready
+from services.common.errors import InvalidArgument
 from services.common.grpc_errors import abort_on_service_error
+from services.common.servicer import CatalogServicer
 from services.common.metrics import count_tokens
 from services.common.telemetry import set_genai_attributes
 from services.embeddings.backend import EmbeddingsBackend
@@ -38,22 +39,23 @@ def _chunks(inputs, chunk_size: int) -> list[tuple[int, str, list]]:
     return chunks
 
 
-class EmbeddingsServicer(pb_grpc.EmbeddingsServicer):
+class EmbeddingsServicer(CatalogServicer[EmbeddingModel], pb_grpc.EmbeddingsServicer):
     """Embeddings in front of an EmbeddingsBackend (Triton in production)."""
 
+    _backend: EmbeddingsBackend
+
     def __init__(self, backend: EmbeddingsBackend, catalog: dict[str, EmbeddingModel], chunk_size: int = 32) -> None:
-        self._backend = backend
-        self._catalog = catalog
+        super().__init__(backend, catalog)
         self._chunk_size = chunk_size
 
-    async def is_ready(self) -> bool:
-        """Ready when every catalogued Triton model is ready."""
-        return await all_ready(self._backend, (entry.triton_model for entry in self._catalog.values()))
+    def details(self, entry: EmbeddingModel) -> dict:
+        return {"embedding": common_pb.EmbeddingModelDetails(
+            dimensions=entry.dimensions, max_input_tokens=entry.max_input_tokens,
+            supports_dimensions=entry.supports_dimensions,
+        )}
 
     def _validate(self, request: pb.EmbedRequest) -> EmbeddingModel:
-        entry = self._catalog.get(request.model)
-        if entry is None:
-            raise ModelNotFound(f"The model '{request.model}' does not exist", "model")
+        entry = self.entry(request.model)
         if not request.inputs:
             raise InvalidArgument("input must not be empty", "input")
         if len(request.inputs) > MAX_INPUTS:
@@ -109,18 +111,3 @@ class EmbeddingsServicer(pb_grpc.EmbeddingsServicer):
         count_tokens(entry.id, total, 0)
         set_genai_attributes(usage__input_tokens=total)
         return pb.EmbedResponse(model=entry.id, embeddings=embeddings, prompt_tokens=total)
-
-    async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
-        return pb.ListModelsResponse(
-            models=[
-                pb.Model(
-                    id=e.id,
-                    owned_by=e.owned_by,
-                    created=e.created,
-                    dimensions=e.dimensions,
-                    max_input_tokens=e.max_input_tokens,
-                    supports_dimensions=e.supports_dimensions,
-                )
-                for e in self._catalog.values()
-            ]
-        )

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
+from hubmesh.common.v1 import common_pb2 as common_pb
 from hubmesh.images.v1 import images_pb2 as pb
 from hubmesh.images.v1 import images_pb2_grpc as pb_grpc
-from services.common.errors import InvalidArgument, ModelNotFound, ServiceError
-from services.common.channels import all_ready
+from services.common.errors import ImageNotFound, InvalidArgument
 from services.common.grpc_errors import abort_on_service_error
+from services.common.servicer import CatalogServicer
 from services.common.telemetry import set_genai_attributes
 from services.images.backend import ImagesBackend
 from services.images.catalog import ImageModel
@@ -21,36 +22,28 @@ QUALITIES = ("standard", "hd", "low", "medium", "high", "auto")
 STYLES = ("vivid", "natural")
 
 
-class ImageNotFound(ServiceError):
-    """An image id that is unknown or expired."""
-
-    code = ModelNotFound.code
-
-
-class ImagesServicer(pb_grpc.ImagesServicer):
+class ImagesServicer(CatalogServicer[ImageModel], pb_grpc.ImagesServicer):
     """Text-to-image in front of an ImagesBackend (Triton in production) and an ImageStore."""
 
+    _backend: ImagesBackend
+
     def __init__(self, backend: ImagesBackend, catalog: dict[str, ImageModel], store: ImageStore, ttl_s: float) -> None:
-        self._backend = backend
-        self._catalog = catalog
+        super().__init__(backend, catalog)
         self._store = store
         self._ttl_s = ttl_s
 
-    async def is_ready(self) -> bool:
-        """Ready when every catalogued Triton model is ready."""
-        return await all_ready(self._backend, (entry.triton_model for entry in self._catalog.values()))
+    def details(self, entry: ImageModel) -> dict:
+        return {"image": common_pb.ImageModelDetails(sizes=[f"{w}x{h}" for w, h in entry.sizes])}
 
     def _validate(self, request: pb.GenerateRequest) -> ImageModel:
-        entry = self._catalog.get(request.model)
-        if entry is None:
-            raise ModelNotFound(f"The model '{request.model}' does not exist", "model")
+        entry = self.entry(request.model)
         if not request.prompt.strip():
             raise InvalidArgument("prompt must not be empty", "prompt")
         if len(request.prompt) > MAX_PROMPT_CHARS:
             raise InvalidArgument(
                 f"prompt is {len(request.prompt)} characters long; the maximum is {MAX_PROMPT_CHARS}", "prompt"
             )
-        if not 1 <= (request.n or 1) <= MAX_IMAGES:
+        if not 1 <= _count(request) <= MAX_IMAGES:
             raise InvalidArgument(f"n must be between 1 and {MAX_IMAGES}, got {request.n}", "n")
         if (request.width, request.height) not in entry.sizes:
             allowed = ", ".join(f"{w}x{h}" for w, h in entry.sizes)
@@ -66,13 +59,13 @@ class ImagesServicer(pb_grpc.ImagesServicer):
     @abort_on_service_error
     async def Generate(self, request: pb.GenerateRequest, context) -> pb.GenerateResponse:
         entry = self._validate(request)
-        set_genai_attributes(operation__name="image_generation", request__model=entry.id, request__choice__count=request.n or 1)
+        set_genai_attributes(operation__name="image_generation", request__model=entry.id, request__choice__count=_count(request))
         pixels = await self._backend.generate(
             entry.triton_model,
             request.prompt,
             request.width,
             request.height,
-            request.n or 1,
+            _count(request),
             request.seed if request.HasField("seed") else None,
             request.quality or "standard",
             request.style or "vivid",
@@ -94,10 +87,7 @@ class ImagesServicer(pb_grpc.ImagesServicer):
             raise ImageNotFound("The image does not exist or has expired", "image_id")
         return pb.GetImageResponse(data=image.data, content_type=image.content_type, expires_at=int(image.expires_at))
 
-    async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
-        return pb.ListModelsResponse(
-            models=[
-                pb.Model(id=e.id, owned_by=e.owned_by, created=e.created, description=e.description)
-                for e in self._catalog.values()
-            ]
-        )
+
+def _count(request: pb.GenerateRequest) -> int:
+    """How many images: n, 1 when unset."""
+    return request.n if request.HasField("n") else 1

@@ -2,25 +2,49 @@
 
 from __future__ import annotations
 
-import tomllib
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from jinja2 import TemplateSyntaxError
+from pydantic import PositiveInt, ValidationInfo, field_validator
+
+from services.common import catalog
+from services.common.catalog import CatalogEntry, CatalogError
 from services.text.chat_template import ChatTemplate
 
+__all__ = ["CatalogError", "ModelEntry", "load_catalog"]
 
-@dataclass(frozen=True)
-class ModelEntry:
-    """One served model."""
 
-    id: str  # what OpenAI clients send as `model`
-    triton_model: str  # model name in Triton's repository (vLLM-backend tensor contract)
+class ModelEntry(CatalogEntry):
+    """One served model; `triton_model` speaks the vLLM-backend tensor contract.
+
+    In the TOML, `chat_template` and `tool_chat_template` are paths relative to the catalogue file;
+    the entry holds the loaded templates.
+    """
+
     chat_template: ChatTemplate
-    context_length: int
-    owned_by: str = "hubmesh"
-    created: int = 0
+    context_length: PositiveInt
     # renders tools, tool calls and tool results; None: chat_template does (it knows tools itself)
     tool_chat_template: ChatTemplate | None = None
+
+    @field_validator("chat_template", "tool_chat_template", mode="before")
+    @classmethod
+    def _read_template(cls, value: Any, info: ValidationInfo) -> Any:
+        if not isinstance(value, str):
+            return value  # already a ChatTemplate (or a type error for pydantic to report)
+        folder = (info.context or {}).get("catalog_dir")
+        if folder is None:
+            raise ValueError("a template path needs the catalogue's folder: load the entry with load_catalog")
+        path = Path(folder) / value
+        try:
+            source = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+            raise ValueError(f"cannot read the template {path}: {reason}") from None
+        try:
+            return ChatTemplate(source)
+        except TemplateSyntaxError as err:
+            raise ValueError(f"the template {path} does not parse: line {err.lineno}: {err.message}") from None
 
     @property
     def tool_template(self) -> ChatTemplate:
@@ -30,21 +54,4 @@ class ModelEntry:
 
 def load_catalog(path: Path) -> dict[str, ModelEntry]:
     """Reads a TOML catalogue; chat template paths are relative to the catalogue file."""
-    data = tomllib.loads(path.read_text())
-    entries = {}
-    for raw in data.get("models", []):
-        template = ChatTemplate((path.parent / raw["chat_template"]).read_text())
-        tool_template = raw.get("tool_chat_template")
-        entry = ModelEntry(
-            id=raw["id"],
-            triton_model=raw["triton_model"],
-            chat_template=template,
-            context_length=int(raw["context_length"]),
-            owned_by=raw.get("owned_by", "hubmesh"),
-            created=int(raw.get("created", 0)),
-            tool_chat_template=ChatTemplate((path.parent / tool_template).read_text()) if tool_template else None,
-        )
-        entries[entry.id] = entry
-    if not entries:
-        raise ValueError(f"{path}: no [[models]] entries")
-    return entries
+    return catalog.load_catalog(path, ModelEntry)

@@ -7,11 +7,12 @@ import math
 from collections.abc import AsyncIterator
 from typing import Any
 
+from hubmesh.common.v1 import common_pb2 as common_pb
 from hubmesh.text.v1 import text_generation_pb2 as pb
 from hubmesh.text.v1 import text_generation_pb2_grpc as pb_grpc
-from services.common.errors import InvalidArgument, ModelNotFound
-from services.common.channels import all_ready
+from services.common.errors import InvalidArgument
 from services.common.grpc_errors import abort_on_service_error
+from services.common.servicer import CatalogServicer
 from services.common.metrics import StreamTimer, count_tokens
 from services.common.telemetry import set_genai_attributes
 from services.text.backend import GenerationChunk, TextBackend
@@ -33,7 +34,7 @@ def _check_range(name: str, value: float, low: float, high: float, param: str | 
 
 def sampling_to_contract(sampling: pb.SamplingParameters, entry: ModelEntry) -> dict[str, Any]:
     """The `sampling_parameters` JSON of the vLLM-backend contract; validates every field."""
-    params: dict[str, Any] = {"n": sampling.n or 1}
+    params: dict[str, Any] = {"n": sampling.n if sampling.HasField("n") else 1}
     if not 1 <= params["n"] <= MAX_CHOICES:
         raise InvalidArgument(f"n must be between 1 and {MAX_CHOICES}, got {params['n']}", "n")
     if sampling.HasField("temperature"):
@@ -78,17 +79,16 @@ def sampling_to_contract(sampling: pb.SamplingParameters, entry: ModelEntry) -> 
     return params
 
 
-class TextGenerationServicer(pb_grpc.TextGenerationServicer):
+class TextGenerationServicer(CatalogServicer[ModelEntry], pb_grpc.TextGenerationServicer):
     """Chat and completion generation in front of a TextBackend (Triton in production)."""
 
-    def __init__(self, backend: TextBackend, catalog: dict[str, ModelEntry]) -> None:
-        self._backend = backend
-        self._catalog = catalog
+    _backend: TextBackend
+
+    def details(self, entry: ModelEntry) -> dict[str, Any]:
+        return {"text": common_pb.TextModelDetails(context_length=entry.context_length)}
 
     def _prepare(self, request: pb.GenerateRequest) -> tuple[ModelEntry, str, dict[str, Any], OutputPlan]:
-        entry = self._catalog.get(request.model)
-        if entry is None:
-            raise ModelNotFound(f"The model '{request.model}' does not exist", "model")
+        entry = self.entry(request.model)
         which = request.WhichOneof("input")
         plan = plan_output(request)
         if which == "chat":
@@ -113,10 +113,6 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
             request__choice__count=sampling["n"],
         )
         return entry, prompt, sampling, plan
-
-    async def is_ready(self) -> bool:
-        """Ready when every catalogued Triton model is ready."""
-        return await all_ready(self._backend, (entry.triton_model for entry in self._catalog.values()))
 
     @abort_on_service_error
     async def Generate(self, request: pb.GenerateRequest, context) -> pb.GenerateResponse:
@@ -177,13 +173,6 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
                 yield pb.GenerateStreamResponse(model=entry.id, deltas=deltas)
         _report(entry.id, usage, [_reason_name(finished[i]) for i in sorted(finished)])
         yield pb.GenerateStreamResponse(model=entry.id, usage=usage)
-
-    async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
-        models = [
-            pb.Model(id=e.id, owned_by=e.owned_by, created=e.created, context_length=e.context_length)
-            for e in self._catalog.values()
-        ]
-        return pb.ListModelsResponse(models=models)
 
 
 def _render_chat(entry: ModelEntry, request: pb.GenerateRequest, plan: OutputPlan) -> str:

@@ -10,6 +10,7 @@ import pytest
 
 from facade.app import create_app
 from facade.settings import Settings
+from services.common.errors import reason_and_field
 from hubmesh.embeddings.v1 import embeddings_pb2 as pb
 from hubmesh.embeddings.v1 import embeddings_pb2_grpc as pb_grpc
 from services.common.errors import InvalidArgument
@@ -59,7 +60,7 @@ async def test_model_errors_name_the_callers_input_index():
             await embed(target, inputs=inputs)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert err.value.details().startswith("input 1 has 300 tokens") or err.value.details().startswith("input 4 has")
-    assert dict(err.value.trailing_metadata())["hubmesh-param"] == "input"
+    assert reason_and_field(err.value) == ("INVALID_REQUEST", "input")
 
 
 async def test_dimensions_shorten_and_renormalise_where_supported():

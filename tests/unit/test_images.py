@@ -10,6 +10,7 @@ from PIL import Image
 
 from facade.app import create_app
 from facade.settings import Settings
+from services.common.errors import reason_and_field
 from hubmesh.images.v1 import images_pb2 as pb
 from hubmesh.images.v1 import images_pb2_grpc as pb_grpc
 from services.images.catalog import load_catalog
@@ -90,7 +91,7 @@ async def test_servicer_rejects_bad_requests(tmp_path, fields, param):
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await pb_grpc.ImagesStub(channel).Generate(pb.GenerateRequest(**request))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert dict(err.value.trailing_metadata())["hubmesh-param"] == param
+    assert reason_and_field(err.value) == ("INVALID_REQUEST", param)
 
 
 @pytest.fixture

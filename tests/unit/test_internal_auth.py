@@ -4,6 +4,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from hubmesh.common.v1 import common_pb2 as common_pb
+from services.common.errors import reason_and_field
 from hubmesh.text.v1 import text_generation_pb2 as pb
 from hubmesh.text.v1 import text_generation_pb2_grpc as pb_grpc
 from facade.clients import Clients
@@ -31,7 +33,7 @@ REQUEST = pb.GenerateRequest(model=MODEL, prompt="hi")
 async def test_calls_without_the_secret_are_unauthenticated(target):
     async with grpc.aio.insecure_channel(target) as channel:
         stub = pb_grpc.TextGenerationStub(channel)
-        for call in (lambda: stub.Generate(REQUEST), lambda: stub.ListModels(pb.ListModelsRequest())):
+        for call in (lambda: stub.Generate(REQUEST), lambda: stub.ListModels(common_pb.ListModelsRequest())):
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await call()
             assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
@@ -44,10 +46,10 @@ async def test_calls_without_the_secret_are_unauthenticated(target):
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def _facade_metadata(secret: str) -> list[tuple[str, str]]:
+def _facade_metadata(secret: str) -> tuple[tuple[str, str], ...]:
     """What the façade sends with every call (its Clients carry the configured secret)."""
     clients = Clients(text=None, embeddings=None, images=None, health={}, timeout_s=5.0, internal_secret=secret)
-    return clients.metadata("alice", "end-user-1")
+    return clients.metadata
 
 
 async def test_wrong_secret_rejected_and_right_secret_accepted(target):
@@ -56,8 +58,9 @@ async def test_wrong_secret_rejected_and_right_secret_accepted(target):
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.Generate(REQUEST, metadata=_facade_metadata("guess"))
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert reason_and_field(err.value) == ("NOT_FROM_FACADE", None)
         metadata = _facade_metadata("internal-s3cret")
-        assert ("hubmesh-subject", "alice") in metadata and ("hubmesh-user", "end-user-1") in metadata
+        assert metadata == (("hubmesh-internal-secret", "internal-s3cret"),)  # who the call is for: in the message
         assert (await stub.Generate(REQUEST, metadata=metadata)).choices[0].text == "ok"
         assert [m async for m in stub.GenerateStream(REQUEST, metadata=metadata)][-1].HasField("usage")
-        assert (await stub.ListModels(pb.ListModelsRequest(), metadata=metadata)).models
+        assert (await stub.ListModels(common_pb.ListModelsRequest(), metadata=metadata)).models

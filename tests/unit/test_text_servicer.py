@@ -6,6 +6,8 @@ import json
 import grpc
 import pytest
 
+from services.common.errors import reason_and_field
+from hubmesh.common.v1 import common_pb2 as common_pb
 from hubmesh.text.v1 import text_generation_pb2 as pb
 from hubmesh.text.v1 import text_generation_pb2_grpc as pb_grpc
 from services.common.errors import InvalidArgument
@@ -108,8 +110,8 @@ async def test_cancelling_the_call_closes_the_backend_generation():
 
 async def test_list_models_comes_from_the_catalogue():
     async with running_text_service(FakeTextBackend()) as target, grpc.aio.insecure_channel(target) as channel:
-        reply = await pb_grpc.TextGenerationStub(channel).ListModels(pb.ListModelsRequest())
-    assert [(m.id, m.context_length) for m in reply.models] == [(MODEL, 8192)]
+        reply = await pb_grpc.TextGenerationStub(channel).ListModels(common_pb.ListModelsRequest())
+    assert [(m.id, m.text.context_length) for m in reply.models] == [(MODEL, 8192)]
 
 
 WEATHER = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
@@ -218,4 +220,4 @@ async def test_unknown_named_function_is_invalid_argument_with_param():
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await pb_grpc.TextGenerationStub(channel).Generate(tools_request("get_time"))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert dict(err.value.trailing_metadata())["hubmesh-param"] == "tool_choice"
+    assert reason_and_field(err.value) == ("INVALID_REQUEST", "tool_choice")

@@ -20,4 +20,4 @@ async def test_no_instrumentation_when_tracing_is_off(aiohttp_client):
     clients = app[CLIENTS]
     for method in (clients.text.Generate, clients.text.GenerateStream, clients.embeddings.Embed):
         assert not method._interceptors  # grpc.aio's multicallables keep their channel's interceptors here
-    assert ("hubmesh-internal-secret", "s3cret") in clients.metadata("", None)
+    assert ("hubmesh-internal-secret", "s3cret") in clients.metadata

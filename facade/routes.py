@@ -1,0 +1,50 @@
+"""Every URL the façade serves, in one table: the app registers it (facade/app.py), the auth and
+admission middlewares and the access log read each request's Route (facade/routing.py), and
+/openapi.json is generated from it (facade/openapi.py)."""
+
+from __future__ import annotations
+
+from facade.api import chat, completions, embeddings, images, models
+from facade.api.chat import ChatCompletionRequest
+from facade.api.completions import CompletionRequest
+from facade.api.embeddings import EmbeddingRequest
+from facade.api.images import ImageRequest
+from facade.api.responses import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    Completion,
+    EmbeddingList,
+    ImagesResponse,
+    Model,
+    ModelList,
+)
+from facade.observability import metrics_endpoint
+from facade.openapi import openapi
+from facade.probes import health, ready
+from facade.routing import Route
+
+# aiohttp matches in this order
+ROUTES: tuple[Route, ...] = (
+    Route("GET", "/health", health, public=True, admitted=False),
+    Route("GET", "/ready", ready, public=True, admitted=False),
+    Route("GET", "/metrics", metrics_endpoint, public=True, admitted=False),
+    Route("GET", "/openapi.json", openapi, public=True, admitted=False),
+    Route("GET", "/v1/models", models.list_models, family="models", operation="list_models",
+          summary="List models", response=ModelList),
+    # ids may contain '/', e.g. HuggingFaceTB/SmolLM2-135M-Instruct
+    Route("GET", "/v1/models/{model:.+}", models.retrieve_model, family="models", operation="list_models",
+          summary="Retrieve a model", response=Model),
+    Route("POST", "/v1/chat/completions", chat.create_chat_completion, family="chat", operation="chat",
+          summary="Create a chat completion", request=ChatCompletionRequest, response=ChatCompletion,
+          stream=ChatCompletionChunk),
+    Route("POST", "/v1/completions", completions.create_completion, family="completions",
+          operation="text_completion", summary="Create a completion", request=CompletionRequest,
+          response=Completion, stream=Completion),
+    Route("POST", "/v1/embeddings", embeddings.create_embeddings, family="embeddings", operation="embeddings",
+          summary="Create embeddings", request=EmbeddingRequest, response=EmbeddingList),
+    Route("POST", "/v1/images/generations", images.create_image, family="images", operation="image_generation",
+          summary="Create images", request=ImageRequest, response=ImagesResponse),
+    # the downloads behind `url`: a credential, or a signed link alone (auth_middleware's allow)
+    Route("GET", images.FILES_PREFIX + "{image_id}", images.download_image, family="images",
+          operation="image_generation"),
+)
