@@ -7,6 +7,7 @@ import logging
 import grpc
 from aiohttp import web
 
+from facade.api.responses import ErrorResponse
 from facade.jsonio import json_response
 from services.common.errors import reason_and_field
 
@@ -33,7 +34,7 @@ class OpenAIError(Exception):
         self.code = code
         self.headers = headers or {}
 
-    def body(self) -> dict:
+    def body(self) -> ErrorResponse:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
     def response(self) -> web.Response:

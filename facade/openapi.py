@@ -5,6 +5,8 @@ here is written by hand, so the document cannot drift from the wire."""
 
 from __future__ import annotations
 
+import copy
+import functools
 from collections.abc import Iterable
 from typing import Any
 
@@ -39,9 +41,9 @@ class _Schemas:
             raise ValueError(f"two different schemas are named {name!r} in the OpenAPI document")
 
     def _add(self, name: str, schema: dict) -> str:
-        for def_name, definition in schema.pop("$defs", {}).items():
+        for def_name, definition in schema.get("$defs", {}).items():
             self._put(def_name, definition)
-        self._put(name, schema)
+        self._put(name, {key: value for key, value in schema.items() if key != "$defs"})
         return REF.format(model=name)
 
     def request(self, model: type[pydantic.BaseModel]) -> str:
@@ -49,7 +51,13 @@ class _Schemas:
         return self._add(f"Create{model.__name__}", model.model_json_schema(ref_template=REF))
 
     def response(self, typed_dict: type) -> str:
-        return self._add(typed_dict.__name__, pydantic.TypeAdapter(typed_dict).json_schema(ref_template=REF))
+        return self._add(typed_dict.__name__, copy.deepcopy(_typed_dict_schema(typed_dict)))
+
+
+@functools.cache
+def _typed_dict_schema(typed_dict: type) -> dict:
+    """A TypedDict's JSON schema, $defs included (made once per type: every app builds the document)."""
+    return pydantic.TypeAdapter(typed_dict).json_schema(ref_template=REF)
 
 
 def _json(ref: str) -> dict:

@@ -239,7 +239,7 @@ def test_tritons_close_connections_so_clients_find_new_replicas(manifests, modal
     (age,) = flag_values(args, "--grpc-max-connection-age")
     (grace,) = flag_values(args, "--grpc-max-connection-age-grace")
     # a call still running when its connection ages out gets the grace period, then is cut
-    longest = import_module(f"services.{modality}.settings").Settings.triton_timeout_s
+    longest = import_module(f"services.{modality}.settings").Settings().triton_timeout_s
     assert int(age) <= 600_000 and int(grace) >= longest * 1000 + 30_000, (age, grace, longest)
 
 

@@ -1,7 +1,6 @@
 """Embeddings servicer (fake backend, in-process gRPC) and the façade's /v1/embeddings."""
 
 import base64
-import dataclasses
 from pathlib import Path
 
 import grpc
@@ -64,7 +63,7 @@ async def test_model_errors_name_the_callers_input_index():
 
 
 async def test_dimensions_shorten_and_renormalise_where_supported():
-    catalog = {MODEL: dataclasses.replace(CATALOG[MODEL], supports_dimensions=True, dimensions=4)}
+    catalog = {MODEL: CATALOG[MODEL].model_copy(update={"supports_dimensions": True, "dimensions": 4})}
     async with embeddings_service(FakeEmbeddingsBackend(dims=4), catalog) as target:
         reply = await embed(target, inputs=[pb.EmbedInput(text="x")], dimensions=2)
     vector = np.frombuffer(reply.embeddings[0].vector_f32le, dtype="<f4")

@@ -192,3 +192,33 @@ async def test_the_document_references_only_what_it_defines(stack):
     message = schemas["ChatCompletionMessage"]
     assert message["properties"]["content"] == {"anyOf": [{"type": "string"}, {"type": "null"}], "title": "Content"}
     assert "tool_calls" in schemas["ChatCompletionChoice"]["properties"]["finish_reason"]["enum"]
+
+
+def test_the_check_catches_drift():
+    import jsonschema
+
+    from facade.openapi import build_document
+    from facade.routes import ROUTES
+
+    doc = Conformance(build_document(ROUTES))
+    good = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": MODEL, "system_fingerprint": "fp",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": None, "refusal": None},
+                         "logprobs": None, "finish_reason": "tool_calls"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}}
+    doc.component("ChatCompletion", good)
+    message = good["choices"][0]["message"]
+    drifted = [
+        {**good, "extra": 1},  # a field sent but not documented
+        {**good, "choices": [{**good["choices"][0], "message": {k: v for k, v in message.items() if k != "refusal"}}]},
+        {**good, "choices": [{**good["choices"][0], "finish_reason": None}]},  # null where it never is
+        {**good, "choices": [{**good["choices"][0], "finish_reason": "content_filter"}]},  # never sent here
+        {**good, "usage": None},
+    ]
+    for body in drifted:
+        with pytest.raises(jsonschema.ValidationError):
+            doc.component("ChatCompletion", body)
+    chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": MODEL, "system_fingerprint": "fp",
+             "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": None}], "usage": None}
+    doc.validate(doc.schema("POST", "/v1/chat/completions", 200, "text/event-stream"), chunk)
+    with pytest.raises(jsonschema.ValidationError):
+        doc.component("ChatCompletionChunk", {**chunk, "choices": [{**chunk["choices"][0], "delta": {"refusal": None}}]})

@@ -140,9 +140,7 @@ class TritonPythonModel:
         prompt = _string(request, "text_input") or ""
         stream = _flag(request, "stream", False)
         raw = json.loads(_string(request, "sampling_parameters") or "{}")
-        cfg = SamplingConfig.from_json_dict(raw, self.n_vocab)
-        if cfg.n < 1:
-            raise InvalidSampling("n must be at least 1")
+        cfg = SamplingConfig.from_json_dict(raw, self.n_vocab)  # its limits are the text service's
         prompt_tokens = self.llm.tokenize(prompt.encode("utf-8"), add_bos=self.add_bos, special=True)
         if not prompt_tokens:
             raise InvalidSampling("the prompt is empty")
