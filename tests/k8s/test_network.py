@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-
 from tests.k8s.manifests import FACADE_PORT, GRPC_PORTS, METRICS_PORT, MODALITIES, TRITON_PORTS, Manifests, env_value, url_host
 from tests.k8s.render import ROOT, render
 
