@@ -1,0 +1,89 @@
+"""Contract testing with schemathesis against the real stack: OpenAI's own OpenAPI document (the six
+operations hubmesh serves) and hubmesh's GET /openapi.json (all of it).
+
+Every case must get no 5xx, a body that conforms to the document, a documented content type and,
+for event streams, `data:` events that each conform, ending with [DONE] (tests/e2e/contract.py).
+Run alone: .venv/bin/python -m pytest tests/e2e/test_contract_e2e.py -q; with
+HUBMESH_CONTRACT_KEEP_GOING=1 it lists every distinct failure instead of stopping at an operation's first.
+"""
+
+import pytest
+import schemathesis
+
+from tests.e2e.conftest import KEY, MODEL
+from tests.e2e.contract import (
+    KEEP_GOING,
+    OPENAI_OPERATIONS,
+    Contract,
+    EventSchemas,
+    Served,
+    Waiver,
+    load_hubmesh_schema,
+    load_openai_schema,
+)
+
+pytestmark = pytest.mark.e2e
+
+# Every accepted deviation from a document, each for one field of one check of one operation, with
+# its reason. 5xx are never waived (Waiver refuses it).
+WAIVERS: tuple[Waiver, ...] = (
+    # OpenAI's document gives createCompletion's 200 only as application/json, yet documents
+    # `stream: true` (events are CreateCompletionResponse objects, "both the streamed and
+    # non-streamed response objects share the same shape"): its event stream is a gap of the
+    # document. The events themselves are still validated by sse_conformance.
+    Waiver("openai", "createCompletion", "content_type_conformance", None, stream=True,
+           reason="OpenAI's spec omits text/event-stream from createCompletion's 200"),
+)
+
+SERVED = {"text": MODEL, "embeddings": "sentence-transformers/all-MiniLM-L6-v2", "images": "hubmesh/tiny-sd-noise-test"}
+
+
+@pytest.fixture(scope="session")
+def openai_document():
+    """OpenAI's document (3 MB of YAML), loaded once."""
+    return load_openai_schema()
+
+
+@pytest.fixture(scope="session")
+def hubmesh_document(stack):
+    return load_hubmesh_schema(stack.config.base_url.removesuffix("/v1"))
+
+
+@pytest.fixture(scope="module")
+def contract(request, stack, openai_document, hubmesh_document):
+    root = stack.config.base_url.removesuffix("/v1")
+    contract = Contract(
+        key=KEY,
+        served=Served.fetch(stack.config.base_url, KEY, SERVED),
+        waivers=WAIVERS,
+        # OpenAI's paths are relative to https://api.openai.com/v1, hubmesh's start with /v1
+        base_urls={"openai": stack.config.base_url, "hubmesh": root},
+        events={"openai": EventSchemas(openai_document.raw_schema),
+                "hubmesh": EventSchemas(hubmesh_document.raw_schema)},
+    )
+    yield contract
+    with request.config.pluginmanager.get_plugin("capturemanager").global_and_fixture_disabled():
+        print("\n".join(contract.summary()), flush=True)
+    if KEEP_GOING:  # otherwise each failure has failed its test already
+        assert not contract.failures, f"{len(contract.failures)} distinct contract failures (see the summary above)"
+
+
+@pytest.fixture(autouse=True)
+def _schemathesis_nodeid_shim(request):
+    # schemathesis 4.32's from_fixture() reads and rewrites Node._nodeid, which pytest 9.2 no longer has
+    if not hasattr(request.node, "_nodeid"):
+        request.node._nodeid = request.node.nodeid
+
+
+openai = schemathesis.pytest.from_fixture("openai_document").include(operation_id=list(OPENAI_OPERATIONS))
+hubmesh = schemathesis.pytest.from_fixture("hubmesh_document")
+
+
+@openai.parametrize()
+def test_openai_document(case, contract):
+    contract.run(case, "openai")
+
+
+@hubmesh.parametrize()
+def test_hubmesh_document(case, contract):
+    contract.run(case, "hubmesh")
