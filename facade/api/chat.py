@@ -38,7 +38,7 @@ from hubmesh.common.v1 import common_pb2 as common_pb
 from facade.errors import invalid
 from facade.jsonio import json_response
 
-ROLES = ("system", "developer", "user", "assistant", "tool")
+Role = Literal["system", "developer", "user", "assistant", "tool"]
 NAME_PATTERN = r"^[a-zA-Z0-9_-]{1,64}$"  # OpenAI's rule for function and schema names
 TOOL_CHOICE_MODES = {"none": pb.TOOL_CHOICE_MODE_NONE, "auto": pb.TOOL_CHOICE_MODE_AUTO,
                      "required": pb.TOOL_CHOICE_MODE_REQUIRED}
@@ -69,18 +69,11 @@ class ToolCall(BaseModel):
 
 class Message(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
-    role: StrictStr
+    role: Role
     content: StrictStr | list[TextPart] | None = None
     name: StrictStr | None = None
     tool_calls: list[ToolCall] | None = None
     tool_call_id: StrictStr | None = None
-
-    @field_validator("role")
-    @classmethod
-    def _role(cls, value: str) -> str:
-        if value not in ROLES:
-            raise ValueError(f"'{value}' is not a supported role; use one of {', '.join(ROLES)}")
-        return value
 
     @field_validator("content")
     @classmethod

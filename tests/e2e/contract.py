@@ -45,24 +45,28 @@ OPENAI_OPERATIONS = (
     "createChatCompletion", "createCompletion", "listModels", "retrieveModel", "createEmbedding", "createImage",
 )
 CHECK_NAMES = ("not_a_server_error", "response_schema_conformance", "content_type_conformance", "sse_conformance")
-# set to 1 to record every distinct failure and go on (a survey); the run then fails once, at the end
+# set to 1 to record every distinct failure and go on; the run then fails once, at the end
 KEEP_GOING = os.environ.get("HUBMESH_CONTRACT_KEEP_GOING") == "1"
 
 # -- run size -------------------------------------------------------------------------------------
 # Generation is derandomized (same cases every run) and never shrinks (a shrink replays the stack
 # hundreds of times). Besides these fuzzing examples schemathesis adds the document's examples and
 # its coverage cases (boundary and negative values of every field), a fixed set per document.
-SEED = 20241201
+# A survey beyond the fixed run: HUBMESH_CONTRACT_SEED=<n> draws other cases, HUBMESH_CONTRACT_SCALE=<k>
+# k times as many fuzzing examples (with HUBMESH_CONTRACT_KEEP_GOING=1 to list every distinct failure).
+SEED = int(os.environ.get("HUBMESH_CONTRACT_SEED", "20241201"))
+SCALE = float(os.environ.get("HUBMESH_CONTRACT_SCALE", "1"))
 MAX_EXAMPLES = {  # fuzzing examples per operation, by path (hubmesh's own paths start with /v1)
-    ("POST", "/chat/completions"): 40,
-    ("POST", "/completions"): 25,
-    ("POST", "/embeddings"): 25,
-    ("POST", "/images/generations"): 12,
-    ("GET", "/models"): 10,
-    ("GET", "/models/{model}"): 20,
+    ("POST", "/chat/completions"): 150,
+    ("POST", "/completions"): 100,
+    ("POST", "/embeddings"): 60,
+    ("POST", "/images/generations"): 40,
+    ("GET", "/models"): 15,
+    ("GET", "/models/{model}"): 40,
 }
 CAP_TOKENS = 8  # max_tokens / max_completion_tokens
 CAP_N = 2  # n (and best_of) of text generation; images get n=1
+SMALL_IMAGE = 256  # mostly 256x256 pictures (see prepare)
 REQUEST_TIMEOUT_S = 120
 
 
@@ -74,8 +78,11 @@ def schemathesis_config(prefix: str = "") -> schemathesis.Config:
         "generation": {"deterministic": True, "no-shrink": True, "database": "none"},
         "request-timeout": REQUEST_TIMEOUT_S,
         "max-stream-events": 100_000,  # a capped stream is a few dozen events: read it to [DONE]
+        # reproducers show every field (max_tokens too), the API key excepted, and more of each body
+        "output": {"sanitization": {"keys-to-sanitize": ["authorization"], "sensitive-markers": ["authorization"]},
+                   "truncation": {"max-payload-size": 2048}},
         "operations": [
-            {"include-name": f"{method} {prefix}{path}", "generation": {"max-examples": n}}
+            {"include-name": f"{method} {prefix}{path}", "generation": {"max-examples": max(1, round(n * SCALE))}}
             for (method, path), n in MAX_EXAMPLES.items()
         ],
     })
@@ -178,9 +185,14 @@ def prepare(case: schemathesis.Case, served: Served, key: str) -> None:
     body, family = case.body, FAMILIES.get(path)
     if family is None or not isinstance(body, dict):
         return
-    if isinstance(body.get("model"), str):
+    if isinstance(body.get("model"), str) or (family == "images" and body.get("model") is None):
+        # (OpenAI's images `model` is optional and nullable, defaulting to its own; hubmesh wants one)
         body["model"] = served.by_family[family]
     if family == "text":
+        if "stream" not in body and _digest(body) % 2:
+            # a generated body seldom both streams and is otherwise acceptable: half of those that
+            # leave `stream` out ask for one, so that sse_conformance sees streams of every kind
+            body["stream"] = True
         for name in ("n", "best_of"):  # each multiplies the generations
             _cap(body, name, CAP_N)
         limits = ("max_completion_tokens", "max_tokens") if path == "/chat/completions" else ("max_tokens",)
@@ -188,8 +200,52 @@ def prepare(case: schemathesis.Case, served: Served, key: str) -> None:
             _cap(body, name, CAP_TOKENS)
         if all(body.get(name) is None for name in limits):  # chat's default is "until the context is full"
             body[limits[0]] = CAP_TOKENS
-    elif family == "images" and _is_number(body.get("n")):
-        body["n"] = 1
+    elif family == "images":
+        if _is_number(body.get("n")):
+            body["n"] = 1
+        # a 1024x1024 picture takes ~2 s of the CPU pipeline, 256x256 ~0.3 s: seven cases in eight
+        # that would draw a bigger one (the default included) draw the smallest size instead
+        size = body.get("size")
+        big = re.fullmatch(r"(\d+)([x*])(\d+)", size) if isinstance(size, str) else None
+        if (size is None or (big and int(big[1]) * int(big[3]) > SMALL_IMAGE ** 2)) and _digest(body) % 8:
+            body["size"] = f"{SMALL_IMAGE}{big[2] if big else 'x'}{SMALL_IMAGE}"
+
+
+# Streams that must work, replayed besides the generated cases (which seldom both stream and are
+# otherwise acceptable): every kind of event a stream can carry, for chat and completions.
+WEATHER_TOOL = {"type": "function", "function": {
+    "name": "get_weather", "description": "Weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+HELLO = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Say hello."}]
+STREAM_CASES = {  # id -> (path, body); prepare() names the served model and caps the tokens
+    "chat": ("/chat/completions", {"messages": HELLO, "stream": True}),
+    "chat-n2-usage": ("/chat/completions", {"messages": HELLO, "stream": True, "n": 2,
+                                            "stream_options": {"include_usage": True}}),
+    "chat-greedy-stop": ("/chat/completions", {"messages": HELLO, "stream": True, "temperature": 0, "stop": ["\n", "."],
+                                               "seed": 7, "max_completion_tokens": 4}),
+    "chat-one-token": ("/chat/completions", {"messages": HELLO, "stream": True, "max_tokens": 1}),
+    "chat-tool-required": ("/chat/completions", {
+        "messages": [{"role": "user", "content": "Weather in Paris?"}], "stream": True, "tools": [WEATHER_TOOL],
+        "tool_choice": "required", "stream_options": {"include_usage": True}}),
+    "chat-tool-named": ("/chat/completions", {
+        "messages": [{"role": "user", "content": "Weather in Paris?"}], "stream": True, "tools": [WEATHER_TOOL],
+        "tool_choice": {"type": "function", "function": {"name": "get_weather"}}, "n": 2}),
+    "chat-json-object": ("/chat/completions", {"messages": HELLO, "stream": True,
+                                               "response_format": {"type": "json_object"}}),
+    "chat-tool-history": ("/chat/completions", {"stream": True, "tools": [WEATHER_TOOL], "messages": [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function",
+                                                               "function": {"name": "get_weather",
+                                                                            "arguments": "{\"city\": \"Paris\"}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "Sunny, 21 C"}]}),
+    "completion": ("/completions", {"prompt": "Say this is a test", "stream": True}),
+    "completion-n2-usage": ("/completions", {"prompt": "Once upon a time", "stream": True, "n": 2,
+                                             "stream_options": {"include_usage": True}}),
+    "completion-two-prompts": ("/completions", {"prompt": ["Roses are", "The sky is"], "stream": True,
+                                                "temperature": 0}),
+    "completion-echo": ("/completions", {"prompt": "1, 2, 3,", "stream": True, "echo": True, "max_tokens": 3}),
+}
+STREAM_CASES = {name: (path, {"model": "served", **body}) for name, (path, body) in STREAM_CASES.items()}
 
 
 # -- server-sent events ---------------------------------------------------------------------------
@@ -232,30 +288,21 @@ class EventSchemas:
             DOCUMENT_URI, Resource.from_contents(self._document, default_specification=DRAFT202012))
         self._validators: dict[tuple[str, str], Draft202012Validator | None] = {}
 
-    def _resolve(self, node: dict) -> dict:
-        while isinstance(node, dict) and "$ref" in node and node["$ref"].startswith("#/"):
-            for token in node["$ref"][2:].split("/"):
-                node = node[token.replace("~1", "/").replace("~0", "~")]
-        return node
-
     def validator(self, method: str, path: str) -> Draft202012Validator | None:
         key = (method.lower(), path)
         if key not in self._validators:
-            response = self._resolve(self._document["paths"][path][key[0]]["responses"].get("200", {}))
+            where: tuple[str, ...] = ("paths", path, key[0], "responses", "200")
+            response = self._document["paths"][path][key[0]]["responses"].get("200", {})
+            if "$ref" in response:  # e.g. #/components/responses/...
+                where = tuple(t.replace("~1", "/").replace("~0", "~") for t in response["$ref"][2:].split("/"))
+                response = self._document
+                for token in where:
+                    response = response[token]
             content = response.get("content", {})
-            for media_type in ("text/event-stream", "application/json"):
-                if "schema" in content.get(media_type, {}):
-                    break
-            else:
-                self._validators[key] = None
-                return None
-            pointer = "/".join(_pointer_token(t) for t in ("paths", path, key[0], "responses", "200", "content",
-                                                          media_type, "schema"))
-            if "$ref" in self._document["paths"][path][key[0]]["responses"]["200"]:
-                pointer = self._document["paths"][path][key[0]]["responses"]["200"]["$ref"][2:] + \
-                    "/" + "/".join(_pointer_token(t) for t in ("content", media_type, "schema"))
-            self._validators[key] = Draft202012Validator({"$ref": f"{DOCUMENT_URI}#/{pointer}"},
-                                                         registry=self._registry)
+            media_type = next((m for m in ("text/event-stream", "application/json") if "schema" in content.get(m, {})), None)
+            self._validators[key] = None if media_type is None else Draft202012Validator(
+                {"$ref": f"{DOCUMENT_URI}#/" + "/".join(map(_pointer_token, (*where, "content", media_type, "schema")))},
+                registry=self._registry)
         return self._validators[key]
 
 
@@ -271,17 +318,27 @@ def pointer(path: Iterable[Any], message: str = "") -> str:
     return "/" + "/".join(tokens)
 
 
-def _leaves(error: ValidationError) -> list[ValidationError]:
-    """The specific errors under an anyOf/oneOf (the branch that matched best)."""
+def _leaf(error: ValidationError) -> ValidationError:
+    """The specific error under an anyOf/oneOf (in the branch that matched best)."""
     while error.context:
-        error = best_match(error.context)
-    return [error]
+        # a nullable field's null branch fails too; the other branch says what is wrong
+        error = best_match([e for e in error.context if e.schema != {"type": "null"}] or error.context)
+    return error
 
 
 @dataclass
 class Problem:
     field: str
     message: str
+
+
+class StreamProblems(AssertionError):
+    """What sse_conformance raises: its message lists the problems, `fields` names them."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.fields = tuple(sorted({p.field for p in problems}))
+        super().__init__(f"{len(problems)} event-stream problem(s):\n" +
+                         "\n".join(f"- {p.field}: {p.message}" for p in problems[:20]))
 
 
 def parse_event_stream(content: bytes) -> tuple[list[str], bool]:
@@ -308,7 +365,7 @@ def stream_problems(content: bytes, events_validator: Draft202012Validator | Non
         problems.append(Problem("/", "the body does not end on an event boundary (a blank line)"))
     if not events or events[-1] != "[DONE]":
         problems.append(Problem("/", f"the last event is {events[-1][:200]!r}, not [DONE]" if events else "no data: events"))
-    errored = False
+    errored, reported = False, set()  # a schema error is reported once, at its first event
     for index, data in enumerate(events):
         where = f"event #{index}"
         if data == "[DONE]":
@@ -326,10 +383,11 @@ def stream_problems(content: bytes, events_validator: Draft202012Validator | Non
             errored, validator = True, ERROR_VALIDATOR
         else:
             validator = events_validator
-        for error in (validator.iter_errors(event) if validator is not None else ()):
-            for leaf in _leaves(error):
-                problems.append(Problem(pointer(leaf.absolute_path, leaf.message),
-                                        f"{where}: {leaf.message[:300]} (at {pointer(leaf.absolute_path)}): {data[:300]}"))
+        for error in map(_leaf, validator.iter_errors(event) if validator is not None else ()):
+            key = (pointer(error.absolute_path, error.message), error.message[:300])
+            if key not in reported:
+                reported.add(key)
+                problems.append(Problem(key[0], f"{key[1]} (first at {where}: {data[:300]})"))
     return problems, len(events)
 
 
@@ -408,9 +466,8 @@ class Contract:
                     failures = list(group.exceptions)
                 except Failure as failure:
                     failures = [failure]
-                kept = [f for f in failures
-                        if name == "not_a_server_error"
-                        or not self._waived(document, case, name, failure_pointer(f) if name != "content_type_conformance" else None, response)]
+                kept = [f for f in failures if name == "not_a_server_error"
+                        or not self._waived(document, case, name, failure_pointer(f), response)]
                 if len(kept) == 1:
                     raise kept[0]
                 if kept:
@@ -431,8 +488,7 @@ class Contract:
             self.stream_events[(document, case.operation.label)] += count
             problems = [p for p in problems if not self._waived(document, case, "sse_conformance", p.field, response)]
             if problems:
-                raise AssertionError(f"{len(problems)} event-stream problem(s):\n" +
-                                     "\n".join(f"- {p.field}: {p.message}" for p in problems[:20]))
+                raise StreamProblems(problems)
             return None
 
         return [
@@ -443,13 +499,14 @@ class Contract:
         ]
 
     # -- one case
-    def run(self, case: schemathesis.Case, document: str) -> None:
+    def run(self, case: schemathesis.Case, document: str, phase: str | None = None) -> None:
         if document not in self._checks:
             self._checks[document] = self.checks(document)
+            self.events[document] = EventSchemas(case.operation.schema.raw_schema)
         prepare(case, self.served, self.key)
         label = case.operation.label
-        phase = case.meta.phase.name.value if case.meta is not None else "?"
-        mode = case.meta.generation.mode.value if case.meta is not None else "?"
+        phase = phase or (case.meta.phase.name.value if case.meta is not None else "?")
+        mode = case.meta.generation.mode.value if case.meta is not None else "positive"
         self.cases[(document, label, phase, mode)] += 1
         response = case.call(base_url=self.base_urls[document], timeout=REQUEST_TIMEOUT_S)
         self.statuses[(document, label)][response.status_code] += 1
@@ -460,8 +517,9 @@ class Contract:
         except (Failure, FailureGroup) as exc:
             failures = exc.exceptions if isinstance(exc, FailureGroup) else (exc,)
             for failure in failures:
-                signature = (document, label, type(failure).__name__, failure.title,
-                             failure_pointer(failure) or getattr(failure, "status_code", "") or failure.message[:120])
+                what = (failure_pointer(failure) or getattr(getattr(failure, "exception", None), "fields", None)
+                        or getattr(failure, "status_code", None) or failure.message[:120])
+                signature = (document, label, failure.title, what)
                 self.failures.setdefault(signature, str(exc)[:4000])
             if not KEEP_GOING:
                 raise
@@ -486,10 +544,11 @@ class Contract:
                 lines.append(f"  {'':7} {'':32} 4xx by param: " + ", ".join(f"{r} {n}" for r, n in common))
         lines.append(f"  total: {total} cases, {len(self.failures)} distinct failures")
         for waiver in self.waivers:
-            lines.append(f"  waiver {waiver.document}/{waiver.operation}/{waiver.check}/{waiver.field}: "
-                         f"applied {self.waived[waiver]} times")
+            used = self.waived[waiver]
+            lines.append(f"  waiver {waiver.document} {waiver.operation} {waiver.check} {waiver.field or ''}: "
+                         + (f"applied {used} times" if used else "not needed in this run (stale?)"))
         for signature, report in self.failures.items():
             lines.append(f"  FAILURE {signature}")
             if KEEP_GOING:
-                lines.extend("    " + line for line in report.splitlines())
+                lines.extend("    " + line for line in report.splitlines()[:40])
         return lines
