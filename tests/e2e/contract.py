@@ -104,13 +104,14 @@ def load_hubmesh_schema(root_url: str) -> schemathesis.BaseSchema:
 
 
 # -- waivers --------------------------------------------------------------------------------------
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Waiver:
     """One accepted deviation: one check of one operation, for one field of the response.
 
     field is the JSON pointer of the offending value with array indices as `*` (for a missing
     required property, the pointer of that property); None only for content_type_conformance,
-    which has no field. stream narrows it to event streams (True) or JSON bodies (False).
+    which has no field. stream narrows it to event streams (True) or JSON bodies (False);
+    request to requests whose body has these values.
     """
 
     document: str  # "openai" or "hubmesh"
@@ -119,6 +120,7 @@ class Waiver:
     field: str | None
     reason: str
     stream: bool | None = None
+    request: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         assert self.document in ("openai", "hubmesh"), self
@@ -126,9 +128,11 @@ class Waiver:
         assert (self.field is None) == (self.check == "content_type_conformance"), self
         assert self.reason.strip(), self
 
-    def matches(self, document: str, operation: tuple[str, ...], check: str, pointer: str | None, stream: bool) -> bool:
+    def matches(self, document: str, operation: tuple[str, ...], check: str, pointer: str | None, stream: bool,
+                body: Any) -> bool:
         return (self.document == document and self.operation in operation and self.check == check
-                and self.field == pointer and self.stream in (None, stream))
+                and self.field == pointer and self.stream in (None, stream)
+                and all(isinstance(body, dict) and body.get(k) == v for k, v in (self.request or {}).items()))
 
 
 # -- per-case preparation -------------------------------------------------------------------------
@@ -211,13 +215,14 @@ def prepare(case: schemathesis.Case, served: Served, key: str) -> None:
             body["size"] = f"{SMALL_IMAGE}{big[2] if big else 'x'}{SMALL_IMAGE}"
 
 
-# Streams that must work, replayed besides the generated cases (which seldom both stream and are
-# otherwise acceptable): every kind of event a stream can carry, for chat and completions.
+# Requests that must work, replayed besides the generated cases (which seldom both stream and are
+# otherwise acceptable): every kind of event a stream can carry, for chat and completions, and every
+# form of an embeddings or images answer.
 WEATHER_TOOL = {"type": "function", "function": {
     "name": "get_weather", "description": "Weather in a city",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
 HELLO = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Say hello."}]
-STREAM_CASES = {  # id -> (path, body); prepare() names the served model and caps the tokens
+KNOWN_REQUESTS = {  # id -> (path, body); prepare() names the served model and caps the tokens
     "chat": ("/chat/completions", {"messages": HELLO, "stream": True}),
     "chat-n2-usage": ("/chat/completions", {"messages": HELLO, "stream": True, "n": 2,
                                             "stream_options": {"include_usage": True}}),
@@ -244,8 +249,13 @@ STREAM_CASES = {  # id -> (path, body); prepare() names the served model and cap
     "completion-two-prompts": ("/completions", {"prompt": ["Roses are", "The sky is"], "stream": True,
                                                 "temperature": 0}),
     "completion-echo": ("/completions", {"prompt": "1, 2, 3,", "stream": True, "echo": True, "max_tokens": 3}),
+    "embeddings-float": ("/embeddings", {"input": ["A man is playing a guitar.", "Hello"], "encoding_format": "float"}),
+    "embeddings-base64": ("/embeddings", {"input": "The food was delicious", "encoding_format": "base64"}),
+    "embeddings-token-ids": ("/embeddings", {"input": [[101, 7592, 102]]}),
+    "image-b64": ("/images/generations", {"prompt": "A sunset", "size": "256x256", "response_format": "b64_json"}),
+    "image-url": ("/images/generations", {"prompt": "A sunset", "size": "256x256", "response_format": "url"}),
 }
-STREAM_CASES = {name: (path, {"model": "served", **body}) for name, (path, body) in STREAM_CASES.items()}
+KNOWN_REQUESTS = {name: (path, {"model": "served", **body}) for name, (path, body) in KNOWN_REQUESTS.items()}
 
 
 # -- server-sent events ---------------------------------------------------------------------------
@@ -299,10 +309,11 @@ class EventSchemas:
                 for token in where:
                     response = response[token]
             content = response.get("content", {})
-            media_type = next((m for m in ("text/event-stream", "application/json") if "schema" in content.get(m, {})), None)
+            media_type = next((m for m in ("text/event-stream", "application/json")
+                               if "schema" in content.get(m, {})), None)
+            schema = "/".join(map(_pointer_token, (*where, "content", media_type or "", "schema")))
             self._validators[key] = None if media_type is None else Draft202012Validator(
-                {"$ref": f"{DOCUMENT_URI}#/" + "/".join(map(_pointer_token, (*where, "content", media_type, "schema")))},
-                registry=self._registry)
+                {"$ref": f"{DOCUMENT_URI}#/{schema}"}, registry=self._registry)
         return self._validators[key]
 
 
@@ -364,7 +375,8 @@ def stream_problems(content: bytes, events_validator: Draft202012Validator | Non
     if not clean_end:
         problems.append(Problem("/", "the body does not end on an event boundary (a blank line)"))
     if not events or events[-1] != "[DONE]":
-        problems.append(Problem("/", f"the last event is {events[-1][:200]!r}, not [DONE]" if events else "no data: events"))
+        problems.append(Problem("/", f"the last event is {events[-1][:200]!r}, not [DONE]" if events
+                                else "no data: events"))
     errored, reported = False, set()  # a schema error is reported once, at its first event
     for index, data in enumerate(events):
         where = f"event #{index}"
@@ -419,6 +431,10 @@ def failure_pointer(failure: Failure) -> str | None:
     return None
 
 
+def _counters() -> dict[Any, collections.Counter]:
+    return collections.defaultdict(collections.Counter)
+
+
 @dataclass
 class Contract:
     """Everything a case needs: where to send it, how to aim it, how to judge it, and the tallies."""
@@ -429,8 +445,8 @@ class Contract:
     base_urls: dict[str, str]  # per document
     events: dict[str, EventSchemas] = field(default_factory=dict)
     cases: collections.Counter = field(default_factory=collections.Counter)
-    statuses: dict[tuple[str, str], collections.Counter] = field(default_factory=lambda: collections.defaultdict(collections.Counter))
-    rejections: dict[tuple[str, str], collections.Counter] = field(default_factory=lambda: collections.defaultdict(collections.Counter))
+    statuses: dict[tuple[str, str], collections.Counter] = field(default_factory=lambda: _counters())
+    rejections: dict[tuple[str, str], collections.Counter] = field(default_factory=lambda: _counters())
     streams: collections.Counter = field(default_factory=collections.Counter)
     stream_events: collections.Counter = field(default_factory=collections.Counter)
     failures: dict[tuple, str] = field(default_factory=dict)  # distinct failure -> its first report
@@ -445,7 +461,7 @@ class Contract:
     def _waived(self, document: str, case, check: str, field_pointer: str | None, response) -> bool:
         stream = is_event_stream(response)
         for waiver in self.waivers:
-            if waiver.matches(document, self._operation_names(case), check, field_pointer, stream):
+            if waiver.matches(document, self._operation_names(case), check, field_pointer, stream, case.body):
                 self.waived[waiver] += 1
                 return True
         return False
@@ -536,7 +552,8 @@ class Contract:
             total += count
             statuses = ", ".join(f"{s}:{n}" for s, n in sorted(self.statuses[(document, label)].items()))
             streams = self.streams[(document, label)]
-            lines.append(f"  {document:7} {label:32} {count:5} cases ({', '.join(f'{k} {v}' for k, v in sorted(phases.items()))})")
+            by_phase = ", ".join(f"{k} {v}" for k, v in sorted(phases.items()))
+            lines.append(f"  {document:7} {label:32} {count:5} cases ({by_phase})")
             lines.append(f"  {'':7} {'':32} statuses {statuses}"
                          + (f"; {streams} streams, {self.stream_events[(document, label)]} events" if streams else ""))
             common = self.rejections[(document, label)].most_common(6)
