@@ -168,12 +168,12 @@ class ResponseFormat(BaseModel):
 class ChatCompletionRequest(tc.SamplingFields):
     """OpenAI's CreateChatCompletionRequest (the fields this server honours)."""
 
-    messages: list[Message]
-    max_completion_tokens: UInt32 | None = None
+    messages: list[Message] = tc.shows_limit("messages", ...)
+    max_completion_tokens: UInt32 | None = tc.shows_limit("max_tokens")
     logprobs: bool | None = None
     response_format: ResponseFormat | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
-    tools: list[Tool] | None = None
+    tools: list[Tool] | None = tc.shows_limit("tools")
     parallel_tool_calls: StrictBool | None = None
     functions: list | None = None  # deprecated by OpenAI: a 400 pointing at tools
     function_call: StrictStr | dict | None = None  # deprecated by OpenAI: a 400 pointing at tool_choice

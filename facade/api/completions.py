@@ -22,7 +22,8 @@ DEFAULT_MAX_TOKENS = 16  # OpenAI's and the seed's default for completions
 class CompletionRequest(tc.SamplingFields):
     """OpenAI's CreateCompletionRequest (the fields this server honours)."""
 
-    prompt: StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]]
+    # null is OpenAI's default prompt: generate from the start of a document (an empty prompt)
+    prompt: StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]] | None = None
     echo: StrictBool | None = False
     suffix: StrictStr | None = None
     best_of: StrictInt | None = Field(default=None, ge=1, le=20)
@@ -40,6 +41,8 @@ class CompletionRequest(tc.SamplingFields):
 
     @property
     def prompts(self) -> list[str]:
+        if self.prompt is None:
+            return [""]
         return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
 
     def to_protos(self, caller: common_pb.Caller | None = None) -> list[pb.GenerateRequest]:

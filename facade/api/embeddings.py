@@ -11,7 +11,8 @@ from hubmesh.embeddings.v1 import embeddings_pb2 as pb
 from pydantic import BaseModel, ConfigDict, StrictStr
 
 from facade.api.responses import Embedding, EmbeddingList
-from facade.api.validation import TokenId, UInt32, parse_body
+from facade.api.validation import TokenId, UInt32, parse_body, shows_limit
+from services.embeddings import limits
 from facade.clients import CLIENTS, caller, unary
 from hubmesh.common.v1 import common_pb2 as common_pb
 from facade.jsonio import json_response
@@ -24,9 +25,9 @@ class EmbeddingRequest(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
 
     model: StrictStr
-    input: StrictStr | list[StrictStr] | list[TokenId] | list[list[TokenId]]
+    input: StrictStr | list[StrictStr] | list[TokenId] | list[list[TokenId]] = shows_limit(limits.DOCUMENTED, "input", ...)
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: UInt32 | None = None
+    dimensions: UInt32 | None = shows_limit(limits.DOCUMENTED, "dimensions")
     user: StrictStr | None = None
 
     def to_proto(self, caller: common_pb.Caller | None = None) -> pb.EmbedRequest:

@@ -12,7 +12,8 @@ from hubmesh.images.v1 import images_pb2 as pb
 from pydantic import BaseModel, ConfigDict, StrictStr
 
 from facade.api.responses import Image, ImagesResponse
-from facade.api.validation import Int64, UInt32, parse_body
+from facade.api.validation import Int64, UInt32, parse_body, shows_limit
+from services.images import limits
 from facade.clients import CLIENTS, caller, unary
 from hubmesh.common.v1 import common_pb2 as common_pb
 from facade.jsonio import json_response
@@ -31,14 +32,14 @@ class ImageRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore", strict=True)
 
-    model: StrictStr
-    prompt: StrictStr
-    n: UInt32 | None = None
+    model: StrictStr | None = None  # None: the images service's default model
+    prompt: StrictStr = shows_limit(limits.DOCUMENTED, "prompt", ...)
+    n: UInt32 | None = shows_limit(limits.DOCUMENTED, "n")
     # The seed writes "1024*1024", OpenAI "1024x1024"; both are accepted.
     size: StrictStr | None = None
     response_format: Literal["b64_json", "url"] | None = None  # None: b64_json
-    quality: StrictStr | None = None
-    style: StrictStr | None = None
+    quality: StrictStr | None = shows_limit(limits.DOCUMENTED, "quality")
+    style: StrictStr | None = shows_limit(limits.DOCUMENTED, "style")
     user: StrictStr | None = None
     seed: Int64 | None = None
 
@@ -47,7 +48,7 @@ class ImageRequest(BaseModel):
         # a malformed size goes on as 0x0: the service rejects it listing the model's sizes
         width, height = (int(match.group(1)), int(match.group(2))) if match else (0, 0)
         request = pb.GenerateRequest(
-            model=self.model,
+            model=self.model or "",
             prompt=self.prompt,
             width=width,
             height=height,

@@ -26,12 +26,14 @@ from facade.api.responses import (
     FinishReason,
     Usage,
 )
+from facade.api import validation
 from facade.api.validation import Int64, UInt32
 from facade.clients import CLIENTS, unary
 from facade.errors import OpenAIError, from_grpc, invalid
 from facade.observability import MODEL, record_usage
 from facade.sse import EventStream
 from services.common.metrics import StreamTimer
+from services.text import limits
 
 FINISH_REASONS: dict[int, FinishReason] = {
     pb.FINISH_REASON_STOP: "stop", pb.FINISH_REASON_LENGTH: "length", pb.FINISH_REASON_TOOL_CALLS: "tool_calls",
@@ -39,6 +41,11 @@ FINISH_REASONS: dict[int, FinishReason] = {
 SYSTEM_FINGERPRINT = "fp_hubmesh_0_1"
 StreamChunk = ChatCompletionChunk | Completion  # one `data:` event of a chat or completions stream
 ChunkChoice = ChatCompletionChunkChoice | CompletionChoice
+
+def shows_limit(field: str, default: Any = None) -> Any:
+    """A field whose limit the text service checks (services/text/limits.py), shown in the document."""
+    return validation.shows_limit(limits.DOCUMENTED, field, default)
+
 
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
@@ -51,15 +58,15 @@ class SamplingFields(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
 
     model: StrictStr
-    temperature: float | None = None
-    top_p: float | None = None
-    n: UInt32 | None = None
+    temperature: float | None = shows_limit("temperature")
+    top_p: float | None = shows_limit("top_p")
+    n: UInt32 | None = shows_limit("n")
     stream: StrictBool | None = False
     stream_options: StreamOptions | None = None
-    stop: StrictStr | list[StrictStr] | None = None
-    max_tokens: UInt32 | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
+    stop: StrictStr | list[StrictStr] | None = shows_limit("stop")
+    max_tokens: UInt32 | None = shows_limit("max_tokens")
+    presence_penalty: float | None = shows_limit("presence_penalty")
+    frequency_penalty: float | None = shows_limit("frequency_penalty")
     logit_bias: dict[StrictStr, float] | None = None
     seed: Int64 | None = None
     user: StrictStr | None = None

@@ -7,7 +7,8 @@ and an SDK sending a newer one should not break. Types are strict (no "1" for 1)
 from __future__ import annotations
 
 import logging
-from typing import Annotated, TypeVar
+from collections.abc import Mapping
+from typing import Annotated, Any, TypeVar
 
 import pydantic
 from pydantic import StrictInt
@@ -27,6 +28,12 @@ Model = TypeVar("Model", bound=pydantic.BaseModel)
 UInt32 = Annotated[StrictInt, pydantic.Field(ge=0, le=2**32 - 1)]
 Int64 = Annotated[StrictInt, pydantic.Field(ge=-(2**63), le=2**63 - 1)]
 TokenId = Annotated[StrictInt, pydantic.Field(ge=0, le=2**31 - 1)]  # int32 token ids, never negative
+
+
+def shows_limit(documented: Mapping[str, Mapping[str, object]], field: str, default: Any = None) -> Any:
+    """A field whose limit a service checks, shown in /openapi.json from that service's one table
+    (its limits module's DOCUMENTED keywords); the façade itself does not check it."""
+    return pydantic.Field(default=default, json_schema_extra=dict(documented[field]))
 
 MAX_JSON_DEPTH = 64
 
@@ -89,9 +96,11 @@ async def parse_body(request: web.Request, model: type[Model]) -> Model:
         first = exc.errors(include_url=False)[0]
         param = param_path(first["loc"])
         raise invalid(_message(first, param), param=param) from exc
-    if isinstance(getattr(parsed, "model", None), str):
-        request[MODEL] = parsed.model
-        require_model(request, parsed.model)  # the token's model allow-list, for every endpoint family
+    if "model" in model.model_fields:
+        # the token's model allow-list, for every endpoint family; an omitted model (images: the
+        # service's default) is allowed only to credentials that may use every model
+        request[MODEL] = parsed.model or ""
+        require_model(request, parsed.model or "")
     if log.isEnabledFor(logging.DEBUG) and (ignored := set(data) - set(model.model_fields)):
         log.debug("ignoring unknown fields %s", sorted(ignored))
     return parsed

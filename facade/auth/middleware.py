@@ -81,10 +81,9 @@ def require_model(request: web.Request, model: str) -> None:
     """403 when the caller's credential does not allow `model`."""
     principal = request.get(PRINCIPAL)
     if principal is not None and not principal.may_use_model(model):
-        raise OpenAIError(
-            403, f"This credential may not use the model '{model}'.", type="permission_error",
-            param="model", code="model_not_allowed",
-        )
+        message = (f"This credential may not use the model '{model}'." if model
+                   else "This credential may use only the models it names: name one in 'model'.")
+        raise OpenAIError(403, message, type="permission_error", param="model", code="model_not_allowed")
 
 
 def allowed_models(request: web.Request, ids: list[str]) -> list[str]:

@@ -13,12 +13,12 @@ from hubmesh.embeddings.v1 import embeddings_pb2_grpc as pb_grpc
 from services.common.errors import InvalidArgument
 from services.common.grpc_errors import abort_on_service_error
 from services.common.servicer import CatalogServicer
+from services.embeddings.limits import MAX_INPUTS
 from services.common.metrics import count_tokens
 from services.common.telemetry import set_genai_attributes
 from services.embeddings.backend import EmbeddingsBackend
 from services.embeddings.catalog import EmbeddingModel
 
-MAX_INPUTS = 2048
 _INPUT_INDEX = re.compile(r"\binput (\d+)\b")
 
 

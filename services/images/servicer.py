@@ -10,16 +10,13 @@ from hubmesh.images.v1 import images_pb2_grpc as pb_grpc
 from services.common.errors import ImageNotFound, InvalidArgument
 from services.common.grpc_errors import abort_on_service_error
 from services.common.servicer import CatalogServicer
+from services.images.limits import MAX_IMAGES, MAX_PROMPT_CHARS, QUALITIES, STYLES
 from services.common.telemetry import set_genai_attributes
 from services.images.backend import ImagesBackend
 from services.images.catalog import ImageModel
 from services.images.png import encode_png
 from services.images.storage import ImageStore
 
-MAX_IMAGES = 10
-MAX_PROMPT_CHARS = 4000  # dall-e-3's limit
-QUALITIES = ("standard", "hd", "low", "medium", "high", "auto")
-STYLES = ("vivid", "natural")
 
 
 class ImagesServicer(CatalogServicer[ImageModel], pb_grpc.ImagesServicer):
@@ -36,7 +33,8 @@ class ImagesServicer(CatalogServicer[ImageModel], pb_grpc.ImagesServicer):
         return {"image": common_pb.ImageModelDetails(sizes=[f"{w}x{h}" for w, h in entry.sizes])}
 
     def _validate(self, request: pb.GenerateRequest) -> ImageModel:
-        entry = self.entry(request.model)
+        # OpenAI makes `model` optional for images: the catalogue's first model is the default
+        entry = self.entry(request.model) if request.model else next(iter(self._catalog.values()))
         if not request.prompt.strip():
             raise InvalidArgument("prompt must not be empty", "prompt")
         if len(request.prompt) > MAX_PROMPT_CHARS:

@@ -13,6 +13,7 @@ from hubmesh.text.v1 import text_generation_pb2_grpc as pb_grpc
 from services.common.errors import InvalidArgument
 from services.common.grpc_errors import abort_on_service_error
 from services.common.servicer import CatalogServicer
+from services.text.limits import LOGIT_BIAS_RANGE, MAX_CHOICES, MAX_STOP_SEQUENCES, RANGES
 from services.common.metrics import StreamTimer, count_tokens
 from services.common.telemetry import set_genai_attributes
 from services.text.backend import GenerationChunk, TextBackend
@@ -21,8 +22,6 @@ from services.text.structured import Mode, OutputPlan, plan_output
 from services.text.tool_calls import CallStart, Content, Event, ToolCallParser
 
 
-MAX_CHOICES = 128
-MAX_STOP_SEQUENCES = 4
 FINISH_REASONS = {"stop": pb.FINISH_REASON_STOP, "length": pb.FINISH_REASON_LENGTH}
 TOOL_CHOICE_NAMES = {pb.TOOL_CHOICE_MODE_AUTO: "auto", pb.TOOL_CHOICE_MODE_REQUIRED: "required"}
 
@@ -37,18 +36,12 @@ def sampling_to_contract(sampling: pb.SamplingParameters, entry: ModelEntry) -> 
     params: dict[str, Any] = {"n": sampling.n if sampling.HasField("n") else 1}
     if not 1 <= params["n"] <= MAX_CHOICES:
         raise InvalidArgument(f"n must be between 1 and {MAX_CHOICES}, got {params['n']}", "n")
-    if sampling.HasField("temperature"):
-        _check_range("temperature", sampling.temperature, 0.0, 2.0)
-        params["temperature"] = sampling.temperature
-    if sampling.HasField("top_p"):
-        _check_range("top_p", sampling.top_p, 0.0, 1.0)
-        if sampling.top_p == 0.0:
-            raise InvalidArgument("top_p must be greater than 0", "top_p")
-        params["top_p"] = sampling.top_p
-    for name in ("presence_penalty", "frequency_penalty"):
+    for name, (low, high) in RANGES.items():
         if sampling.HasField(name):
-            _check_range(name, getattr(sampling, name), -2.0, 2.0)
+            _check_range(name, getattr(sampling, name), low, high)
             params[name] = getattr(sampling, name)
+    if params.get("top_p") == 0.0:
+        raise InvalidArgument("top_p must be greater than 0", "top_p")
     if len(sampling.stop) > MAX_STOP_SEQUENCES:
         raise InvalidArgument(f"stop takes at most {MAX_STOP_SEQUENCES} sequences, got {len(sampling.stop)}", "stop")
     if any(s == "" for s in sampling.stop):
@@ -71,7 +64,7 @@ def sampling_to_contract(sampling: pb.SamplingParameters, entry: ModelEntry) -> 
     for token, bias in sampling.logit_bias.items():
         if token < 0:
             raise InvalidArgument(f"logit_bias token ids must be non-negative, got {token}", "logit_bias")
-        _check_range(f"logit_bias[{token}]", bias, -100.0, 100.0, "logit_bias")
+        _check_range(f"logit_bias[{token}]", bias, *LOGIT_BIAS_RANGE, "logit_bias")
     if sampling.logit_bias:
         params["logit_bias"] = {str(k): v for k, v in sampling.logit_bias.items()}
     if sampling.HasField("seed"):

@@ -32,10 +32,10 @@ import llguidance
 
 from hubmesh.text.v1 import text_generation_pb2 as pb
 from services.common.errors import InvalidArgument
+from services.text.limits import MAX_TOOLS
 
 TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 CALL_TRIGGER = '{"'  # in auto mode, the only way to write `{"` is to begin a call
-MAX_TOOLS = 128
 NO_ARGUMENTS = {"type": "object", "properties": {}}
 
 

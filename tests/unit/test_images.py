@@ -146,7 +146,7 @@ async def test_facade_url_is_absolute_signed_and_downloadable(facade):
 @pytest.mark.parametrize(
     "body, param",
     [
-        ({"prompt": "p"}, "model"),
+        ({"model": 5, "prompt": "p"}, "model"),  # optional (OpenAI's default model), but a string
         ({"model": MODEL}, "prompt"),
         ({"model": MODEL, "prompt": ""}, "prompt"),
         ({"model": MODEL, "prompt": "p", "n": 0}, "n"),
@@ -166,3 +166,10 @@ async def test_facade_bad_inputs(facade, body, param):
     assert error["param"] == param
     if param == "size":
         assert "1024x1024" in error["message"] and "1792x1024" in error["message"]
+
+
+async def test_model_may_be_omitted_as_in_openai(facade):
+    client, _ = facade
+    response = await client.post("/v1/images/generations", json={"prompt": "p", "size": "256x256"}, headers=AUTH)
+    assert response.status == 200, await response.text()
+    assert len((await response.json())["data"]) == 1
