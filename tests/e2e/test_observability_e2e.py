@@ -20,7 +20,8 @@ def test_one_request_is_one_trace_across_every_hop(stack, otlp):
     response = httpx.post(
         f"{stack.config.base_url}/chat/completions",
         headers={"Authorization": f"Bearer {KEY}", "traceparent": f"00-{trace_id}-{caller_span}-01"},
-        json={"model": MODEL, "messages": [{"role": "user", "content": SECRET_PROMPT}], "max_tokens": 3},
+        json={"model": MODEL, "messages": [{"role": "user", "content": SECRET_PROMPT}], "max_tokens": 3,
+              "user": "Zoë Müller <zoë@example.com> 🦜"},
         timeout=120,
     )
     assert response.status_code == 200
@@ -57,6 +58,9 @@ def test_one_request_is_one_trace_across_every_hop(stack, otlp):
     assert server.attributes["gen_ai.request.model"] == MODEL
     assert server.attributes["gen_ai.usage.output_tokens"] == 3
     assert server.attributes["gen_ai.usage.input_tokens"] > 0
+    # who the call was for reached the service in the request message, any Unicode included
+    assert server.attributes["enduser.id"] == "Zoë Müller <zoë@example.com> 🦜"
+    assert server.attributes["hubmesh.subject"].startswith("key:")
     facade = roots[0]
     assert facade.attributes["gen_ai.request.model"] == MODEL
     # no prompt text and no credential anywhere in what was exported
