@@ -9,8 +9,8 @@ from collections.abc import Callable
 
 import grpc
 
-from services.common.errors import ServiceError, abort, status_of
 from hubmesh.common.v1 import common_pb2 as common_pb
+from services.common.errors import ServiceError, abort, status_of
 
 log = logging.getLogger(__name__)
 

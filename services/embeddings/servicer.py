@@ -12,12 +12,12 @@ from hubmesh.embeddings.v1 import embeddings_pb2 as pb
 from hubmesh.embeddings.v1 import embeddings_pb2_grpc as pb_grpc
 from services.common.errors import InvalidArgument
 from services.common.grpc_errors import abort_on_service_error
-from services.common.servicer import CatalogServicer
-from services.embeddings.limits import MAX_INPUTS
 from services.common.metrics import count_tokens
+from services.common.servicer import CatalogServicer
 from services.common.telemetry import set_genai_attributes
 from services.embeddings.backend import EmbeddingsBackend
 from services.embeddings.catalog import EmbeddingModel
+from services.embeddings.limits import MAX_INPUTS
 
 _INPUT_INDEX = re.compile(r"\binput (\d+)\b")
 

@@ -10,13 +10,12 @@ from hubmesh.images.v1 import images_pb2_grpc as pb_grpc
 from services.common.errors import ImageNotFound, InvalidArgument
 from services.common.grpc_errors import abort_on_service_error
 from services.common.servicer import CatalogServicer
-from services.images.limits import MAX_IMAGES, MAX_PROMPT_CHARS, QUALITIES, STYLES
 from services.common.telemetry import set_genai_attributes
 from services.images.backend import ImagesBackend
 from services.images.catalog import ImageModel
+from services.images.limits import MAX_IMAGES, MAX_PROMPT_CHARS, QUALITIES, STYLES
 from services.images.png import encode_png
 from services.images.storage import ImageStore
-
 
 
 class ImagesServicer(CatalogServicer[ImageModel], pb_grpc.ImagesServicer):

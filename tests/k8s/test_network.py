@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tests.k8s.manifests import FACADE_PORT, GRPC_PORTS, METRICS_PORT, MODALITIES, TRITON_PORTS, Manifests, env_value, url_host
-from tests.k8s.render import ROOT, render
+from tests.k8s.render import render
 
 INGRESS_CONTROLLER = "ingress-nginx/ingress-nginx"  # namespace/pod name label
 MONITORING = "monitoring/*"
