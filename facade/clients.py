@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -56,7 +57,7 @@ class Clients:
     timeout_s: float
     internal_secret: str = ""
 
-    @property
+    @functools.cached_property
     def metadata(self) -> tuple[tuple[str, str], ...]:
         """gRPC metadata of every call to the services: the internal secret, nothing else. Who the
         call is for travels in the request message (`caller`), where any Unicode is fine."""

@@ -6,23 +6,23 @@ from collections.abc import Mapping
 from typing import Any, Generic, TypeVar
 
 from hubmesh.common.v1 import common_pb2 as common_pb
+from services.common.catalog import CatalogEntry
 from services.common.channels import all_ready
 from services.common.errors import ModelNotFound
 
-Entry = TypeVar("Entry")
+Entry = TypeVar("Entry", bound=CatalogEntry)
 
 
 class CatalogServicer(Generic[Entry]):
-    """A servicer in front of one backend and a catalogue of served models (id -> entry; each entry
-    has id, triton_model, owned_by, created, description). Subclasses say what their models offer
-    in `details`."""
+    """A servicer in front of one backend and a catalogue of served models (id -> entry).
+    Subclasses say what their models offer in `details`."""
 
     def __init__(self, backend: Any, catalog: Mapping[str, Entry]) -> None:
         self._backend = backend
         self._catalog = dict(catalog)
         self._models = common_pb.ListModelsResponse(models=[
             common_pb.Model(id=e.id, owned_by=e.owned_by, created=e.created,
-                            description=getattr(e, "description", ""), **self.details(e))
+                            description=e.description, **self.details(e))
             for e in self._catalog.values()
         ])
 
