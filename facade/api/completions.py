@@ -85,8 +85,7 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
     choices: list[CompletionChoice] = []
     usage = pb.Usage()
     for i, result in enumerate(results):
-        usage.prompt_tokens += result.usage.prompt_tokens
-        usage.completion_tokens += result.usage.completion_tokens
+        tc.add_usage(usage, result.usage)
         for choice in result.choices:
             choices.append(
                 {

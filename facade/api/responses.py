@@ -20,12 +20,19 @@ FinishReason = Literal["stop", "length", "tool_calls"]
 # -- shared ----------------------------------------------------------------------------------------
 
 
+class PromptTokensDetails(TypedDict):
+    """Prompt tokens the model server's prefix cache served."""
+
+    cached_tokens: int
+
+
 class Usage(TypedDict):
     """Tokens used by a (chat) completion; total_tokens = prompt_tokens + completion_tokens."""
 
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: NotRequired[PromptTokensDetails]
 
 
 class Error(TypedDict):

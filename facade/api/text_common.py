@@ -111,11 +111,23 @@ def now() -> int:
 
 
 def usage_json(usage: pb.Usage) -> Usage:
-    return {
+    """OpenAI's usage; prompt_tokens_details.cached_tokens where the model server reported its cache."""
+    body: Usage = {
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.prompt_tokens + usage.completion_tokens,
     }
+    if usage.HasField("cached_tokens"):
+        body["prompt_tokens_details"] = {"cached_tokens": usage.cached_tokens}
+    return body
+
+
+def add_usage(total: pb.Usage, part: pb.Usage) -> None:
+    """Adds one generation's usage to a request's (several prompts, or several streams)."""
+    total.prompt_tokens += part.prompt_tokens
+    total.completion_tokens += part.completion_tokens
+    if part.HasField("cached_tokens"):
+        total.cached_tokens += part.cached_tokens
 
 
 async def generate(http: web.Request, request: pb.GenerateRequest, input_param: str) -> pb.GenerateResponse:
@@ -204,8 +216,7 @@ async def respond_with_stream(
                         timer.chunk()
                         await events.send({**base, "choices": choices})
                     if message.HasField("usage"):
-                        usage.prompt_tokens += message.usage.prompt_tokens
-                        usage.completion_tokens += message.usage.completion_tokens
+                        add_usage(usage, message.usage)
             record_usage(request, usage.prompt_tokens, usage.completion_tokens)
             if include_usage:
                 await events.send({**base, "choices": [], "usage": usage_json(usage)})

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import contextvars
 import time
+from collections.abc import Sequence
+from typing import Any
 
 import grpc
-from tritonclient.grpc import service_pb2, service_pb2_grpc
+from opentelemetry import trace
+from tritonclient.grpc import service_pb2
 
+from services.common.errors import BackendUnavailable
+from services.common.metrics import ROUTE_DECISIONS
+from services.common.pickers import Decision, LeastRequest, Picker
+from services.common.replicas import Replica, ReplicaSet
 from services.common.triton_errors import from_triton_exception
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -18,21 +25,22 @@ _COMMON = [
     # a restarted peer is found again quickly
     ("grpc.initial_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 2_000),
-    # with a dns:/// target of a headless Kubernetes Service, calls spread over every replica
-    # (one HTTP/2 connection would otherwise pin them all to one pod)
-    ("grpc.lb_policy_name", "round_robin"),
 ]
 
 # Façade -> services: keepalive pings every 20 s, idle or not; our servers accept them (SERVER_OPTIONS).
 CHANNEL_OPTIONS = [
     *_COMMON,
+    # with a dns:/// target of a headless Kubernetes Service, calls spread over every service replica
+    # (one HTTP/2 connection would otherwise pin them all to one pod)
+    ("grpc.lb_policy_name", "round_robin"),
     ("grpc.keepalive_time_ms", 20_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
 ]
 
-# Services -> Triton: Triton's gRPC server, by default, answers pings more often than every 5 minutes
+# Services -> Triton: one channel per replica (services.common.replicas picks among them), so no
+# load-balancing policy here. Triton's gRPC server, by default, answers pings more often than every 5 minutes
 # without data with GOAWAY "too_many_pings", so pings stay within that and only during calls.
 TRITON_CHANNEL_OPTIONS = [
     *_COMMON,
@@ -63,13 +71,22 @@ CALL_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("ca
 
 
 class TritonBackend:
-    """What every modality's Triton backend shares: one channel per process to Triton's own gRPC API
-    (protobuf in and out, see services.common.triton_tensors), deadlines, readiness, closing."""
+    """What every modality's Triton backend shares: the replicas of its Triton (one channel each, see
+    services.common.replicas), a picker choosing one per call, deadlines, readiness, closing.
 
-    def __init__(self, url: str, timeout_s: float) -> None:
-        self._channel = grpc.aio.insecure_channel(url, options=TRITON_CHANNEL_OPTIONS)
-        self._inference = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
+    A call that fails because its replica is gone (UNAVAILABLE) ejects that replica and, while
+    nothing of the call's answer has been used, is made again on another one (at most
+    `max_attempts` replicas, never past the caller's deadline)."""
+
+    def __init__(
+        self, replicas: ReplicaSet | str, timeout_s: float, picker: Picker | None = None, max_attempts: int = 3
+    ) -> None:
+        self.replicas = replicas if isinstance(replicas, ReplicaSet) else ReplicaSet.from_url(replicas)
+        self.picker = picker or LeastRequest()
+        self.replicas.listeners.append(lambda replica, event: self.picker.forget(replica))
         self._timeout_s = timeout_s
+        self._max_attempts = max_attempts
+        self._decisions: dict[tuple[str, str, str], Any] = {}  # the counter's children, looked up once
 
     def _call_timeout(self) -> float:
         """Seconds a Triton call may take: the service's limit, or less when the caller's deadline is nearer."""
@@ -78,23 +95,58 @@ class TritonBackend:
             return self._timeout_s
         return max(0.001, min(self._timeout_s, deadline - time.monotonic()))
 
+    def pick(self, model: str, prompt: str | None = None, tried: Sequence[Replica] = ()) -> Decision:
+        """A replica for a call of `model` (BackendUnavailable when none can take it), counted and
+        put on the current span."""
+        candidates = self.replicas.candidates(model, tried)
+        if not candidates:
+            raise BackendUnavailable(f"no Triton replica has the model {model!r} ready")
+        decision = self.picker.pick(model, candidates, prompt)
+        if tried:
+            decision.reason = "retry"
+        key = (model, decision.replica.address, decision.reason)
+        counter = self._decisions.get(key)
+        if counter is None:
+            counter = self._decisions[key] = ROUTE_DECISIONS.labels(*key)
+        counter.inc()
+        span = trace.get_current_span()
+        if span.is_recording():
+            span.set_attributes({"hubmesh.replica": decision.replica.address, "hubmesh.route.reason": decision.reason})
+        return decision
+
+    def may_retry(self, decision: Decision, err: grpc.aio.AioRpcError, tried: list[Replica]) -> bool:
+        """After `err` on the call `decision` placed: ejects a replica that is gone, and says whether
+        the call may be made again elsewhere (then `tried` holds the replica)."""
+        if err.code() != grpc.StatusCode.UNAVAILABLE:
+            return False
+        self.replicas.eject(decision.replica, err.details() or "unavailable")
+        tried.append(decision.replica)
+        deadline = CALL_DEADLINE.get()
+        in_time = deadline is None or deadline - time.monotonic() > 0.01
+        return in_time and len(tried) < self._max_attempts
+
     async def _model_infer(self, request: service_pb2.ModelInferRequest) -> service_pb2.ModelInferResponse:
-        """One unary inference within the call's deadline; failures become domain errors."""
-        try:
-            return await self._inference.ModelInfer(request, timeout=self._call_timeout())
-        except grpc.aio.AioRpcError as err:
-            raise from_triton_exception(err) from err
+        """One unary inference on a replica of the request's model, within the call's deadline;
+        failures become domain errors."""
+        tried: list[Replica] = []
+        while True:
+            decision = self.pick(request.model_name, tried=tried)
+            try:
+                with decision.replica.busy():
+                    return await decision.replica.stub.ModelInfer(request, timeout=self._call_timeout())
+            except grpc.aio.AioRpcError as err:
+                if self.may_retry(decision, err, tried):
+                    continue
+                raise from_triton_exception(err) from err
+            finally:
+                self.picker.done(decision)
 
     async def is_ready(self, model: str) -> bool:
-        """True when `model` is loaded and ready in Triton."""
-        try:
-            reply = await self._inference.ModelReady(service_pb2.ModelReadyRequest(name=model), timeout=2.0)
-        except grpc.aio.AioRpcError:
-            return False
-        return reply.ready
+        """True when `model` is loaded and ready on at least one replica."""
+        return await self.replicas.is_ready(model)
 
     async def close(self) -> None:
-        await self._channel.close()
+        await self.replicas.close()
 
 
 async def all_ready(backend, triton_models) -> bool:

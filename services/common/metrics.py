@@ -46,3 +46,18 @@ def count_tokens(model: str, prompt: int, completion: int) -> None:
         TOKENS.labels(model, "in").inc(prompt)
     if completion:
         TOKENS.labels(model, "out").inc(completion)
+
+# Replicas and routing (services -> Triton replicas)
+ROUTE_DECISIONS = Counter(
+    "hubmesh_route_decisions", "Triton replica picked per call, and why", ["model", "replica", "reason"]
+)
+REPLICA_IN_FLIGHT = Gauge("hubmesh_replica_in_flight", "Calls of this process running on a Triton replica", ["replica"])
+REPLICA_READY = Gauge("hubmesh_replica_ready", "1 while a model is ready on a Triton replica", ["replica", "model"])
+EJECTIONS = Counter("hubmesh_replica_ejections", "Triton replicas ejected after a failed call", ["replica"])
+PREFIX_MATCH = Histogram(
+    "hubmesh_route_prefix_match_ratio", "Share of the prompt the picker expected cached on the replica it picked",
+    ["model"], buckets=(0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0),
+)
+CACHED_TOKENS = Counter(
+    "hubmesh_prompt_cached_tokens", "Prompt tokens the replicas served from their prefix cache", ["model"]
+)

@@ -24,6 +24,7 @@ from services.common.catalog import CatalogError
 from services.common.channels import SERVER_OPTIONS
 from services.common.internal_auth import RequireSecret
 from services.common.interceptors import AdmissionInterceptor, MetricsInterceptor
+from services.common.replicas import ReplicaSet, parse_targets
 from services.common.settings import EnvSettings, NonNegativeSeconds, Port, ServiceSettings, settings_or_exit
 
 log = logging.getLogger(__name__)
@@ -181,7 +182,7 @@ def run_modality_service(
     component: str,
     settings_type: type[SettingsT],
     load_catalog: Callable[[Path], Mapping[str, Any]],
-    backend_type: Callable[[str, float], BackendT],
+    make_backend: Callable[[ReplicaSet, SettingsT], BackendT],
     make_servicer: Callable[[Wiring[SettingsT, BackendT]], ServicerT],
     add_to_server: Callable[[ServicerT, grpc.aio.Server], None],
     service_name: str,
@@ -191,9 +192,9 @@ def run_modality_service(
 
     Parses ServeOptions and `settings_type` from `env` and loads the catalogue (a bad value or a bad
     catalogue exits with status 1 and one line saying what is wrong), then: logs and tracing
-    (run_service), `backend_type(triton_url, triton_timeout_s)`, the servicer `make_servicer`
-    builds, served under the health name `service_name` until SIGTERM; then background work is
-    cancelled and the backend closed.
+    (run_service), the Triton replicas of `settings.triton_url` (kept current beside the server),
+    `make_backend(replicas, settings)`, the servicer `make_servicer` builds, served under the health
+    name `service_name` until SIGTERM; then background work is cancelled and the backend closed.
     """
     options = settings_or_exit(ServeOptions, env)
     settings = settings_or_exit(settings_type, env)
@@ -204,11 +205,17 @@ def run_modality_service(
         raise SystemExit(1) from None
 
     async def main(options: ServeOptions) -> None:
-        backend = backend_type(settings.triton_url, settings.triton_timeout_s)
+        replicas = ReplicaSet(
+            parse_targets(settings.triton_url, settings.triton_metrics_port),
+            models=[entry.triton_model for entry in catalog.values()],
+            **settings.replica_options(),
+        )
+        backend = make_backend(replicas, settings)
         wiring = Wiring(settings, catalog, backend)
+        wiring.background(replicas.run())
         try:
             servicer = make_servicer(wiring)
-            log.info("models: %s; Triton at %s", ", ".join(catalog), settings.triton_url)
+            log.info("models: %s; Triton replicas: %s", ", ".join(catalog), settings.triton_url)
             await serve(
                 settings.listen,
                 lambda server: add_to_server(servicer, server),

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -121,16 +121,35 @@ def split_list(value: Any) -> Any:
 
 
 class ServiceSettings(EnvSettings):
-    """What every modality service is told: where to listen, which Triton to call, which models.
+    """What every modality service is told: where to listen, which Tritons to call, which models.
 
-    Each service sets `env_prefix` (HUBMESH_TEXT_, ...) and redeclares these fields with its defaults.
+    Each service sets `env_prefix` (HUBMESH_TEXT_, ...) and redeclares the first four fields with its defaults.
     """
 
     # host:port of the gRPC server
     listen: str
-    # Triton's gRPC endpoint (host:port, or a dns:/// target)
+    # Triton replicas, comma-separated: host:port[:metrics_port] each, or dns:///host:port for every
+    # address a name resolves to (a headless Kubernetes Service); see services.common.replicas
     triton_url: str
     # the TOML catalogue of served models (a relative path is relative to the working directory)
     catalog: Path
     # longest one Triton call may take (less when the caller's deadline is nearer)
     triton_timeout_s: Seconds
+    # Triton's metrics port on replicas named without one (dns:/// targets included); 0: not scraped
+    triton_metrics_port: Port = 8002
+    # how often each replica is asked which models are ready (an ejected one comes back on a good answer)
+    triton_probe_interval_s: Seconds = 1.0
+    # how often dns:/// targets are resolved again
+    triton_resolve_interval_s: Seconds = 10.0
+
+    @field_validator("triton_url")
+    @classmethod
+    def _targets_parse(cls, value: str) -> str:
+        from services.common.replicas import parse_targets
+
+        parse_targets(value)  # ValueError names the bad entry
+        return value
+
+    def replica_options(self) -> dict:
+        """Keyword arguments of services.common.replicas.ReplicaSet."""
+        return {"probe_interval_s": self.triton_probe_interval_s, "resolve_interval_s": self.triton_resolve_interval_s}

@@ -12,7 +12,7 @@ if __name__ == "__main__":
         "embeddings",
         Settings,
         load_catalog,
-        TritonEmbeddingsBackend,
+        lambda replicas, settings: TritonEmbeddingsBackend(replicas, settings.triton_timeout_s),
         lambda wiring: EmbeddingsServicer(wiring.backend, wiring.catalog, wiring.settings.chunk_size),
         pb_grpc.add_EmbeddingsServicer_to_server,
         "hubmesh.embeddings.v1.Embeddings",

@@ -27,7 +27,7 @@ if __name__ == "__main__":
         "images",
         Settings,
         load_catalog,
-        TritonImagesBackend,
+        lambda replicas, settings: TritonImagesBackend(replicas, settings.triton_timeout_s),
         images_servicer,
         pb_grpc.add_ImagesServicer_to_server,
         "hubmesh.images.v1.Images",

@@ -4,6 +4,7 @@ from hubmesh.text.v1 import text_generation_pb2_grpc as pb_grpc
 from services.common.server import run_modality_service
 from services.text.backend import TritonTextBackend
 from services.text.catalog import load_catalog
+from services.text.routing import make_picker
 from services.text.servicer import TextGenerationServicer
 from services.text.settings import Settings
 
@@ -12,7 +13,9 @@ if __name__ == "__main__":
         "text",
         Settings,
         load_catalog,
-        TritonTextBackend,
+        lambda replicas, settings: TritonTextBackend(
+            replicas, settings.triton_timeout_s, make_picker(settings.routing, **settings.picker_options())
+        ),
         lambda wiring: TextGenerationServicer(wiring.backend, wiring.catalog),
         pb_grpc.add_TextGenerationServicer_to_server,
         "hubmesh.text.v1.TextGeneration",

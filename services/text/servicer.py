@@ -253,4 +253,6 @@ def _report(model: str, usage: pb.Usage, finish_reasons: list[str]) -> None:
 def _add_usage(usage: pb.Usage, chunk: GenerationChunk) -> None:
     if chunk.num_input_tokens is not None:
         usage.prompt_tokens = chunk.num_input_tokens
+    if chunk.num_cached_tokens is not None:
+        usage.cached_tokens = chunk.num_cached_tokens
     usage.completion_tokens += sum(chunk.num_output_tokens)

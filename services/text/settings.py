@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
+from pydantic import Field, PositiveInt
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import Seconds, ServiceSettings
@@ -12,7 +14,9 @@ DEFAULT_CATALOG = Path(__file__).with_name("catalog.toml")
 
 
 class Settings(ServiceSettings):
-    """HUBMESH_TEXT_LISTEN, _TRITON_URL, _CATALOG, _TRITON_TIMEOUT_S."""
+    """HUBMESH_TEXT_LISTEN, _TRITON_URL, _CATALOG, _TRITON_TIMEOUT_S, the replica settings of every
+    service (_TRITON_METRICS_PORT, _TRITON_PROBE_INTERVAL_S, _TRITON_RESOLVE_INTERVAL_S) and the
+    routing ones (_ROUTING, _ROUTING_*)."""
 
     model_config = SettingsConfigDict(env_prefix="HUBMESH_TEXT_")
 
@@ -21,3 +25,27 @@ class Settings(ServiceSettings):
     catalog: Path = DEFAULT_CATALOG
     # Longest a single generation may run inside Triton before the service gives up on it.
     triton_timeout_s: Seconds = 600.0
+    # which replica generates each request: round_robin, least_request, or prefix (prefix affinity
+    # weighed against load; services.text.routing) — the default is the one `make bench` shows best
+    routing: Literal["round_robin", "least_request", "prefix"] = "prefix"
+    # prefix: weight of the prompt blocks a replica would have to prefill, and of the blocks active on it
+    routing_prefix_weight: float = Field(1.0, ge=0)
+    routing_load_weight: float = Field(1.0, ge=0)
+    # prefix: characters per block of the prefix index (~4 characters a token), and blocks it keeps per
+    # replica until the replica reports its KV capacity
+    routing_block_chars: PositiveInt = 256
+    routing_index_blocks: PositiveInt = 8192
+    # how often each replica's engine load is read from its metrics port
+    triton_scrape_interval_s: Seconds = 0.5
+
+    def replica_options(self) -> dict:
+        # the prefix picker weighs the engines' own queues: read them
+        return {**super().replica_options(), "scrape_interval_s": self.triton_scrape_interval_s,
+                "scrape": self.routing == "prefix"}
+
+    def picker_options(self) -> dict:
+        """Keyword arguments of services.text.routing.make_picker."""
+        if self.routing != "prefix":
+            return {}
+        return {"prefix_weight": self.routing_prefix_weight, "load_weight": self.routing_load_weight,
+                "block_chars": self.routing_block_chars, "index_blocks": self.routing_index_blocks}
