@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
+from importlib import import_module
 from urllib.parse import urlsplit
 
 MODALITIES = ("text", "embeddings", "images")
@@ -156,6 +157,34 @@ def env_value(container: dict, name: str) -> str:
     assert entry is not None, f"{container['name']}: env {name} not set"
     assert "value" in entry, f"{container['name']}: env {name} is not a plain value"
     return entry["value"]
+
+
+def plain_env(container: dict) -> dict[str, str]:
+    """The env entries with a plain value, as the process sees them (valueFrom ones left out:
+    secrets and the downward API, which no manifest test can know)."""
+    return {name: entry["value"] for name, entry in env(container).items() if "value" in entry}
+
+
+# The settings classes each app Deployment's process parses its environment with (module:class).
+SETTINGS_CLASSES = {
+    "facade": ("facade.settings:Settings",),
+    **{m: ("services.common.server:ServeOptions", f"services.{m}.settings:Settings") for m in MODALITIES},
+}
+
+
+def settings_classes(deployment: str) -> list[type]:
+    """The classes of SETTINGS_CLASSES[deployment], imported."""
+    classes = []
+    for spec in SETTINGS_CLASSES[deployment]:
+        module, _, name = spec.partition(":")
+        classes.append(getattr(import_module(module), name))
+    return classes
+
+
+def service_settings(manifests: Manifests, modality: str):
+    """The modality service's own Settings, parsed from what its Deployment sets (SettingsError if bad)."""
+    _, cls = settings_classes(modality)
+    return cls.from_env(plain_env(manifests.deployment(modality).container()))
 
 
 def dns_target(target: str) -> tuple[str, str, int]:

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from tests.k8s.manifests import FACADE_PORT, GRPC_PORTS, METRICS_PORT, MODALITIES, TRITON_PORTS, Manifests, env_value, url_host
+from tests.k8s.manifests import (
+    FACADE_PORT,
+    GRPC_PORTS,
+    METRICS_PORT,
+    MODALITIES,
+    TRITON_PORTS,
+    Manifests,
+    env_value,
+    service_settings,
+    url_host,
+)
 from tests.k8s.render import render
 
 INGRESS_CONTROLLER = "ingress-nginx/ingress-nginx"  # namespace/pod name label
@@ -17,6 +27,8 @@ def expected_paths() -> set[tuple[str, str, int]]:
         paths.add((m, f"triton-{m}", TRITON_PORTS["grpc"]))  # each Triton only from its own service
         paths.add((MONITORING, m, METRICS_PORT))  # Prometheus scrapes
         paths.add((MONITORING, f"triton-{m}", TRITON_PORTS["metrics"]))
+    # the text service reads each Triton pod's engine load (vLLM's gauges) for prefix routing
+    paths.add(("text", "triton-text", TRITON_PORTS["metrics"]))
     return paths
 
 
@@ -59,6 +71,15 @@ def test_everything_is_denied_unless_a_policy_allows_it(manifests):
 
 def test_policies_allow_exactly_the_mesh_paths(manifests):
     assert allowed_paths(manifests) == expected_paths()
+
+
+def test_only_services_that_scrape_their_tritons_reach_the_triton_metrics_ports(manifests):
+    allowed = allowed_paths(manifests)
+    for m in MODALITIES:
+        settings = service_settings(manifests, m)
+        scrapes = bool(settings.replica_options().get("scrape")) and settings.triton_metrics_port > 0
+        assert ((m, f"triton-{m}", settings.triton_metrics_port) in allowed) == scrapes, m
+    assert service_settings(manifests, "text").replica_options()["scrape"]  # prefix routing reads the engines' load
 
 
 def test_the_evaluation_notices_a_wider_policy():

@@ -17,12 +17,14 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from local.processes import free_ports, http_ok
+from services.common.settings import SettingsError
 from tests.k8s.manifests import (
     FACADE_PORT,
     GRPC_PORTS,
     GRPC_SERVICES,
     METRICS_PORT,
     MODALITIES,
+    SETTINGS_CLASSES,
     TRITON_PORTS,
     Manifests,
     Workload,
@@ -30,8 +32,11 @@ from tests.k8s.manifests import (
     env,
     env_value,
     flag_values,
+    plain_env,
     quantity,
     selects_map,
+    service_settings,
+    settings_classes,
 )
 from tests.k8s.render import K8S_DIR, ROOT
 
@@ -71,13 +76,46 @@ def test_each_service_listens_where_its_probe_and_service_look(manifests, modali
 
 
 @pytest.mark.parametrize("modality", MODALITIES)
-def test_each_service_calls_its_own_triton(manifests, modality):
+def test_each_service_calls_every_pod_of_its_own_triton(manifests, modality):
+    from services.common.replicas import parse_targets
+
     url = env_value(manifests.deployment(modality).container(), f"HUBMESH_{modality.upper()}_TRITON_URL")
     name, namespace, port = dns_target(url)
     assert namespace == manifests.namespace
     service = manifests.get("Service", name)
     assert service is manifests.service_for(f"triton-{modality}")
     assert port == TRITON_PORTS["grpc"] == manifests.deployment(f"triton-{modality}").port("grpc")
+    # headless and ready pods only: the name resolves to each ready pod, one replica (channel) each
+    assert service["spec"]["clusterIP"] == "None" and not service["spec"].get("publishNotReadyAddresses")
+    settings = service_settings(manifests, modality)
+    (target,) = parse_targets(settings.triton_url, settings.triton_metrics_port)
+    assert target.discover and (target.host, target.port) == (f"{name}.{namespace}.svc.cluster.local", port)
+
+
+@pytest.mark.parametrize("modality", MODALITIES)
+def test_each_service_finds_pods_its_triton_autoscaler_adds_within_a_readiness_period(manifests, modality):
+    # set, not left to the default: a pod the HPA adds (or that turns ready again) is found within
+    # about one more readiness period of the kubelet's, and CoreDNS answers from a 5 s cache anyway
+    assert f"HUBMESH_{modality.upper()}_TRITON_RESOLVE_INTERVAL_S" in env(manifests.deployment(modality).container())
+    settings = service_settings(manifests, modality)
+    triton = manifests.deployment(f"triton-{modality}").container("tritonserver")
+    assert settings.triton_resolve_interval_s <= triton["readinessProbe"]["periodSeconds"]
+    scale_up = manifests.get("HorizontalPodAutoscaler", f"triton-{modality}")["spec"]["behavior"]["scaleUp"]
+    assert settings.triton_resolve_interval_s + settings.triton_probe_interval_s < scale_up["stabilizationWindowSeconds"]
+
+
+def test_the_text_service_routes_by_prefix_on_load_scraped_from_each_triton_pod(manifests):
+    from services.text.routing import PICKERS
+
+    c = manifests.deployment("text").container()
+    assert env_value(c, "HUBMESH_TEXT_ROUTING") == "prefix"
+    settings = service_settings(manifests, "text")
+    assert settings.routing in PICKERS and settings.replica_options()["scrape"]
+    # the port it scrapes on every pod the name resolves to is the one Triton serves its metrics on
+    triton = manifests.deployment("triton-text")
+    (metrics_port,) = flag_values(triton.container("tritonserver")["args"], "--metrics-port")
+    assert int(env_value(c, "HUBMESH_TEXT_TRITON_METRICS_PORT")) == settings.triton_metrics_port
+    assert settings.triton_metrics_port == int(metrics_port) == triton.port("metrics") == TRITON_PORTS["metrics"]
 
 
 def test_the_facade_listens_on_all_interfaces_and_probes_its_own_endpoints(manifests):
@@ -99,17 +137,11 @@ def _facade_paths() -> set[str]:
 
 def _settings_variables() -> set[str]:
     """Every variable a settings class reads (pydantic-settings: env_prefix + field name, or an alias)."""
-    from facade.settings import Settings as FacadeSettings
-    from services.common.server import ServeOptions
-    from services.embeddings.settings import Settings as EmbeddingsSettings
-    from services.images.settings import Settings as ImagesSettings
-    from services.text.settings import Settings as TextSettings
-
-    classes = (FacadeSettings, ServeOptions, TextSettings, EmbeddingsSettings, ImagesSettings)
+    classes = {cls for name in SETTINGS_CLASSES for cls in settings_classes(name)}
     return {name for cls in classes for name in cls.env_names().values()}
 
 
-def test_every_hubmesh_variable_set_is_one_the_code_reads(manifests):
+def test_every_hubmesh_variable_set_is_one_the_code_reads_with_a_value_it_accepts(manifests):
     code = _source("facade", "services")
     read = _settings_variables()
     for workload in manifests.workloads:
@@ -117,6 +149,14 @@ def test_every_hubmesh_variable_set_is_one_the_code_reads(manifests):
             for name in env(c):
                 if name.startswith("HUBMESH_"):
                     assert name in read or f'"{name}"' in code, f"{workload.name}: {name} is read nowhere in facade/ or services/"
+    for name in SETTINGS_CLASSES:
+        # each process parses its environment with these classes at start-up (SettingsError: exit 1)
+        environment = plain_env(manifests.deployment(name).container())
+        for cls in settings_classes(name):
+            try:
+                cls.from_env(environment)
+            except SettingsError as err:
+                pytest.fail(f"{name}: {cls.__module__}.{cls.__name__}: {err}")
 
 
 # -- Tritons -------------------------------------------------------------------------------------
@@ -238,7 +278,9 @@ def test_model_configs_parse_and_run_where_the_pod_runs(manifests, modality):
 
 
 @pytest.mark.parametrize("modality", MODALITIES)
-def test_tritons_close_connections_so_clients_find_new_replicas(manifests, modality):
+def test_tritons_age_connections_out_without_cutting_a_call(manifests, modality):
+    """The services find replicas by resolving again (one channel per pod), not by reconnecting; an
+    aged-out connection only reconnects to the same pod, and a call running on it must not be cut."""
     from importlib import import_module
 
     _, _, args = _triton(manifests, modality)
@@ -393,6 +435,13 @@ def test_gpu_catalogues_describe_the_real_models(gpu, tmp_path):
     (sdxl,) = _load_catalog("images", _catalog(gpu, "images", tmp_path)).values()
     assert sdxl.id == "stabilityai/stable-diffusion-xl-base-1.0" and (1024, 1024) in sdxl.sizes
     assert all(w % 8 == 0 and h % 8 == 0 for w, h in sdxl.sizes)
+
+
+def test_the_gpu_text_engine_keeps_the_prefixes_prefix_routing_sends_it(gpu):
+    # prefix routing pays off only where the engine reuses the KV cache of a prompt's prefix
+    if service_settings(gpu, "text").routing == "prefix":
+        cm = gpu.get("ConfigMap", gpu.deployment("triton-text").volume("models")["configMap"]["name"])
+        assert json.loads(cm["data"]["model.json"]).get("enable_prefix_caching") is True
 
 
 def test_the_images_service_scales_out_only_with_a_shared_store(manifests):

@@ -201,12 +201,13 @@ def test_every_service_selects_one_deployment_and_targets_its_ports(manifests):
 
 @pytest.mark.parametrize("modality", MODALITIES)
 def test_grpc_services_and_tritons_are_headless(manifests, modality):
-    # gRPC keeps one HTTP/2 connection per address: only per-pod addresses let calls spread
+    # gRPC keeps one HTTP/2 connection per address: only per-pod addresses let calls spread; and only
+    # ready pods' addresses (publishNotReadyAddresses unset or false), so no call goes to a loading pod
     service = manifests.service_for(modality)
-    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["clusterIP"] == "None" and not service["spec"].get("publishNotReadyAddresses")
     assert {p["name"]: p["port"] for p in service["spec"]["ports"]}["grpc"] == GRPC_PORTS[modality]
     triton = manifests.service_for(f"triton-{modality}")
-    assert triton["spec"]["clusterIP"] == "None"
+    assert triton["spec"]["clusterIP"] == "None" and not triton["spec"].get("publishNotReadyAddresses")
     assert {p["name"]: p["port"] for p in triton["spec"]["ports"]} == TRITON_PORTS
 
 
