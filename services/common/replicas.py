@@ -85,6 +85,11 @@ class EngineLoad:
     waiting: float = 0.0
     kv_usage: float | None = None
     kv_capacity_tokens: int | None = None  # from vllm:cache_config_info (num_gpu_blocks × block_size)
+    ours: int = 0  # this process's calls in flight there when the figures were read
+
+    def others(self) -> float:
+        """Requests other clients (other pickers) had on the engine when it was read."""
+        return max(0.0, self.running + self.waiting - self.ours)
 
 
 def address_of(host: str, port: int) -> str:
@@ -121,9 +126,10 @@ class Replica:
         return not self.ejected and (self.ready_models is None or model in self.ready_models)
 
     def outstanding(self, model: str) -> float:
-        """Requests on this replica: ours in flight, or what its engine counts (other pickers' too)."""
+        """Requests on this replica: ours in flight now, plus other clients' as its engine last counted
+        them (figures a scrape old would otherwise count our own finished calls as load)."""
         load = self.load.get(model)
-        return self.in_flight if load is None else max(self.in_flight, load.running + load.waiting)
+        return self.in_flight if load is None else self.in_flight + load.others()
 
     @contextlib.contextmanager
     def busy(self):
@@ -323,7 +329,10 @@ class ReplicaSet:
         except (aiohttp.ClientError, TimeoutError, OSError):
             replica.load.clear()  # stale figures would mislead; the probes decide readiness
             return
-        replica.load = parse_engine_load(text)
+        loads = parse_engine_load(text)
+        for load in loads.values():
+            load.ours = replica.in_flight
+        replica.load = loads
 
 
 # vLLM's metric names (Triton's vLLM backend exports them under these names too)

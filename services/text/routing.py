@@ -14,7 +14,8 @@ each candidate replica r, as NVIDIA Dynamo's KV router does, in one unit — blo
   it evicted more than the index thought, and its index capacity shrinks.
 - *Active blocks*: the prompt blocks of this service's calls in flight on r, plus, when r's engine
   exports its queue (`vllm:num_requests_running` + `_waiting`, scraped off the request path), the
-  calls other pickers have there, at the mean size of ours.
+  calls other clients had there when it was read (its count less ours at that moment), at the mean
+  size of ours.
 
 The lowest cost wins; ties go at random. Several text-service replicas each keep their own index and
 in-flight counts, and the scraped queues show each picker the others' load, so they don't all pile onto
@@ -147,10 +148,7 @@ class PrefixPicker(Picker):
     def _active_blocks(self, replica: Replica, model: str, mean_blocks: float) -> float:
         ours = self._active.get(replica.address, 0)
         load = replica.load.get(model)
-        if load is None:
-            return ours
-        others = load.running + load.waiting - self._calls.get(replica.address, 0)
-        return ours + max(0.0, others) * mean_blocks
+        return ours if load is None else ours + load.others() * mean_blocks
 
     def pick(self, model: str, candidates: Sequence[Replica], prompt: str | None = None) -> Decision:
         hashes = self.index.hashes(model, prompt or "")

@@ -80,6 +80,23 @@ async def test_chat_stream_exact_sse_bytes(aiohttp_client, services):
     assert chunks[-1]["usage"] == {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}
 
 
+async def test_cached_prompt_tokens_reach_usage_details(aiohttp_client, services):
+    """A model server that reports its prefix cache (the engine simulator): usage.prompt_tokens_details."""
+    cached = chunk(["Hi"], ["stop"], n_in=40, n_out=[1])
+    cached.num_cached_tokens = 32
+    client = await client_for(aiohttp_client, services, FakeTextBackend([cached]))
+    body = await (await client.post("/v1/chat/completions", json=chat_body(), headers=AUTH)).json()
+    assert body["usage"] == {"prompt_tokens": 40, "completion_tokens": 1, "total_tokens": 41,
+                             "prompt_tokens_details": {"cached_tokens": 32}}
+    response = await client.post(
+        "/v1/completions", json={"model": MODEL, "prompt": ["a", "b"], "stream": True,
+                                 "stream_options": {"include_usage": True}}, headers=AUTH,
+    )
+    events = (await response.read()).decode().split("\n\n")
+    usage = json.loads(events[-3].removeprefix("data: "))["usage"]
+    assert usage["prompt_tokens"] == 80 and usage["prompt_tokens_details"] == {"cached_tokens": 64}
+
+
 async def test_completion_stream_and_json(aiohttp_client, services):
     backend = FakeTextBackend([chunk([" a", " b"]), chunk(["", ""], ["stop", "stop"], n_out=[0, 0])])
     client = await client_for(aiohttp_client, services, backend)

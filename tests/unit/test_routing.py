@@ -78,8 +78,10 @@ def test_least_request_counts_ours_and_the_engines_queue():
     pool, picker = replicas(3), LeastRequest(random.Random(1))
     pool[0].in_flight, pool[1].in_flight, pool[2].in_flight = 2, 1, 3
     assert picker.pick("m", pool).replica is pool[1]
-    pool[1].load["m"] = EngineLoad(running=4, waiting=1)  # other pickers' requests are there
+    pool[1].load["m"] = EngineLoad(running=4, waiting=1, ours=1)  # other pickers' requests are there
     assert picker.pick("m", pool).replica is pool[0]
+    pool[1].load["m"] = EngineLoad(running=1, ours=1)  # as last read, only a call of ours: no one else's
+    assert picker.pick("m", pool).replica is pool[1]
 
 
 def test_ties_are_broken_at_random():

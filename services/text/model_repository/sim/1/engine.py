@@ -1,0 +1,493 @@
+"""A GPU-free vLLM engine: continuous batching, chunked prefill, a paged KV cache with prefix caching,
+and a roofline timing model (pure Python, no Triton; model.py runs it in time, the tests without a clock).
+
+One `Engine.step()` is one forward pass of vLLM V1's scheduler, decided the same way:
+  1. running sequences first, in admission order: a decoding one computes 1 token, one still in
+     prefill its next chunk, all within the step's token budget `max_num_batched_tokens`. When the KV
+     pool has no block for a running sequence, the most recently admitted running sequence is
+     preempted (recompute: its blocks are freed and it goes back to the front of the queue);
+  2. then, if nothing was preempted, waiting sequences in FCFS order while fewer than `max_num_seqs`
+     run, budget is left and the KV pool has blocks for their first chunk. At admission the longest
+     chain of cached full blocks of the sequence's tokens is reused and skips prefill (at least the
+     last token is always computed, as vLLM does).
+A sequence whose tokens are all computed at the end of a step emits one token; so the first token
+comes at the end of the step that finishes the prompt, then one token per step.
+
+Timing (seconds) of a step computing T tokens (prefill chunks + one per decoding sequence) of
+sequences whose contexts total C tokens (each sequence's computed tokens plus its new ones):
+    gemm      = max(weight_bytes / B, 2 * params * T / (peak_flops * mfu))
+    attention = C * kv_bytes_per_token / B
+    step      = (gemm + attention + step_overhead_s) * time_scale
+with B = hbm_bandwidth * bandwidth_efficiency. The linear layers (GEMMs) run the whole batch at
+once: they read the weights once and are memory-bound for small batches (a decode step: weights / B)
+and compute-bound for large ones (a prefill chunk: 2 FLOPs per parameter per token); the roofline is
+the larger of the two. Attention is a separate kernel per sequence that reads its KV cache: memory-bound
+and added on top. So a step that mixes a prefill chunk with decodes costs the chunk's compute plus
+the decodes' KV reads: decodes slow down while a long prompt is prefilled, which is what chunked
+prefill bounds. Attention FLOPs of prefill (quadratic in the context) are left out: ~5 % of a
+3,000-token prefill of Llama-3-8B, ~13 % at 8,192 tokens. README.md has the figures.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict, deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from simtext import StopMatcher, block_hash, pieces, prompt_digest, token
+
+GREEDY_BELOW = 1e-5  # temperatures under this are greedy (vLLM's rule)
+
+
+class InvalidRequest(ValueError):
+    """A request the engine cannot serve (the model answers INVALID_ARG)."""
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """The simulated model, GPU and engine; defaults: Llama-3-8B in BF16 on one H200 (see README.md)."""
+
+    # the model
+    params: float = 8.03e9
+    weight_bytes: float = 16.06e9  # 2 bytes a parameter
+    kv_bytes_per_token: float = 131072  # 32 layers x 8 KV heads x 128 dims x 2 (K, V) x 2 bytes
+    max_model_len: int = 8192
+    # the GPU
+    hbm_bytes: float = 141e9
+    hbm_bandwidth: float = 4.8e12
+    bandwidth_efficiency: float = 0.8  # what decode kernels reach of the peak bandwidth
+    peak_flops: float = 989e12  # dense BF16
+    mfu: float = 0.5  # what prefill GEMMs reach of the peak FLOP/s
+    # the engine (vLLM's settings)
+    gpu_memory_utilization: float = 0.9
+    activation_reserve_bytes: float = 2e9  # vLLM's profiled peak activations + CUDA graphs
+    kv_cache_tokens: int = 0  # > 0: the KV pool holds this many tokens (else derived from memory)
+    block_size: int = 16
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 8192  # per-step token budget (chunked prefill)
+    step_overhead_s: float = 0.0005  # scheduler, sampling, kernel launches of one step
+    time_scale: float = 1.0  # multiplies every simulated duration
+
+    def __post_init__(self) -> None:
+        if self.block_size < 1 or self.max_num_seqs < 1 or self.max_model_len < 2:
+            raise ValueError("block_size, max_num_seqs and max_model_len must be positive")
+        if self.max_num_batched_tokens < self.max_num_seqs:
+            raise ValueError("max_num_batched_tokens must be at least max_num_seqs (vLLM's rule)")
+        if self.time_scale < 0:
+            raise ValueError("time_scale must not be negative")
+        if self.num_blocks * self.block_size < self.max_model_len:
+            # vLLM refuses to start when one sequence of max_model_len cannot fit in the KV cache
+            raise ValueError(
+                f"the KV cache holds {self.num_blocks * self.block_size} tokens, fewer than "
+                f"max_model_len ({self.max_model_len})"
+            )
+
+    @classmethod
+    def from_parameters(cls, values: Mapping[str, str]) -> EngineConfig:
+        """From config.pbtxt `parameters` (strings); unknown keys and empty values are ignored."""
+        kwargs: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = str(values.get(f.name, "")).strip()
+            if raw:
+                kwargs[f.name] = int(float(raw)) if isinstance(f.default, int) else float(raw)
+        return cls(**kwargs)
+
+    @property
+    def kv_capacity_tokens(self) -> int:
+        """Tokens the KV pool holds: what the GPU's share leaves after weights and activations."""
+        if self.kv_cache_tokens > 0:
+            return self.kv_cache_tokens
+        free = self.hbm_bytes * self.gpu_memory_utilization - self.weight_bytes - self.activation_reserve_bytes
+        return max(0, int(free // self.kv_bytes_per_token))
+
+    @property
+    def num_blocks(self) -> int:
+        return self.kv_capacity_tokens // self.block_size
+
+    def step_duration(self, num_tokens: int, context_tokens: int) -> float:
+        """Seconds of one forward pass computing `num_tokens` over contexts of `context_tokens` (module doc)."""
+        bandwidth = self.hbm_bandwidth * self.bandwidth_efficiency
+        gemm = max(self.weight_bytes / bandwidth, 2 * self.params * num_tokens / (self.peak_flops * self.mfu))
+        attention = context_tokens * self.kv_bytes_per_token / bandwidth
+        return (gemm + attention + self.step_overhead_s) * self.time_scale
+
+
+class BlockPool:
+    """vLLM's paged KV cache with prefix caching.
+
+    A full block is registered under the chained hash of its tokens as soon as it is scheduled. A
+    block nobody references goes to the free list (least recently freed first) but keeps its hash, so
+    a later prompt can reuse it, until an allocation takes it from the head of the list (eviction).
+    """
+
+    def __init__(self, num_blocks: int) -> None:
+        self.num_blocks = num_blocks
+        self.ref = [0] * num_blocks
+        self.hash_of: list[bytes | None] = [None] * num_blocks
+        self.by_hash: dict[bytes, int] = {}
+        self.free: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))  # head: evicted first
+
+    @property
+    def num_free(self) -> int:
+        return len(self.free)
+
+    def usage(self) -> float:
+        """vLLM's kv_cache_usage_perc: the fraction of blocks in use (0..1)."""
+        return (self.num_blocks - len(self.free)) / self.num_blocks
+
+    def cached_prefix(self, hashes: list[bytes]) -> list[int]:
+        """The blocks of the longest chain of `hashes` that is cached."""
+        blocks = []
+        for h in hashes:
+            block = self.by_hash.get(h)
+            if block is None:
+                break
+            blocks.append(block)
+        return blocks
+
+    def take(self, blocks: list[int]) -> None:
+        """References cached blocks (taking them off the free list)."""
+        for block in blocks:
+            if self.ref[block] == 0:
+                del self.free[block]
+            self.ref[block] += 1
+
+    def allocate(self, count: int) -> list[int] | None:
+        """`count` fresh blocks, evicting the least recently freed cached ones; None when too few are free."""
+        if count > len(self.free):
+            return None
+        blocks = []
+        for _ in range(count):
+            block, _ = self.free.popitem(last=False)
+            if self.hash_of[block] is not None:
+                del self.by_hash[self.hash_of[block]]
+                self.hash_of[block] = None
+            self.ref[block] = 1
+            blocks.append(block)
+        return blocks
+
+    def register(self, block: int, block_hash_: bytes) -> None:
+        if block_hash_ not in self.by_hash and self.hash_of[block] is None:
+            self.by_hash[block_hash_] = block
+            self.hash_of[block] = block_hash_
+
+    def release(self, blocks: list[int]) -> None:
+        """Drops one reference to each block; the last blocks of a sequence are freed first, so they
+        are evicted before its prefix (which other prompts are likelier to share), as vLLM does."""
+        for block in reversed(blocks):
+            self.ref[block] -= 1
+            if self.ref[block] == 0:
+                self.free[block] = None
+
+
+@dataclass(eq=False)
+class Request:
+    """One generation request: `n` sequences (choices) of the same prompt."""
+
+    handle: Any  # the caller's (model.py: the Triton request and its response sender)
+    prompt_tokens: list[str]
+    prompt_hashes: list[bytes]  # chained hashes of the prompt's full blocks
+    digest: bytes  # of the prompt text, for the generated text
+    n: int
+    max_tokens: int
+    stops: StopMatcher
+    seed: int
+    greedy: bool
+    stream: bool
+    sequences: list[Sequence] = field(default_factory=list)
+    num_cached_tokens: int = 0  # prompt tokens choice 0 found in the prefix cache at its admission
+    finished: bool = False
+
+    @property
+    def num_input_tokens(self) -> int:
+        return len(self.prompt_tokens)
+
+
+@dataclass(eq=False)
+class Sequence:
+    """One choice of a request as the scheduler sees it."""
+
+    request: Request
+    index: int
+    tokens: list[str]  # the prompt's, then the generated ones
+    hashes: list[bytes]  # chained hashes of the full blocks of `tokens` worked out so far
+    num_computed: int = 0  # tokens whose KV is in the cache
+    blocks: list[int] = field(default_factory=list)
+    generated: int = 0
+    text: str = ""  # generated text, cut at a stop sequence
+    emitted: int = 0  # characters of text sent
+    unreported: int = 0  # tokens not yet counted in a response
+    finish_reason: str | None = None
+    admitted: bool = False  # at least once
+    prefilled: bool = False  # its prompt was computed at least once
+
+
+@dataclass
+class Output:
+    """What one request gets at the end of a step: per-choice text deltas (the whole texts when
+    not streaming), finish reasons ("None" while running) and generated-token counts (deltas)."""
+
+    request: Request
+    texts: list[str]
+    finish_reasons: list[str]
+    num_output_tokens: list[int]
+    finished: bool
+
+
+@dataclass
+class StepResult:
+    duration_s: float  # simulated (time_scale applied)
+    outputs: list[Output]
+    num_tokens: int  # computed in the step
+    num_sequences: int  # scheduled in the step
+
+
+@dataclass
+class Stats:
+    """Cumulative counters, as vLLM's metrics count them (tokens, sequences)."""
+
+    prompt_tokens: int = 0
+    generation_tokens: int = 0
+    request_success: int = 0  # sequences finished with "stop" or "length" (vLLM counts each choice)
+    prefix_cache_queries: int = 0  # tokens looked up at admission
+    prefix_cache_hits: int = 0  # of those, tokens found cached
+    num_preemptions: int = 0
+
+
+def new_request(handle: Any, prompt: str, sampling: Mapping[str, Any], stream: bool, config: EngineConfig) -> Request:
+    """A Request from the contract's inputs (sampling: the `sampling_parameters` JSON); raises InvalidRequest."""
+    if sampling.get("structured_outputs") is not None or sampling.get("guided_decoding") is not None:
+        raise InvalidRequest("the engine simulator does not enforce structured output")
+    prompt_tokens = pieces(prompt)
+    if not prompt_tokens:
+        raise InvalidRequest("the prompt is empty")
+    room = config.max_model_len - len(prompt_tokens)
+    if room < 1:
+        raise InvalidRequest(
+            f"Prompt length of {len(prompt_tokens)} tokens is longer than the maximum model length "
+            f"of {config.max_model_len} tokens"
+        )
+    n = int(sampling.get("n", 1))
+    if n < 1:
+        raise InvalidRequest(f"n must be at least 1, got {n}")
+    max_tokens = sampling.get("max_tokens")
+    if max_tokens is not None and int(max_tokens) < 1:
+        raise InvalidRequest(f"max_tokens must be at least 1, got {max_tokens}")
+    stop = sampling.get("stop") or []
+    seed = sampling.get("seed")
+    bs = config.block_size
+    hashes, parent = [], b""
+    for start in range(0, len(prompt_tokens) - bs + 1, bs):
+        parent = block_hash(parent, prompt_tokens[start:start + bs])
+        hashes.append(parent)
+    request = Request(
+        handle=handle,
+        prompt_tokens=prompt_tokens,
+        prompt_hashes=hashes,
+        digest=prompt_digest(prompt),
+        n=n,
+        max_tokens=room if max_tokens is None else min(int(max_tokens), room),
+        stops=StopMatcher([stop] if isinstance(stop, str) else list(stop)),
+        seed=0 if seed is None else int(seed),
+        greedy=float(sampling.get("temperature", 1.0)) < GREEDY_BELOW,
+        stream=stream,
+    )
+    request.sequences = [Sequence(request, i, list(prompt_tokens), list(hashes)) for i in range(n)]
+    return request
+
+
+class Engine:
+    """One simulated vLLM engine (one model instance). Not thread-safe: one thread owns it."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.pool = BlockPool(config.num_blocks)
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []  # in admission order
+        self.live: dict[Request, None] = {}  # requests not finished, in arrival order
+        self.stats = Stats()
+        self.clock = 0.0  # simulated seconds: the sum of step durations
+
+    # -- the caller's side ------------------------------------------------------------------
+
+    def add(self, request: Request) -> None:
+        self.live[request] = None
+        self.waiting.extend(request.sequences)
+
+    def cancel(self, request: Request) -> None:
+        """Stops every sequence of the request and frees its blocks."""
+        for seq in request.sequences:
+            if seq in self.running:
+                self.running.remove(seq)
+            elif seq in self.waiting:
+                self.waiting.remove(seq)
+            self._free(seq)
+        request.finished = True
+        self.live.pop(request, None)
+
+    def has_work(self) -> bool:
+        return bool(self.running or self.waiting)
+
+    def requests(self) -> list[Request]:
+        """The requests not finished yet."""
+        return list(self.live)
+
+    @property
+    def num_running(self) -> int:
+        return len(self.running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting)
+
+    # -- one forward pass -----------------------------------------------------------------------
+
+    def step(self) -> StepResult:
+        cfg = self.config
+        budget = cfg.max_num_batched_tokens
+        scheduled: list[tuple[Sequence, int]] = []
+        preempted = False
+
+        i = 0
+        while i < len(self.running) and budget > 0:
+            seq = self.running[i]
+            new = min(len(seq.tokens) - seq.num_computed, budget)
+            ok = self._grow(seq, new)
+            while not ok and self.running[-1] is not seq:
+                self._preempt(self.running.pop())  # the lowest priority: the last admitted
+                preempted = True
+                ok = self._grow(seq, new)
+            if not ok:  # nothing left to take blocks from but itself
+                self._preempt(self.running.pop())
+                preempted = True
+                break
+            scheduled.append((seq, new))
+            budget -= new
+            i += 1
+
+        while not preempted and self.waiting and budget > 0 and len(self.running) < cfg.max_num_seqs:
+            seq = self.waiting[0]
+            cached = self._cached_blocks(seq)
+            num_cached = len(cached) * cfg.block_size
+            new = min(len(seq.tokens) - num_cached, budget)
+            fresh = math.ceil((num_cached + new) / cfg.block_size) - len(cached)
+            if fresh > self.pool.num_free - sum(1 for b in cached if self.pool.ref[b] == 0):
+                break  # FCFS: nobody overtakes the head of the queue
+            self.waiting.popleft()
+            self.pool.take(cached)
+            seq.blocks = list(cached)
+            seq.num_computed = num_cached
+            self.stats.prefix_cache_queries += len(seq.tokens)
+            self.stats.prefix_cache_hits += num_cached
+            if not seq.admitted:
+                seq.admitted = True
+                if seq.index == 0:
+                    seq.request.num_cached_tokens = num_cached
+            if not self._grow(seq, new):
+                raise AssertionError("admission checked the free blocks")
+            self.running.append(seq)
+            scheduled.append((seq, new))
+            budget -= new
+
+        num_tokens = sum(new for _, new in scheduled)
+        context = sum(seq.num_computed + new for seq, new in scheduled)
+        duration = cfg.step_duration(num_tokens, context) if scheduled else 0.0
+        self.clock += duration
+
+        touched: dict[Request, None] = {}
+        for seq, new in scheduled:
+            seq.num_computed += new
+            if seq.num_computed < len(seq.tokens):
+                continue  # a prefill chunk: no token yet
+            if not seq.prefilled:
+                seq.prefilled = True
+                self.stats.prompt_tokens += len(seq.request.prompt_tokens)
+            self._emit_token(seq)
+            touched[seq.request] = None
+            if seq.finish_reason is not None:
+                self.running.remove(seq)
+                self._free(seq)
+                self.stats.request_success += 1
+        outputs = [out for out in map(self._output, touched) if out is not None]
+        return StepResult(duration, outputs, num_tokens, len(scheduled))
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _hash(self, seq: Sequence, index: int) -> bytes:
+        """The chained hash of full block `index` of the sequence's tokens."""
+        bs = self.config.block_size
+        while len(seq.hashes) <= index:
+            j = len(seq.hashes)
+            seq.hashes.append(block_hash(seq.hashes[j - 1] if j else b"", seq.tokens[j * bs:(j + 1) * bs]))
+        return seq.hashes[index]
+
+    def _cached_blocks(self, seq: Sequence) -> list[int]:
+        """The cached blocks a sequence can start from: full blocks within all but its last token."""
+        full = (len(seq.tokens) - 1) // self.config.block_size
+        return self.pool.cached_prefix([self._hash(seq, j) for j in range(full)])
+
+    def _grow(self, seq: Sequence, new: int) -> bool:
+        """Blocks for `new` more tokens of the sequence (registering the blocks they fill); False when none are free."""
+        bs = self.config.block_size
+        end = seq.num_computed + new
+        missing = math.ceil(end / bs) - len(seq.blocks)
+        if missing > 0:
+            blocks = self.pool.allocate(missing)
+            if blocks is None:
+                return False
+            seq.blocks.extend(blocks)
+        for j in range(seq.num_computed // bs, end // bs):
+            self.pool.register(seq.blocks[j], self._hash(seq, j))
+        return True
+
+    def _preempt(self, seq: Sequence) -> None:
+        self._free(seq)
+        seq.num_computed = 0
+        self.waiting.appendleft(seq)
+        self.stats.num_preemptions += 1
+
+    def _free(self, seq: Sequence) -> None:
+        if seq.blocks:
+            self.pool.release(seq.blocks)
+            seq.blocks = []
+
+    def _emit_token(self, seq: Sequence) -> None:
+        request = seq.request
+        if request.greedy:  # one text per prompt, whatever the seed and the choice
+            word = token(request.digest, 0, 0, seq.generated)
+        else:
+            word = token(request.digest, request.seed, seq.index, seq.generated)
+        seq.tokens.append(word)
+        seq.generated += 1
+        seq.unreported += 1
+        self.stats.generation_tokens += 1
+        seq.text += word
+        stop_at = request.stops.find(seq.text, start=len(seq.text) - len(word))
+        if stop_at is not None:
+            seq.text = seq.text[:stop_at]
+            seq.finish_reason = "stop"
+        elif seq.generated >= request.max_tokens:
+            seq.finish_reason = "length"
+
+    def _output(self, request: Request) -> Output | None:
+        seqs = request.sequences
+        finished = all(s.finish_reason is not None for s in seqs)
+        reasons = [s.finish_reason or "None" for s in seqs]
+        if finished:
+            request.finished = True
+            self.live.pop(request, None)
+        if not request.stream:
+            if not finished:
+                return None
+            return Output(request, [s.text for s in seqs], reasons, [s.generated for s in seqs], True)
+        texts, counts, news = [""] * len(seqs), [0] * len(seqs), False
+        for s in seqs:
+            safe = len(s.text) if s.finish_reason is not None else request.stops.safe_length(s.text)
+            if safe > s.emitted or (s.finish_reason is not None and s.unreported):
+                texts[s.index], counts[s.index] = s.text[s.emitted:safe], s.unreported
+                s.emitted, s.unreported, news = safe, 0, True
+        if not news and not finished:
+            return None
+        return Output(request, texts, reasons, counts, finished)

@@ -1,0 +1,87 @@
+"""The engine simulator's tokenisation rule and its deterministic text (pure Python, no Triton).
+
+Tokenisation rule: a text is cut into pieces by PIECE, `\\s*\\S{1,4}|\\s+`: each piece is the
+whitespace before it plus at most 4 non-space characters (a longer word is cut into pieces of 4),
+and trailing whitespace is one piece of its own. English averages ~4.7 letters a word, so a word
+and its space make ~1.4 pieces: ~4 characters a token, about what a BPE tokenizer gives.
+num_input_tokens is the number of pieces of the prompt.
+
+Generated text: token k of choice c is `" " + WORDS[i]` where i comes from a blake2b hash of
+(blake2b of the prompt, seed, c, k), so it is a function of (prompt, seed, choice, position) and a
+generation can be resumed exactly at any position. Every word has at most 4 characters, so a
+generated text cut by PIECE gives back exactly its tokens (a multi-turn prompt that quotes an
+answer has the answer's tokens).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import struct
+
+PIECE = re.compile(r"\s*\S{1,4}|\s+")
+
+# 64 short words (each at most 4 characters, so " word" is one piece), a few with punctuation
+WORDS = (
+    "the", "of", "and", "to", "in", "is", "it", "you", "that", "he", "was", "for", "on", "are", "as",
+    "with", "his", "they", "at", "be", "this", "have", "from", "or", "one", "had", "by", "word", "but",
+    "not", "what", "all", "were", "we", "when", "your", "can", "said", "use", "an", "each", "she", "do",
+    "how", "if", "will", "up", "out", "many", "then", "them", "so", "some", "her", "make", "like",
+    "time", "look", "more", "day.", "now,", "way.", "yes,", "new.",
+)
+assert all(1 <= len(w) <= 4 for w in WORDS)
+
+_MASK64 = (1 << 64) - 1
+
+
+def pieces(text: str) -> list[str]:
+    """The tokens of `text` under the simulator's rule (see the module docstring)."""
+    return PIECE.findall(text)
+
+
+def prompt_digest(prompt: str) -> bytes:
+    return hashlib.blake2b(prompt.encode("utf-8"), digest_size=16).digest()
+
+
+def token(digest: bytes, seed: int, choice: int, position: int) -> str:
+    """Token `position` (0-based) of choice `choice`: one word with a leading space."""
+    key = digest + struct.pack("<QII", seed & _MASK64, choice, position)
+    index = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") % len(WORDS)
+    return " " + WORDS[index]
+
+
+def block_hash(parent: bytes, block: list[str]) -> bytes:
+    """vLLM-style chained hash of one full KV block: hash(parent block's hash, the block's tokens)."""
+    h = hashlib.blake2b(parent, digest_size=16)
+    for piece in block:
+        data = piece.encode("utf-8")
+        h.update(struct.pack("<I", len(data)))
+        h.update(data)
+    return h.digest()
+
+
+class StopMatcher:
+    """Finds stop sequences in growing text; holds back text that could still become one
+    (the same rule as the smollm2 model's: a stream never shows part of a stop sequence)."""
+
+    def __init__(self, stops: list[str]) -> None:
+        self.stops = [s for s in stops if s]
+
+    def find(self, text: str, start: int = 0) -> int | None:
+        """Index of the earliest stop sequence in text (searching from `start`), or None."""
+        best = None
+        for stop in self.stops:
+            at = text.find(stop, max(0, start - len(stop) + 1))
+            if at != -1 and (best is None or at < best):
+                best = at
+        return best
+
+    def safe_length(self, text: str) -> int:
+        """Length of the prefix of text that cannot be the start of a stop sequence."""
+        hold = 0
+        for stop in self.stops:
+            for k in range(min(len(stop) - 1, len(text)), 0, -1):
+                if text.endswith(stop[:k]):
+                    hold = max(hold, k)
+                    break
+        return len(text) - hold

@@ -1,0 +1,172 @@
+"""The engine simulator (services/text/model_repository/sim) served by the real tritonserver, streamed
+through the text service's own Triton backend."""
+
+import importlib.util
+import json
+import os
+import re
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from local.processes import free_ports
+from local.triton import ROOT, TritonServer
+from services.common.errors import ContextLengthExceeded, InvalidArgument
+from services.text.backend import TritonTextBackend
+
+pytestmark = pytest.mark.e2e
+
+REPOSITORY = ROOT / "services" / "text" / "model_repository"
+SIM_DIR = REPOSITORY / "sim" / "1"
+sys.path.insert(0, str(SIM_DIR))
+_spec = importlib.util.spec_from_file_location("sim_engine_e2e", SIM_DIR / "engine.py")
+sim = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = sim
+_spec.loader.exec_module(sim)
+
+PROMPT = " ".join(f"The {i}th sentence of a long shared system prompt says something." for i in range(120))
+METRIC = re.compile(r'^(vllm:\w+)\{model="sim",version="1"\} (\S+)$', re.M)
+
+
+@pytest.fixture(scope="module")
+def triton(tmp_path_factory):
+    http, grpc_port, metrics = free_ports(3)
+    server = TritonServer(
+        model_repository=REPOSITORY, models=["sim"], log_path=tmp_path_factory.mktemp("sim") / "triton.log",
+        http_port=http, grpc_port=grpc_port, metrics_port=metrics,
+        shm_prefix=f"hubmesh{os.getpid()}sim_",  # apart from the regions of any other server of the session
+    )
+    server.start()
+    try:
+        server.wait_ready(120)
+        yield server
+    finally:
+        server.stop()
+    assert not list(Path("/dev/shm").glob(f"{server.shm_prefix}*"))
+
+
+def vllm_metrics(server) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    return {name: float(value) for name, value in METRIC.findall(text)}
+
+
+def wait_for(predicate, timeout_s=10.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"not reached in {timeout_s} s")
+
+
+async def stream(backend, prompt, sampling):
+    chunks = [chunk async for chunk in backend.generate("sim", prompt, sampling, stream=True)]
+    n = len(chunks[0].texts)
+    texts = ["".join(c.texts[i] for c in chunks) for i in range(n)]
+    return chunks, texts
+
+
+async def test_streams_with_prefix_caching_and_vllm_metrics(triton):
+    n_in = len(sim.pieces(PROMPT))
+    expected_cached = (n_in - 1) // 16 * 16  # the full blocks within all but the last token
+    backend = TritonTextBackend(f"127.0.0.1:{triton.grpc_port}", 60)
+    try:
+        assert await backend.is_ready("sim")
+        sampling = {"max_tokens": 16, "temperature": 0.8, "seed": 11}
+        started = time.monotonic()
+        cold_chunks, cold_texts = await stream(backend, PROMPT, sampling)
+        cold_s = time.monotonic() - started
+        warm_chunks, warm_texts = await stream(backend, PROMPT, sampling)
+    finally:
+        await backend.close()
+
+    assert cold_texts == warm_texts and len(sim.pieces(cold_texts[0])) == 16
+    for chunks in (cold_chunks, warm_chunks):
+        assert len(chunks) == 16  # one response per step, one token each
+        assert all(c.num_input_tokens == n_in for c in chunks)
+        assert sum(sum(c.num_output_tokens) for c in chunks) == 16
+        assert chunks[-1].finish_reasons == ["length"] and all(c.finish_reasons == [None] for c in chunks[:-1])
+    assert {c.num_cached_tokens for c in cold_chunks} == {0}
+    assert {c.num_cached_tokens for c in warm_chunks} == {expected_cached}
+    assert expected_cached > 0.98 * n_in
+
+    # it sleeps what the GPU would take: a cold prefill and 15 decode steps at least
+    cfg = sim.EngineConfig()
+    simulated = cfg.step_duration(n_in, n_in) + sum(cfg.step_duration(1, n_in + k) for k in range(1, 16))
+    assert 0.95 * simulated < cold_s < simulated + 5
+
+    def settled():
+        m = vllm_metrics(triton)
+        return m if m.get("vllm:request_success_total") == 2 else None
+
+    m = wait_for(settled)
+    assert m["vllm:prompt_tokens_total"] == 2 * n_in
+    assert m["vllm:generation_tokens_total"] == 32
+    assert m["vllm:prefix_cache_queries_total"] == 2 * n_in
+    assert m["vllm:prefix_cache_hits_total"] == expected_cached
+    assert m["vllm:num_preemptions_total"] == 0
+    assert m["vllm:num_requests_running"] == 0 and m["vllm:num_requests_waiting"] == 0
+    assert m["vllm:kv_cache_usage_perc"] == 0.0
+
+
+async def test_choices_errors_and_cancellation(triton):
+    backend = TritonTextBackend(f"127.0.0.1:{triton.grpc_port}", 60)
+    try:
+        chunks, texts = await stream(backend, "Name three colours.", {"n": 2, "max_tokens": 8, "seed": 3})
+        assert texts[0] != texts[1] and all(len(sim.pieces(t)) == 8 for t in texts)
+        assert chunks[-1].finish_reasons == ["length", "length"]
+        (only,) = [c async for c in backend.generate("sim", "Name three colours.", {"n": 2, "max_tokens": 8,
+                                                                                   "seed": 3}, stream=False)]
+        assert only.texts == texts
+
+        stop = texts[0].split(" ")[3]
+        _, cut = await stream(backend, "Name three colours.", {"max_tokens": 8, "seed": 3, "stop": [" " + stop]})
+        assert cut == [texts[0][: texts[0].index(" " + stop)]]
+
+        with pytest.raises(InvalidArgument, match="does not enforce structured output"):
+            await stream(backend, "hi", {"structured_outputs": json.dumps({"json": {"type": "object"}})})
+        with pytest.raises(ContextLengthExceeded, match="maximum model length of 8192 tokens"):
+            await stream(backend, " abcd" * 9000, {})
+
+        # a client that goes away mid-stream: the model stops the sequence and frees its blocks
+        generation = backend.generate("sim", "Count forever.", {"max_tokens": 5000}, stream=True)
+        await generation.__anext__()
+        await generation.__anext__()
+        await generation.aclose()
+    finally:
+        await backend.close()
+
+    def freed():
+        m = vllm_metrics(triton)
+        return m if m["vllm:num_requests_running"] == 0 and m["vllm:kv_cache_usage_perc"] == 0 else None
+
+    m = wait_for(freed)
+    assert m["vllm:generation_tokens_total"] < 1000  # the cancelled one (max_tokens 5000) stopped early
+
+
+async def test_parameters_are_overridden_per_load(triton):
+    base = f"http://127.0.0.1:{triton.http_port}/v2"
+    with urllib.request.urlopen(f"{base}/models/sim/config", timeout=5) as reply:
+        config = json.loads(reply.read())
+    config["parameters"]["max_model_len"] = {"string_value": "1024"}
+    config["parameters"]["time_scale"] = {"string_value": "0.1"}
+    body = json.dumps({"parameters": {"config": json.dumps(config)}}).encode()
+    request = urllib.request.Request(f"{base}/repository/models/sim/load", data=body, method="POST")
+    with urllib.request.urlopen(request, timeout=60) as reply:
+        assert reply.status == 200
+    with urllib.request.urlopen(f"{base}/models/sim/config", timeout=5) as reply:
+        assert json.loads(reply.read())["parameters"]["max_model_len"]["string_value"] == "1024"
+
+    backend = TritonTextBackend(f"127.0.0.1:{triton.grpc_port}", 60)
+    try:
+        with pytest.raises(ContextLengthExceeded, match="maximum model length of 1024 tokens"):
+            await stream(backend, " abcd" * 2000, {})
+        _, texts = await stream(backend, "still streaming", {"max_tokens": 4})
+        assert len(sim.pieces(texts[0])) == 4
+    finally:
+        await backend.close()
