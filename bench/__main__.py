@@ -6,14 +6,19 @@ stop it. Writes build/bench/report.{json,md,png}.
 - text_streaming: SmolLM2 streamed tokens/s, façade vs Triton;
 - embeddings: sentences/s at concurrency 32 vs the model in-process in batches of 32;
 - images: seconds per image by size, façade vs Triton;
-- peer: the same Triton behind LiteLLM's proxy vs behind hubmesh (needs `make peer-venv`).
+- peer: the same Triton behind LiteLLM's proxy vs behind hubmesh (needs `make peer-venv`);
+- routing: 4 simulated Tritons behind the text service, round_robin / least_request / prefix (and
+  prefix with 2 pickers) at the same offered load, on a shared-prefix and a no-shared-prefix workload
+  (bench/routing.py, its own stack, started once the main one is stopped).
 """
 
 import asyncio
 import json
 import os
 
-from bench import bench_config, cpu, embeddings_throughput, images_latency, overhead, peer_litellm, report, text_stream
+from bench import (
+    bench_config, cpu, embeddings_throughput, images_latency, overhead, peer_litellm, report, routing, text_stream,
+)
 from local.stack import ROOT, LocalStack
 
 
@@ -33,6 +38,10 @@ def main() -> None:
             "peer": peer_litellm.measure(stack),
             "rss_mib": cpu.process_memory(stack),
         }
+    try:  # its own stack (4 sim Tritons), after the main one has stopped: the cores are its own
+        results["routing"] = routing.measure()
+    except Exception as err:  # noqa: BLE001 - the other figures are still written
+        results["routing"] = {"error": f"{type(err).__name__}: {err}"}
     written = report.write(results, ROOT / "build" / "bench")
     print(json.dumps(results, indent=2))
     print("written:", ", ".join(str(p) for p in written))

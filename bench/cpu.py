@@ -44,14 +44,20 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
+def _triton_groups(stack: LocalStack) -> dict[str, int]:
+    """Process group of every Triton replica, by its name in stack.children() (triton-text, triton-text-1, ...)."""
+    return {name: proc.pid for name, proc in stack.children().items()
+            if name.startswith("triton-") and proc is not None}
+
+
 def process_memory(stack: LocalStack) -> dict[str, float]:
     """RSS of each process of the stack; each Triton's python-backend stubs (one per model instance)
     are added up on their own line."""
-    out = {name: rss_mib(proc.pid) for name, proc in stack.children().items()}
-    tritons = {triton.proc.pid: name for name, triton in stack.tritons.items()}
+    out = {name: rss_mib(proc.pid) for name, proc in stack.children().items() if proc is not None}
+    tritons = {pgid: name for name, pgid in _triton_groups(stack).items()}
     for pid, pgid, _ in _processes():
         if pgid in tritons and pid != pgid:  # started by that Triton: its model stubs
-            key = f"triton-{tritons[pgid]} python stubs"
+            key = f"{tritons[pgid]} python stubs"
             out[key] = out.get(key, 0.0) + rss_mib(pid)
     return out
 
@@ -60,7 +66,7 @@ class CpuMeter:
     """`snapshot()` before and after a run; `per_unit()` turns the difference into ms per request or token."""
 
     def __init__(self, stack: LocalStack) -> None:
-        self._pgids = {proc.pid: name for name, proc in stack.children().items()}
+        self._pgids = {proc.pid: name for name, proc in stack.children().items() if proc is not None}
 
     def snapshot(self) -> dict[str, float]:
         times = os.times()

@@ -82,6 +82,44 @@ def _peer_rows(peer: dict) -> list[str]:
     return lines if len(lines) > 2 else []
 
 
+def _routing_rows(routing: dict) -> list[str]:
+    """bench/routing.py: every strategy on both workloads, and the targets as measured ratios."""
+    if "error" in routing:
+        return [f"Not measured: {routing['error']}"]
+    lines = []
+    params = ", ".join(f"{k} {v}" for k, v in routing.get("sim_parameters", {}).items())
+    lines.append(f"{routing.get('replicas')} simulated Tritons (`sim`: Llama-3-8B on one H200 in time; {params}) "
+                 f"behind the text service, driven over its gRPC API on an open-loop Poisson schedule (seed "
+                 f"{routing.get('seed')}), the same for every strategy; each run starts from empty KV caches; "
+                 f"{routing.get('offered_load_note', '')}.")
+    lines.append("")
+    for workload, info in routing.get("workloads", {}).items():
+        runs = routing.get(workload) or {}
+        costs = routing.get("picker_cost_us", {}).get(workload, {})
+        rate = routing.get("offered_load_requests_per_s", {}).get(workload)
+        lines += [f"**{workload.replace('_', ' ')}** ({info['description']}; {rate} req/s offered for "
+                  f"{info['duration_s']:g} s, the first {info['warmup_s']:g} s not counted):", "",
+                  "| strategy | TTFT p50 / p99 | end-to-end p50 / p99 | output tokens/s | prefix-cache hit ratio | "
+                  "busiest replica / mean | picker µs p50 / p99 | mesh CPU (cores) | errors |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for label, r in runs.items():
+            cost = costs.get(r.get("strategy", label), {})
+            picker = (f"{cost['p50_us']} / {cost['p99_us']}" if "p50_us" in cost
+                      else ("missing" if cost else ""))
+            errors = sum((r.get("errors") or {}).values())
+            lines.append(
+                f"| {label} | {r['ttft_p50_ms']} / {r['ttft_p99_ms']} ms | {r['e2e_p50_ms']} / {r['e2e_p99_ms']} ms | "
+                f"{r['output_tokens_per_s']} | {r['prefix_hit_ratio']} | {r['busiest_over_mean']} | {picker} | "
+                f"{r.get('mesh_cpu_cores')} | {errors}/{r['requests']} |")
+        lines.append("")
+    for workload, ratios in routing.get("targets", {}).items():
+        lines.append(f"Targets, {workload.replace('_', ' ')}: " + "; ".join(f"{k}: {v}" for k, v in ratios.items()) + ".")
+    if routing.get("wall_s") is not None:
+        lines.append(f"")
+        lines.append(f"Routing section: {routing['wall_s']} s of wall time (`python -m bench.routing` runs it alone).")
+    return lines
+
+
 def write(report: dict, directory: Path) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
     json_path, md_path, png_path = directory / "report.json", directory / "report.md", directory / "report.png"
@@ -91,6 +129,9 @@ def write(report: dict, directory: Path) -> list[Path]:
         md += ["Configuration: " + ", ".join(f"{k}: {v}" for k, v in report["configuration"].items()) + ".", ""]
     md += _rows(report)
     md += _cpu_rows(report)
+    routing = report.get("routing")
+    if routing is not None:
+        md += ["", "## Routing over Triton replicas (engine simulator)", "", *_routing_rows(routing)]
     peer = report.get("peer")
     if peer is not None:
         md += ["", "## Peer gateway (LiteLLM proxy, same Triton)", "", *_peer_rows(peer), "",

@@ -21,15 +21,25 @@ def main() -> int:
     for modality in MODALITIES:  # HUBMESH_TEXT_PORT=50051, HUBMESH_TEXT_TRITON_PORTS=8000,8001,8002, ...
         ports = config.ports[modality.name]
         ports["service"] = int(env.get(f"HUBMESH_{modality.env_prefix}_PORT", ports["service"]))
-        triton = env.get(f"HUBMESH_{modality.env_prefix}_TRITON_PORTS")
+        triton = env.get(f"HUBMESH_{modality.env_prefix}_TRITON_PORTS")  # replica 0's
         if triton:
             ports["triton_http"], ports["triton_grpc"], ports["triton_metrics"] = (int(p) for p in triton.split(","))
+        # HUBMESH_TEXT_REPLICAS=3: three Tritons for text; replica i listens on replica 0's ports + 100 × i
+        replicas = env.get(f"HUBMESH_{modality.env_prefix}_REPLICAS", "1")
+        try:
+            config.replicas[modality.name] = int(replicas)
+            if config.replicas[modality.name] < 1:
+                raise ValueError
+        except ValueError:
+            log.error("HUBMESH_%s_REPLICAS must be a whole number >= 1, not %r", modality.env_prefix, replicas)
+            return 2
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     stack = LocalStack(config)
     started = time.monotonic()
-    log.info("starting Triton, the services and the façade (logs in %s)", config.run_dir / "logs")
+    tritons = sum(config.replica_count(m.name) for m in MODALITIES)
+    log.info("starting %d Tritons, the services and the façade (logs in %s)", tritons, config.run_dir / "logs")
     try:
         stack.start()
         log.info("ready in %.1f s", time.monotonic() - started)

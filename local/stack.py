@@ -1,5 +1,5 @@
-"""The whole stack on 127.0.0.1: one Triton per modality with the real models, the three services,
-the façade.
+"""The whole stack on 127.0.0.1: one Triton (or several replicas) per modality with the real models, the
+three services, the façade.
 
 Used by `make run` (local/__main__.py) and by the end-to-end tests, so both meet the same thing.
 """
@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +48,9 @@ MODALITIES = (
 )
 
 
+TRITON_PORT_KINDS = ("triton_http", "triton_grpc", "triton_metrics")
+
+
 @dataclass
 class StackConfig:
     """Ports and credentials of one local stack."""
@@ -69,14 +74,77 @@ class StackConfig:
     extra_env: dict[str, str] = field(default_factory=dict)
     # more Triton models to load per modality (e.g. the text benchmark model "echo")
     extra_models: dict[str, list[str]] = field(default_factory=dict)
+    # Triton models a modality loads instead of its defaults (e.g. {"text": ("sim",)}: no SmolLM2);
+    # extra_models come on top
+    models: dict[str, tuple[str, ...]] | None = None
+    # Triton replicas per modality (1 when absent); every replica loads the same models
+    replicas: dict[str, int] = field(default_factory=dict)
+    # per modality, every replica's triton_http/triton_grpc/triton_metrics ports, replica 0 first;
+    # replica 0 is always ports[m]'s (see triton_ports); missing replicas get ports when asked for
+    replica_ports: dict[str, list[dict[str, int]]] = field(default_factory=dict)
+    # how ports of replicas >= 1 that were not given are chosen: free ports (with_free_ports), or
+    # replica 0's plus replica_port_step × index (make run: text 8000-8002, replica 1 8100-8102, ...)
+    free_replica_ports: bool = False
+    replica_port_step: int = 100
 
     @classmethod
     def with_free_ports(cls, api_key: str, run_dir: Path, **overrides) -> StackConfig:
         kinds = ("service", "metrics", "triton_http", "triton_grpc", "triton_metrics")
-        free = iter(processes.free_ports(1 + len(kinds) * len(MODALITIES)))  # all distinct
+        replicas = overrides.get("replicas") or {}
+        extra = sum(max(replicas.get(m.name, 1), 1) - 1 for m in MODALITIES) * len(TRITON_PORT_KINDS)
+        free = iter(processes.free_ports(1 + len(kinds) * len(MODALITIES) + extra))  # all distinct
         http_port = next(free)
         ports = {m.name: {k: next(free) for k in kinds} for m in MODALITIES}
+        replica_ports = {
+            m.name: [{k: ports[m.name][k] for k in TRITON_PORT_KINDS}]
+            + [{k: next(free) for k in TRITON_PORT_KINDS} for _ in range(max(replicas.get(m.name, 1), 1) - 1)]
+            for m in MODALITIES
+        }
+        overrides.setdefault("replica_ports", replica_ports)
+        overrides.setdefault("free_replica_ports", True)
         return cls(api_key=api_key, run_dir=run_dir, http_port=http_port, ports=ports, **overrides)
+
+    def replica_count(self, modality: str) -> int:
+        return max(int(self.replicas.get(modality, 1)), 1)
+
+    def triton_ports(self, modality: str) -> list[dict[str, int]]:
+        """Ports of every Triton replica of `modality`, replica 0 first (replica 0 is ports[modality]'s).
+        Replicas without ports get them now (free ports, or replica 0's + step × index) and keep them."""
+        first = {k: self.ports[modality][k] for k in TRITON_PORT_KINDS}
+        listed = self.replica_ports.setdefault(modality, [])
+        if listed:
+            listed[0] = first
+        else:
+            listed.append(first)
+        missing = self.replica_count(modality) - len(listed)
+        if missing > 0:
+            if self.free_replica_ports:
+                taken = self._ports_in_use()
+                fresh = iter(p for p in processes.free_ports(missing * len(TRITON_PORT_KINDS) + len(taken))
+                             if p not in taken)
+                listed += [{k: next(fresh) for k in TRITON_PORT_KINDS} for _ in range(missing)]
+            else:
+                for index in range(len(listed), self.replica_count(modality)):
+                    listed.append({k: first[k] + self.replica_port_step * index for k in TRITON_PORT_KINDS})
+        return listed[: self.replica_count(modality)]
+
+    def triton_url(self, modality: str) -> str:
+        """HUBMESH_<PREFIX>_TRITON_URL of the modality's service: every replica as host:grpc:metrics."""
+        return ",".join(f"127.0.0.1:{p['triton_grpc']}:{p['triton_metrics']}" for p in self.triton_ports(modality))
+
+    def modality_models(self, modality: Modality) -> list[str]:
+        """The Triton models each replica of `modality` loads."""
+        base = modality.models if self.models is None else self.models.get(modality.name, modality.models)
+        return [*base, *self.extra_models.get(modality.name, [])]
+
+    def _ports_in_use(self) -> set[int]:
+        used = {self.http_port}
+        for ports in self.ports.values():
+            used.update(ports.values())
+        for replicas in self.replica_ports.values():
+            for ports in replicas:
+                used.update(ports.values())
+        return used
 
     def service_target(self, modality: str) -> str:
         return f"127.0.0.1:{self.ports[modality]['service']}"
@@ -109,6 +177,24 @@ def triton_tracing_args(otlp_endpoint: str, service_name: str) -> list[str]:
     ]
 
 
+def triton_name(modality: str, replica: int) -> str:
+    """triton-text for replica 0 (as with one Triton per modality), triton-text-1, -2, ... for the others."""
+    return f"triton-{modality}" + (f"-{replica}" if replica else "")
+
+
+def prometheus_sum(url: str, name: str, **labels: str) -> float:
+    """Sum of every sample of metric `name` (with these label values) on a Prometheus endpoint."""
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
 def grpc_serving(target: str, service: str) -> bool:
     with grpc.insecure_channel(target) as channel:
         reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=2)
@@ -116,58 +202,94 @@ def grpc_serving(target: str, service: str) -> bool:
 
 
 class LocalStack:
-    """Starts each modality's Triton, then its service, then the façade; each waits for the one before."""
+    """Starts each modality's Tritons, then its service, then the façade; each waits for the one before."""
 
     def __init__(self, config: StackConfig, modalities: tuple[Modality, ...] = MODALITIES) -> None:
         self.config = config
         self.modalities = modalities
         self.logs = config.run_dir / "logs"
         otlp = config.extra_env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-        self.tritons = {
-            m.name: TritonServer(
-                model_repository=m.repository,
-                models=[*m.models, *config.extra_models.get(m.name, [])],
-                log_path=self.logs / f"triton-{m.name}.log",
-                http_port=config.ports[m.name]["triton_http"],
-                grpc_port=config.ports[m.name]["triton_grpc"],
-                metrics_port=config.ports[m.name]["triton_metrics"],
-                shm_prefix=f"hubmesh{os.getpid()}{m.name}_",
-                extra_args=triton_tracing_args(otlp, f"triton-{m.name}") if otlp else [],
-            )
-            for m in modalities
-        }
+        # every Triton replica of each modality, replica 0 first; replica 0 keeps the old names
+        self.replicas: dict[str, list[TritonServer]] = {}
+        for m in modalities:
+            self.replicas[m.name] = []
+            for index, ports in enumerate(config.triton_ports(m.name)):
+                name = triton_name(m.name, index)
+                self.replicas[m.name].append(TritonServer(
+                    model_repository=m.repository,
+                    models=config.modality_models(m),
+                    log_path=self.logs / f"{name}.log",
+                    http_port=ports["triton_http"],
+                    grpc_port=ports["triton_grpc"],
+                    metrics_port=ports["triton_metrics"],
+                    shm_prefix=f"hubmesh{os.getpid()}{m.name}" + (f"r{index}_" if index else "_"),
+                    extra_args=triton_tracing_args(otlp, name) if otlp else [],
+                ))
+        self.tritons = {name: replicas[0] for name, replicas in self.replicas.items()}  # replica 0
         self.services: dict[str, object] = {}
         self.facade = None
 
-    def start(self, timeout_s: float = 300.0) -> None:
+    def start(self, timeout_s: float = 300.0, facade: bool = True) -> None:
+        """Every Triton (all replicas load their models in parallel), each service once its modality's
+        Tritons are all ready, then the façade (unless facade=False)."""
         try:
-            for triton in self.tritons.values():  # the servers load their models in parallel
-                triton.start()
+            self.start_tritons()
             for modality in self.modalities:
-                self.tritons[modality.name].wait_ready(timeout_s)
+                for triton in self.replicas[modality.name]:
+                    triton.wait_ready(timeout_s)
                 self.start_service(modality)
-            self.start_facade(timeout_s)
+            if facade:
+                self.start_facade(timeout_s)
         except BaseException:
             self.stop()
             raise
 
-    def start_service(self, modality: Modality, timeout_s: float = 60.0) -> None:
-        target = self.config.service_target(modality.name)
-        log_path = self.logs / f"{modality.name}.log"
-        env = _python_env(
+    def start_tritons(self, wait_s: float | None = None) -> None:
+        """Starts every Triton replica of every modality (they load their models in parallel); with
+        `wait_s`, waits until all are ready."""
+        for replicas in self.replicas.values():
+            for triton in replicas:
+                triton.start()  # from this thread: children die with the thread that forked them
+        if wait_s is not None:
+            for replicas in self.replicas.values():
+                for triton in replicas:
+                    triton.wait_ready(wait_s)
+
+    def start_service(
+        self, modality: Modality | str, timeout_s: float = 60.0, *, instance: str | None = None,
+        listen_port: int | None = None, metrics_port: int | None = None, env: dict[str, str] | None = None,
+    ) -> subprocess.Popen:
+        """Starts the modality's service (or another instance of it: `instance` names it in
+        self.services and its log file, on its own listen and metrics ports) against every replica
+        of its Triton; `env` adds to or overrides the service's environment."""
+        if isinstance(modality, str):
+            modality = next(m for m in self.modalities if m.name == modality)
+        name = instance or modality.name
+        ports = self.config.ports[modality.name]
+        target = f"127.0.0.1:{listen_port or ports['service']}"
+        log_path = self.logs / f"{name}.log"
+        service_env = _python_env(
             self.config,
             OTEL_SERVICE_NAME=f"hubmesh-{modality.name}",
-            HUBMESH_METRICS_PORT=str(self.config.ports[modality.name]["metrics"]),
+            HUBMESH_METRICS_PORT=str(metrics_port or ports["metrics"]),
             **{
                 f"HUBMESH_{modality.env_prefix}_LISTEN": target,
-                f"HUBMESH_{modality.env_prefix}_TRITON_URL": f"127.0.0.1:{self.config.ports[modality.name]['triton_grpc']}",
+                f"HUBMESH_{modality.env_prefix}_TRITON_URL": self.config.triton_url(modality.name),
             },
         )
-        proc = processes.spawn([sys.executable, "-m", modality.service_module], env, log_path, cwd=ROOT)
-        self.services[modality.name] = proc
+        service_env.update(env or {})
+        proc = processes.spawn([sys.executable, "-m", modality.service_module], service_env, log_path, cwd=ROOT)
+        self.services[name] = proc
         processes.wait_until(
-            lambda: grpc_serving(target, modality.grpc_service), timeout_s, f"{modality.name} service", proc, log_path
+            lambda: grpc_serving(target, modality.grpc_service), timeout_s, f"{name} service", proc, log_path
         )
+        return proc
+
+    def stop_service(self, name: str) -> None:
+        """Stops one service process (a modality's, or an instance started with start_service)."""
+        proc = self.services.pop(name, None)
+        if proc is not None:
+            processes.stop(proc)
 
     def start_facade(self, timeout_s: float = 60.0) -> None:
         env = _python_env(
@@ -189,43 +311,42 @@ class LocalStack:
             timeout_s, "façade", self.facade, log_path,
         )
 
-    def crash_triton(self, modality: str) -> None:
+    def crash_triton(self, modality: str, replica: int = 0) -> None:
         """Kills a Triton hard (SIGKILL to its process group), as a crashed node would."""
-        triton = self.tritons[modality]
+        triton = self.replicas[modality][replica]
         os.killpg(triton.proc.pid, signal.SIGKILL)
         triton.proc.wait(timeout=10)
         triton.stop()  # removes the shared-memory regions it left
 
-    def restart_triton(self, modality: str, timeout_s: float = 120.0) -> None:
+    def restart_triton(self, modality: str, replica: int = 0, timeout_s: float = 120.0) -> None:
         """Starts a crashed Triton again on the same ports; the service reconnects by itself."""
-        triton = self.tritons[modality]
+        triton = self.replicas[modality][replica]
         triton.start()
         triton.wait_ready(timeout_s)
 
-    def triton_metric(self, name: str, modality: str = "text", **labels: str) -> float:
-        """Sum of a Prometheus metric on a Triton's metrics port (the models' own counters live there)."""
-        url = f"http://127.0.0.1:{self.config.ports[modality]['triton_metrics']}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as response:
-            text = response.read().decode()
-        total = 0.0
-        for line in text.splitlines():
-            if not line.startswith(name + "{") and not line.startswith(name + " "):
-                continue
-            if all(f'{k}="{v}"' in line for k, v in labels.items()):
-                total += float(line.rsplit(" ", 1)[1])
-        return total
+    def triton_metric(self, name: str, modality: str = "text", replica: int | None = 0, **labels: str) -> float:
+        """Sum of a Prometheus metric on a Triton's metrics port (the models' own counters live there);
+        replica=None sums it over every replica of the modality."""
+        replicas = self.replicas[modality] if replica is None else [self.replicas[modality][replica]]
+        return sum(prometheus_sum(f"http://127.0.0.1:{t.metrics_port}/metrics", name, **labels) for t in replicas)
 
     def children(self) -> dict[str, object]:
-        procs = {f"triton-{name}": t.proc for name, t in self.tritons.items()}
+        procs = {
+            triton_name(name, index): t.proc
+            for name, replicas in self.replicas.items() for index, t in enumerate(replicas)
+        }
         return {**procs, **self.services, "facade": self.facade}
 
     def stop(self) -> None:
-        """Stops the façade, then the services, then the Tritons; leaves no process and no /dev/shm region."""
+        """Stops the façade, then the services, then the Tritons (all replicas at once); leaves no
+        process and no /dev/shm region."""
         for proc in (self.facade, *self.services.values()):
             if proc is not None:
                 processes.stop(proc)
-        for triton in self.tritons.values():
-            triton.stop()
+        tritons = [t for replicas in self.replicas.values() for t in replicas]
+        with ThreadPoolExecutor(max_workers=max(len(tritons), 1)) as pool:  # each may take its exit timeout
+            for future in [pool.submit(t.stop) for t in tritons]:
+                future.result()
 
     def __enter__(self) -> LocalStack:
         self.start()
@@ -238,11 +359,17 @@ class LocalStack:
 def describe(config: StackConfig) -> str:
     """What `make run` prints: where it is and how to call it."""
     model = "HuggingFaceTB/SmolLM2-135M-Instruct"
-    services = "\n".join(
-        f"  {name:<9}: gRPC service 127.0.0.1:{p['service']}; its Triton on 127.0.0.1:{p['triton_grpc']} (gRPC), "
-        f":{p['triton_http']} (HTTP), :{p['triton_metrics']} (metrics)"
-        for name, p in config.ports.items()
-    )
+    lines = []
+    for name, p in config.ports.items():
+        replicas = config.triton_ports(name)
+        where = [f"127.0.0.1:{r['triton_grpc']} (gRPC), :{r['triton_http']} (HTTP), :{r['triton_metrics']} (metrics)"
+                 for r in replicas]
+        if len(replicas) == 1:
+            lines.append(f"  {name:<9}: gRPC service 127.0.0.1:{p['service']}; its Triton on {where[0]}")
+        else:
+            lines.append(f"  {name:<9}: gRPC service 127.0.0.1:{p['service']}; its {len(replicas)} Tritons:")
+            lines += [f"{'':<13}replica {i}: {w}" for i, w in enumerate(where)]
+    services = "\n".join(lines)
     body = json.dumps({"model": model, "messages": [{"role": "user", "content": "What is the capital of France?"}]})
     return f"""
 hubmesh is running.

@@ -61,6 +61,9 @@ def test_one_request_is_one_trace_across_every_hop(stack, otlp):
     # who the call was for reached the service in the request message, any Unicode included
     assert server.attributes["enduser.id"] == "Zoë Müller <zoë@example.com> 🦜"
     assert server.attributes["hubmesh.subject"].startswith("key:")
+    # the Triton replica that generated it, and why the picker chose it
+    assert server.attributes["hubmesh.replica"] == f"127.0.0.1:{stack.config.ports['text']['triton_grpc']}"
+    assert server.attributes["hubmesh.route.reason"] in ("prefix", "load")
     facade = roots[0]
     assert facade.attributes["gen_ai.request.model"] == MODEL
     # no prompt text and no credential anywhere in what was exported
@@ -79,6 +82,10 @@ def test_prometheus_metrics_on_facade_and_services(stack, client):
     assert re.search(r'hubmesh_tokens_total\{direction="out",model="%s"\} [1-9]' % MODEL, text)
     assert 'hubmesh_requests_total{endpoint="GenerateStream"' in text
     assert "hubmesh_inter_token_latency_seconds_bucket" in text
+    triton_address = f"127.0.0.1:{stack.config.ports['text']['triton_grpc']}"
+    assert re.search(r'hubmesh_route_decisions_total\{model="smollm2",reason="\w+",replica="%s"\} [1-9]'
+                     % triton_address, text)
+    assert f'hubmesh_replica_ready{{model="smollm2",replica="{triton_address}"}} 1.0' in text
     triton = urllib.request.urlopen(f"http://127.0.0.1:{stack.config.ports['text']['triton_metrics']}/metrics").read()
     assert b"nv_inference_request_success" in triton  # Triton's own metrics stay available
 

@@ -46,7 +46,10 @@ def test_the_shipped_text_catalogues_load():
     assert (smollm2.owned_by, smollm2.created, smollm2.description) == ("HuggingFaceTB", 1730419200, "")
     assert isinstance(smollm2.chat_template, ChatTemplate) and smollm2.tool_template is smollm2.tool_chat_template
     bench = text_catalog.load_catalog(ROOT / "services" / "text" / "catalog.bench.toml")
-    assert list(bench) == ["HuggingFaceTB/SmolLM2-135M-Instruct", "hubmesh/echo-benchmark"]
+    assert list(bench) == ["HuggingFaceTB/SmolLM2-135M-Instruct", "hubmesh/echo-benchmark", "hubmesh/sim-llama-3-8b"]
+    (sim,) = text_catalog.load_catalog(ROOT / "services" / "text" / "catalog.sim.toml").values()
+    assert (sim.id, sim.triton_model, sim.context_length) == ("hubmesh/sim-llama-3-8b", "sim", 8192)
+    assert sim.model_dump(exclude={"chat_template"}) == bench["hubmesh/sim-llama-3-8b"].model_dump(exclude={"chat_template"})
     echo = bench["hubmesh/echo-benchmark"]
     assert echo.tool_chat_template is None and echo.tool_template is echo.chat_template
     assert echo.chat_template.render([{"role": "user", "content": "hi"}])

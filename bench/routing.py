@@ -1,0 +1,694 @@
+"""Routing figures: 4 simulated Tritons behind the text service, every strategy at the same offered load.
+
+The text Tritons load only `sim` (model_repository/sim: Llama-3-8B on one H200 in time, with a
+prefix-cached KV pool); the text service serves catalog.sim.toml; no façade, no other modality. The
+driver calls the text service's gRPC API (hubmesh.text.v1.TextGeneration/GenerateStream, chat input,
+so prompts are rendered by the model's template as in production) on an **open-loop** schedule:
+Poisson arrivals, seeded, the same for every strategy. Two workloads:
+
+- *shared prefix*: tenants, each with a long system prompt (2–4 k tokens under the simulator's
+  tokenisation rule) and short questions; plus multi-turn sessions of those tenants whose prompt grows
+  by the previous answer and a new question each turn. A session's next turn leaves at its scheduled
+  time, or when the previous answer is complete if that is later (nobody asks before reading);
+- *no shared prefix*: unique prompts of 200–3000 tokens.
+
+Between runs the text service is restarted with `HUBMESH_TEXT_ROUTING=<strategy>` and every Triton
+reloads `sim` (Triton's model-control API, with the bench's parameters as a config override), so each
+strategy starts from empty KV caches. The KV capacity is set so that all tenants' system prompts fit
+in the 4 replicas together but not in one: that is what makes routing matter. "prefix, 2 pickers":
+two text-service processes (both `prefix`) against the same 4 Tritons, the driver alternating
+requests between them.
+
+Per strategy and workload: TTFT (first delta with text) p50/p99, end-to-end p50/p99, output tokens/s,
+the prefix-cache hit ratio (the Tritons' counters, or the usage's cached tokens), the busiest replica's
+share of requests as max/mean, the picker's own cost per request (µs, in-process), the mesh's CPU.
+
+    PYTHONPATH=.:build/gen .venv/bin/python -m bench.routing [--quick] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import random
+import re
+import sys
+import tempfile
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from bench import SIM_CATALOG
+from bench.cpu import CpuMeter
+from hubmesh.text.v1 import text_generation_pb2 as pb
+from hubmesh.text.v1 import text_generation_pb2_grpc as pb_grpc
+from local import processes
+from local.stack import MODALITIES, LocalStack, StackConfig
+from services.common.channels import CHANNEL_OPTIONS
+from services.common.internal_auth import SECRET_METADATA_KEY
+
+MODEL = "hubmesh/sim-llama-3-8b"
+TRITON_MODEL = "sim"
+STRATEGIES = ("round_robin", "least_request", "prefix")
+WORKLOADS = ("shared_prefix", "no_shared_prefix")
+REPLICAS = 4
+# the simulator's tokenisation rule (model_repository/sim/1/simtext.py): the whitespace before a word
+# plus at most 4 of its characters is one token; ~4 characters a token
+PIECE = re.compile(r"\s*\S{1,4}|\s+")
+
+# The simulator's parameters for this benchmark (config override of every replica's `sim`):
+# - kv_cache_tokens: 32 k tokens a replica. The shared-prefix workload's system prompts add up to
+#   ~68 k tokens (24 tenants x 2-4 k) and its sessions to a few k more: they fit in the 4 replicas
+#   together (128 k) but not in one, so a strategy that sends every tenant everywhere makes each
+#   replica's LRU cache churn, and one that keeps each tenant on a replica or two keeps it cached.
+#   (An H200 holds ~830 k tokens of Llama-3-8B KV at 0.9 memory utilisation: this stands for a
+#   replica whose cache is shared by far more, or far longer, prefixes, in proportion.)
+# - time_scale 2: every simulated duration takes twice as long in wall time, so the offered load
+#   (40 simulated requests/s on the shared-prefix workload, 32 on the other) is 20 and 16 requests/s
+#   of wall time: few enough for 2 cores to carry with room to spare (each run reports the mesh's CPU,
+#   ~0.3-0.5 cores here), many enough for p99s over several hundred requests.
+SIM_PARAMETERS = {"kv_cache_tokens": 32_000, "time_scale": 2.0}
+TENANTS = 24
+
+WORDS_RNG_ALPHABET = "abcdefghijklmnopqrstuvwxyz"
+
+
+def tokens(text: str) -> int:
+    return len(PIECE.findall(text))
+
+
+# ---------------------------------------------------------------------------------------------- workloads
+
+
+@dataclass
+class Turn:
+    """One request of the schedule. A session's turn is completed with the history when it is sent."""
+
+    at: float  # seconds from the start of the run
+    system: str | None
+    question: str
+    max_tokens: int
+    seed: int
+    session: int | None = None  # requests of one session go in order, each after the previous answer
+    tenant: int | None = None
+    measured: bool = True  # False in the warm-up: sent, not counted
+
+
+@dataclass
+class Workload:
+    name: str
+    duration_s: float
+    warmup_s: float
+    rate: float  # offered requests/s (in wall time)
+    turns: list[Turn]
+    description: str
+
+
+def _words(rng: random.Random, count: int) -> str:
+    return " ".join(
+        "".join(rng.choice(WORDS_RNG_ALPHABET) for _ in range(rng.choice((2, 3, 4, 4, 5, 6, 7, 8, 9))))
+        for _ in range(count)
+    )
+
+
+def _text_of_tokens(rng: random.Random, target: int, head: str = "") -> str:
+    """`head` followed by random words until the text is `target` tokens (the simulator's rule)."""
+    text = head
+    while tokens(text) < target:
+        text += " " + _words(rng, max(8, (target - tokens(text)) // 2))
+    pieces = PIECE.findall(text)
+    return "".join(pieces[:target])
+
+
+def _poisson(rng: random.Random, rate: float, start: float, end: float) -> list[float]:
+    out, t = [], start
+    while True:
+        t += rng.expovariate(rate)
+        if t >= end:
+            return out
+        out.append(t)
+
+
+def shared_prefix(seed: int, duration_s: float, rate: float, warmup_s: float, tenants: int = TENANTS,
+                  sessions: int = 12, session_share: float = 0.25) -> Workload:
+    """Tenants with long system prompts and short questions (Poisson, `1 - session_share` of `rate`),
+    plus multi-turn sessions (the rest of the rate, spread over `sessions` conversations)."""
+    rng = random.Random(seed)
+    systems = [
+        _text_of_tokens(rng, rng.randint(2000, 4000), f"You are the assistant of tenant {k}. Rules and documents:")
+        for k in range(tenants)
+    ]
+    turns = [
+        Turn(at, systems[t], _words(rng, rng.randint(8, 24)) + "?", rng.randint(16, 64), rng.randrange(1 << 30),
+             tenant=t)
+        for at in _poisson(rng, rate * (1 - session_share), 0.0, duration_s)
+        for t in (rng.randrange(tenants),)
+    ]
+    # sessions: each starts in the first third of the run, then a turn every ~ sessions / (share x rate) s
+    per_session_rate = rate * session_share / sessions
+    for s in range(sessions):
+        tenant = rng.randrange(tenants)
+        start = rng.uniform(0, duration_s / 3)
+        times = [start, *_poisson(rng, per_session_rate, start, duration_s)]
+        turns += [Turn(at, systems[tenant], _words(rng, rng.randint(8, 24)) + "?", rng.randint(16, 64),
+                       rng.randrange(1 << 30), session=s, tenant=tenant) for at in times]
+    turns.sort(key=lambda t: t.at)
+    for turn in turns:
+        turn.measured = turn.at >= warmup_s
+    prefix_tokens = sum(tokens(s) for s in systems)
+    return Workload(
+        "shared_prefix", duration_s, warmup_s, rate, turns,
+        f"{tenants} tenants, system prompts of 2-4 k tokens ({prefix_tokens} in all), questions of 8-24 words, "
+        f"16-64 output tokens; {sessions} multi-turn sessions ({session_share:.0%} of requests)",
+    )
+
+
+def no_shared_prefix(seed: int, duration_s: float, rate: float, warmup_s: float) -> Workload:
+    """Unique prompts of 200-3000 tokens (a single user message each), 16-64 output tokens."""
+    rng = random.Random(seed + 1)
+    turns = [Turn(at, None, _text_of_tokens(rng, rng.randint(200, 3000), f"Request {i}:"), rng.randint(16, 64),
+                  rng.randrange(1 << 30))
+             for i, at in enumerate(_poisson(rng, rate, 0.0, duration_s))]
+    for turn in turns:
+        turn.measured = turn.at >= warmup_s
+    return Workload("no_shared_prefix", duration_s, warmup_s, rate, turns,
+                    "unique prompts of 200-3000 tokens, 16-64 output tokens")
+
+
+# ---------------------------------------------------------------------------------------------- driver
+
+
+@dataclass
+class Outcome:
+    turn: Turn
+    target: int
+    sent: float = 0.0
+    first: float | None = None
+    done: float | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int | None = None
+    error: str | None = None
+    late_s: float = 0.0  # a session turn sent after its scheduled time (its previous answer came late)
+
+
+def _messages(turn: Turn, history: list[tuple[str, str]]) -> list[pb.ChatMessage]:
+    out = [pb.ChatMessage(role="system", content=turn.system)] if turn.system else []
+    for question, answer in history:
+        out += [pb.ChatMessage(role="user", content=question), pb.ChatMessage(role="assistant", content=answer)]
+    return [*out, pb.ChatMessage(role="user", content=turn.question)]
+
+
+def _has_cached_tokens() -> bool:
+    return "cached_tokens" in pb.Usage.DESCRIPTOR.fields_by_name
+
+
+async def drive(targets: list[str], secret: str, workload: Workload, timeout_s: float = 120.0) -> list[Outcome]:
+    """Sends the workload's schedule (open loop) to the text services at `targets`, alternating."""
+    channels = [grpc.aio.insecure_channel(t, options=CHANNEL_OPTIONS) for t in targets]
+    stubs = [pb_grpc.TextGenerationStub(c) for c in channels]
+    metadata = ((SECRET_METADATA_KEY, secret),) if secret else ()
+    cached_field = _has_cached_tokens()
+    loop = asyncio.get_running_loop()
+    outcomes: list[Outcome] = []
+    index = {id(t): i for i, t in enumerate(workload.turns)}
+
+    async def one(turn: Turn, history: list[tuple[str, str]], late: float) -> str:
+        i = index[id(turn)]
+        outcome = Outcome(turn, i % len(stubs), late_s=late)
+        outcomes.append(outcome)
+        request = pb.GenerateRequest(
+            model=MODEL, chat=pb.ChatInput(messages=_messages(turn, history)),
+            sampling=pb.SamplingParameters(max_tokens=turn.max_tokens, seed=turn.seed, temperature=0.0),
+        )
+        parts: list[str] = []
+        outcome.sent = time.perf_counter()
+        try:
+            async for message in stubs[outcome.target].GenerateStream(request, metadata=metadata, timeout=timeout_s):
+                for delta in message.deltas:
+                    if delta.text:
+                        if outcome.first is None:
+                            outcome.first = time.perf_counter()
+                        parts.append(delta.text)
+                if message.HasField("usage"):
+                    outcome.prompt_tokens = message.usage.prompt_tokens
+                    outcome.completion_tokens = message.usage.completion_tokens
+                    if cached_field and message.usage.HasField("cached_tokens"):
+                        outcome.cached_tokens = message.usage.cached_tokens
+            outcome.done = time.perf_counter()
+        except grpc.aio.AioRpcError as err:
+            outcome.error = err.code().name
+        return "".join(parts)
+
+    start = loop.time() + 0.2
+    start_perf = time.perf_counter() + 0.2
+
+    async def at(offset: float) -> None:
+        delay = start + offset - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    async def session(turns: list[Turn]) -> None:
+        history: list[tuple[str, str]] = []
+        for turn in turns:
+            await at(turn.at)
+            late = max(0.0, time.perf_counter() - start_perf - turn.at)
+            answer = await one(turn, list(history), late)
+            history.append((turn.question, answer))
+
+    tasks = []
+    sessions: dict[int, list[Turn]] = {}
+    for turn in workload.turns:
+        if turn.session is not None:
+            sessions.setdefault(turn.session, []).append(turn)
+    tasks += [asyncio.create_task(session(turns)) for turns in sessions.values()]
+    for turn in workload.turns:
+        if turn.session is None:
+            await at(turn.at)
+            tasks.append(asyncio.create_task(one(turn, [], 0.0)))
+    await asyncio.gather(*tasks)
+    for channel in channels:
+        await channel.close()
+    return outcomes
+
+
+# ---------------------------------------------------------------------------------------------- figures
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * q / 100
+    lo, hi = math.floor(k), math.ceil(k)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else round(value * 1000, 1)
+
+
+def _prometheus(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a Prometheus endpoint: (name, sorted labels) -> value; {} if unreachable."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return {}
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def _sum(samples: dict, names: tuple[str, ...], **labels: str) -> float | None:
+    """Sum of the first of `names` that is present (with these labels); None when none is."""
+    for name in names:
+        found = [v for (n, ls), v in samples.items() if n == name and all((k, v2) in ls for k, v2 in labels.items())]
+        if found:
+            return sum(found)
+    return None
+
+
+HITS = ("vllm:prefix_cache_hits_total", "vllm:prefix_cache_hits")
+QUERIES = ("vllm:prefix_cache_queries_total", "vllm:prefix_cache_queries")
+SUCCESS = ("vllm:request_success_total", "vllm:request_success")
+DECISIONS = ("hubmesh_route_decisions_total", "hubmesh_route_decisions")
+
+
+def triton_counters(stack: LocalStack) -> list[dict[str, float | None]]:
+    """Per text replica: prefix-cache hits and queries (tokens), requests finished."""
+    out = []
+    for triton in stack.replicas["text"]:
+        samples = _prometheus(f"http://127.0.0.1:{triton.metrics_port}/metrics")
+        out.append({"hits": _sum(samples, HITS), "queries": _sum(samples, QUERIES),
+                    "requests": _sum(samples, SUCCESS) or _sum(samples, ("nv_inference_request_success",),
+                                                               model=TRITON_MODEL)})
+    return out
+
+
+def route_decisions(metrics_ports: list[int]) -> dict[str, float]:
+    """replica -> calls the text service(s) routed there (hubmesh_route_decisions_total), summed."""
+    out: dict[str, float] = {}
+    for port in metrics_ports:
+        for (name, labels), value in _prometheus(f"http://127.0.0.1:{port}/metrics").items():
+            if name in DECISIONS:
+                replica = dict(labels).get("replica", "?")
+                out[replica] = out.get(replica, 0.0) + value
+    return out
+
+
+def _delta(before: dict, after: dict) -> dict:
+    return {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+
+
+def summarise(outcomes: list[Outcome], workload: Workload, tritons: list[dict], routed: dict[str, float],
+              cpu: dict[str, float], wall_s: float) -> dict:
+    measured = [o for o in outcomes if o.turn.measured]
+    ok = [o for o in measured if o.error is None and o.done is not None]
+    errors: dict[str, int] = {}
+    for o in measured:
+        if o.error is not None:
+            errors[o.error] = errors.get(o.error, 0) + 1
+    ttft = [o.first - o.sent for o in ok if o.first is not None]
+    e2e = [o.done - o.sent for o in ok]
+    span = (max(o.done for o in ok) - min(o.sent for o in ok)) if ok else 0.0
+    out_tokens = sum(o.completion_tokens for o in ok)
+    figures: dict = {
+        "requests": len(measured), "ok": len(ok), "errors": errors,
+        "ttft_p50_ms": _ms(_pct(ttft, 50)), "ttft_p99_ms": _ms(_pct(ttft, 99)),
+        "e2e_p50_ms": _ms(_pct(e2e, 50)), "e2e_p99_ms": _ms(_pct(e2e, 99)),
+        "output_tokens_per_s": round(out_tokens / span, 1) if span else None,
+        "late_session_turns": sum(1 for o in measured if o.late_s > 0.05),
+    }
+    # prefix-cache hit ratio: the Tritons' counters (every request, warm-up included), else the usage's
+    hits = [t["hits"] for t in tritons]
+    queries = [t["queries"] for t in tritons]
+    if all(h is not None for h in hits) and all(q is not None for q in queries) and sum(queries) > 0:
+        figures["prefix_hit_ratio"] = round(sum(hits) / sum(queries), 3)
+        figures["prefix_hit_ratio_source"] = "Triton vllm:prefix_cache_hits / _queries (whole run)"
+    else:
+        cached = [o for o in ok if o.cached_tokens is not None]
+        if cached:
+            figures["prefix_hit_ratio"] = round(
+                sum(o.cached_tokens for o in cached) / max(1, sum(o.prompt_tokens for o in cached)), 3)
+            figures["prefix_hit_ratio_source"] = "usage.cached_tokens / prompt_tokens (measured requests)"
+        else:
+            figures["prefix_hit_ratio"] = None
+            figures["prefix_hit_ratio_source"] = "missing (no vllm:prefix_cache_* metric, no usage.cached_tokens)"
+    # the busiest replica's share: requests per replica from the Tritons, else the services' decisions
+    per_replica = [t["requests"] for t in tritons]
+    if all(r is not None for r in per_replica) and sum(per_replica) > 0:
+        source = "Triton request counters (whole run)"
+    elif routed and sum(routed.values()) > 0:
+        per_replica, source = list(routed.values()), "hubmesh_route_decisions_total (whole run)"
+    else:
+        per_replica, source = [], "missing"
+    if per_replica:
+        mean = sum(per_replica) / REPLICAS
+        figures["requests_per_replica"] = [int(r) for r in per_replica]
+        figures["busiest_over_mean"] = round(max(per_replica) / mean, 2) if mean else None
+    else:
+        figures["busiest_over_mean"] = None
+    figures["busiest_source"] = source
+    if routed:
+        figures["route_decisions"] = {k: int(v) for k, v in sorted(routed.items())}
+    mesh_s = sum(v for k, v in cpu.items() if not k.startswith("load generator"))
+    figures["mesh_cpu_cores"] = round(mesh_s / wall_s, 2) if wall_s else None
+    figures["driver_cpu_cores"] = round(cpu.get("load generator (this process)", 0.0) / wall_s, 2) if wall_s else None
+    return figures
+
+
+# ---------------------------------------------------------------------------------------------- the stack
+
+
+def routing_config(run_dir: Path | None = None) -> StackConfig:
+    """4 text Tritons serving only `sim`, behind a text service with catalog.sim.toml."""
+    run_dir = run_dir or Path(tempfile.mkdtemp(prefix="hubmesh-routing-"))
+    config = StackConfig.with_free_ports(api_key="routing", run_dir=run_dir, replicas={"text": REPLICAS})
+    config.models = {"text": (TRITON_MODEL,)}
+    config.extra_env.update({
+        "HUBMESH_TEXT_CATALOG": str(SIM_CATALOG),
+        "HUBMESH_MAX_IN_FLIGHT": "4096",  # open loop: the admission limit is not what is measured
+        "HUBMESH_GRACE_S": "0",
+    })
+    return config
+
+
+def _http_json(url: str, body: dict | None = None, timeout_s: float = 60.0) -> dict:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout_s) as response:
+        text = response.read()
+    return json.loads(text) if text else {}
+
+
+def reload_sim(stack: LocalStack, parameters: dict) -> None:
+    """Every text replica loads `sim` again (a fresh engine: empty KV cache, zeroed counters) with
+    `parameters` over its config.pbtxt's.
+
+    Triton skips a load whose config equals the loaded one (it logs "successfully loaded" without
+    initialising the model again), so each load carries a new `bench_reset` parameter, which the
+    simulator ignores."""
+    nonce = str(time.monotonic_ns())
+
+    def one(triton) -> None:
+        base = f"http://127.0.0.1:{triton.http_port}/v2"
+        config = _http_json(f"{base}/models/{TRITON_MODEL}/config")
+        params = dict(config.get("parameters") or {})
+        params.update({k: {"string_value": str(v)} for k, v in {**parameters, "bench_reset": nonce}.items()})
+        config["parameters"] = params
+        _http_json(f"{base}/repository/models/{TRITON_MODEL}/load", {"parameters": {"config": json.dumps(config)}},
+                   timeout_s=120)
+    with ThreadPoolExecutor(len(stack.replicas["text"])) as pool:
+        for future in [pool.submit(one, t) for t in stack.replicas["text"]]:
+            future.result()
+
+
+def sim_parameters(stack: LocalStack) -> dict[str, str]:
+    config = _http_json(f"http://127.0.0.1:{stack.replicas['text'][0].http_port}/v2/models/{TRITON_MODEL}/config")
+    return {k: v.get("string_value") for k, v in (config.get("parameters") or {}).items() if k != "bench_reset"}
+
+
+@dataclass
+class Pickers:
+    """The text-service processes of one run: (instance name, listen target, metrics port)."""
+
+    instances: list[tuple[str, str, int]] = field(default_factory=list)
+
+    @property
+    def targets(self) -> list[str]:
+        return [t for _, t, _ in self.instances]
+
+    @property
+    def metrics_ports(self) -> list[int]:
+        return [p for _, _, p in self.instances]
+
+
+def start_pickers(stack: LocalStack, strategy: str, count: int, ports: list[tuple[int, int]]) -> Pickers:
+    """`count` text-service processes with HUBMESH_TEXT_ROUTING=strategy against every replica."""
+    pickers = Pickers()
+    for i in range(count):
+        listen, metrics = ports[i]
+        name = "text" if i == 0 else f"text-{i}"
+        stack.start_service("text", instance=name, listen_port=listen, metrics_port=metrics,
+                            env={"HUBMESH_TEXT_ROUTING": strategy})
+        pickers.instances.append((name, f"127.0.0.1:{listen}", metrics))
+    _wait_replicas_admitted(pickers)
+    return pickers
+
+
+def _wait_replicas_admitted(pickers: Pickers, timeout_s: float = 15.0) -> None:
+    """Until each service sees every replica ready (hubmesh_replica_ready), where it exports that."""
+    deadline = time.monotonic() + timeout_s
+    for port in pickers.metrics_ports:
+        while time.monotonic() < deadline:
+            samples = _prometheus(f"http://127.0.0.1:{port}/metrics")
+            ready = _sum(samples, ("hubmesh_replica_ready",))
+            if ready is None or ready >= REPLICAS:
+                break
+            time.sleep(0.2)
+
+
+def stop_pickers(stack: LocalStack, pickers: Pickers) -> None:
+    for name, _, _ in pickers.instances:
+        stack.stop_service(name)
+
+
+def picker_costs(workload: Workload) -> dict[str, dict]:
+    """Each strategy's own cost per request in µs, in this process, on the workload's rendered prompts."""
+    try:
+        from services.text.routing import picker_cost_us
+    except ImportError as err:
+        return {s: {"missing": f"services.text.routing.picker_cost_us: {err}"} for s in STRATEGIES}
+    from services.text.catalog import load_catalog
+
+    template = load_catalog(SIM_CATALOG)[MODEL].chat_template
+    prompts = []
+    for turn in workload.turns[:2000]:
+        messages = ([{"role": "system", "content": turn.system}] if turn.system else [])
+        prompts.append(template.render([*messages, {"role": "user", "content": turn.question}]))
+    out = {}
+    for strategy in STRATEGIES:
+        try:
+            out[strategy] = picker_cost_us(strategy, prompts, replicas=REPLICAS)
+        except Exception as err:  # noqa: BLE001 - reported, not fatal
+            out[strategy] = {"missing": f"{type(err).__name__}: {err}"}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- the runs
+
+
+def run_one(stack: LocalStack, label: str, strategy: str, pickers_count: int, workload: Workload,
+            ports: list[tuple[int, int]], parameters: dict) -> dict:
+    started = time.monotonic()
+    reload_sim(stack, parameters)
+    pickers = start_pickers(stack, strategy, pickers_count, ports)
+    try:
+        tritons_before = triton_counters(stack)
+        routed_before = route_decisions(pickers.metrics_ports)
+        meter = CpuMeter(stack)
+        cpu_before = meter.snapshot()
+        wall = time.perf_counter()
+        outcomes = asyncio.run(drive(pickers.targets, stack.config.internal_secret, workload))
+        wall = time.perf_counter() - wall
+        cpu_after = meter.snapshot()
+        cpu = {k: cpu_after[k] - cpu_before.get(k, 0.0) for k in cpu_after}
+        time.sleep(0.3)  # the simulator publishes its counters every 0.1 s
+        tritons_after = triton_counters(stack)
+        tritons = [{k: (None if a[k] is None else a[k] - (b[k] or 0.0)) for k in a}
+                   for b, a in zip(tritons_before, tritons_after, strict=True)]
+        routed = _delta(routed_before, route_decisions(pickers.metrics_ports))
+    finally:
+        stop_pickers(stack, pickers)
+    figures = summarise(outcomes, workload, tritons, routed, cpu, wall)
+    figures["strategy"], figures["pickers"] = strategy, pickers_count
+    print(f"  {workload.name:<17} {label:<18} TTFT p50 {figures['ttft_p50_ms']} ms, p99 {figures['ttft_p99_ms']} ms; "
+          f"e2e p50 {figures['e2e_p50_ms']} ms; {figures['output_tokens_per_s']} tok/s; "
+          f"hit {figures['prefix_hit_ratio']}; busiest/mean {figures['busiest_over_mean']}; "
+          f"errors {figures['errors'] or 0}; mesh CPU {figures['mesh_cpu_cores']} cores "
+          f"({time.monotonic() - started:.0f} s)", flush=True)
+    return figures
+
+
+def _ratio(a, b) -> float | None:
+    return round(a / b, 3) if a is not None and b not in (None, 0) else None
+
+
+def targets(results: dict) -> dict:
+    """The issue's targets, as measured ratios (not judged here beyond `met`)."""
+    out: dict = {}
+    shared = results.get("shared_prefix", {})
+    rr, lr, px = (shared.get(s) for s in STRATEGIES)
+    if rr and lr and px:
+        out["shared_prefix"] = {
+            "ttft_p50_round_robin_over_prefix (>= 3)": _ratio(rr["ttft_p50_ms"], px["ttft_p50_ms"]),
+            "throughput_prefix_over_round_robin (> 1)": _ratio(px["output_tokens_per_s"], rr["output_tokens_per_s"]),
+            "ttft_p99_prefix_over_least_request (<= 1)": _ratio(px["ttft_p99_ms"], lr["ttft_p99_ms"]),
+            "busiest_over_mean_prefix (<= 1.5)": px["busiest_over_mean"],
+        }
+        two = shared.get("prefix, 2 pickers")
+        if two:
+            out["shared_prefix"]["busiest_over_mean_prefix_2_pickers (<= 1.5)"] = two["busiest_over_mean"]
+        r = out["shared_prefix"]
+        checks = [
+            (r["ttft_p50_round_robin_over_prefix (>= 3)"], lambda v: v >= 3),
+            (r["throughput_prefix_over_round_robin (> 1)"], lambda v: v > 1),
+            (r["ttft_p99_prefix_over_least_request (<= 1)"], lambda v: v <= 1),
+            (r["busiest_over_mean_prefix (<= 1.5)"], lambda v: v <= 1.5),
+        ]
+        out["shared_prefix"]["met"] = all(v is not None and ok(v) for v, ok in checks)
+    none = results.get("no_shared_prefix", {})
+    lr, px = none.get("least_request"), none.get("prefix")
+    if lr and px:
+        figures = ("ttft_p50_ms", "ttft_p99_ms", "e2e_p50_ms", "e2e_p99_ms", "output_tokens_per_s")
+        ratios = {f"{f}_prefix_over_least_request": _ratio(px[f], lr[f]) for f in figures}
+        out["no_shared_prefix"] = {**ratios, "met (each within 5%; lower latency counts as within)": all(
+            v is not None and (v <= 1.05 if "tokens" not in k else v >= 0.95) for k, v in ratios.items())}
+    return out
+
+
+def measure(quick: bool = False, seed: int = 7, parameters: dict | None = None, rates: dict | None = None,
+            strategies: tuple[str, ...] = STRATEGIES, workloads: tuple[str, ...] = WORKLOADS,
+            two_pickers: bool = True, tenants: int = TENANTS, service_env: dict[str, str] | None = None) -> dict:
+    """Starts its own stack (4 sim Tritons, the text service), runs every strategy on both workloads."""
+    parameters = {**SIM_PARAMETERS, **(parameters or {})}
+    scale = float(parameters.get("time_scale", 1.0))
+    # offered load in simulated requests/s (H200 time), divided by the time scale for wall time
+    rates = {"shared_prefix": 40.0, "no_shared_prefix": 32.0, **(rates or {})}
+    duration = {"shared_prefix": 15.0 if quick else 30.0, "no_shared_prefix": 12.0 if quick else 20.0}
+    warmup = {"shared_prefix": 5.0 if quick else 8.0, "no_shared_prefix": 2.0 if quick else 3.0}
+    made = {
+        "shared_prefix": shared_prefix(seed, duration["shared_prefix"], rates["shared_prefix"] / scale,
+                                       warmup["shared_prefix"], tenants=tenants),
+        "no_shared_prefix": no_shared_prefix(seed, duration["no_shared_prefix"], rates["no_shared_prefix"] / scale,
+                                             warmup["no_shared_prefix"]),
+    }
+    started = time.monotonic()
+    config = routing_config()
+    config.extra_env.update(service_env or {})
+    stack = LocalStack(config, modalities=tuple(m for m in MODALITIES if m.name == "text"))
+    print(f"routing: starting {REPLICAS} sim Tritons and the text service (logs in {config.run_dir / 'logs'})",
+          flush=True)
+    taken = set(config._ports_in_use())
+    spare = [p for p in processes.free_ports(4 + len(taken)) if p not in taken][:2]
+    ports = [(config.ports["text"]["service"], config.ports["text"]["metrics"]), (spare[0], spare[1])]
+    results: dict = {
+        "replicas": REPLICAS,
+        "sim_parameters": {k: str(v) for k, v in parameters.items()},
+        "offered_load_requests_per_s": {w: round(made[w].rate, 2) for w in workloads},
+        "offered_load_note": (f"latencies and rates are wall-clock; with time_scale {scale:g} the simulated H200 "
+                              f"would see latencies / {scale:g} and rates x {scale:g}"),
+        "workloads": {w: {"description": made[w].description, "requests": len(made[w].turns),
+                          "duration_s": made[w].duration_s, "warmup_s": made[w].warmup_s} for w in workloads},
+        "seed": seed,
+        "quick": quick,
+        "service_env": dict(service_env or {}),
+    }
+    try:
+        stack.start_tritons(wait_s=180)  # each run starts its own text service(s), with its strategy
+        results["sim_config_parameters"] = sim_parameters(stack)
+        print(f"routing: up in {time.monotonic() - started:.0f} s; sim parameters {parameters}; offered load "
+              + ", ".join(f"{w} {made[w].rate:.1f} req/s" for w in workloads), flush=True)
+        for w in workloads:
+            results[w] = {}
+            runs = [(s, s, 1) for s in strategies]
+            if w == "shared_prefix" and two_pickers and "prefix" in strategies:
+                runs.append(("prefix, 2 pickers", "prefix", 2))
+            for label, strategy, count in runs:
+                results[w][label] = run_one(stack, label, strategy, count, made[w], ports, parameters)
+        # per workload: the prefix picker's cost grows with the prompt's blocks and its index's size
+        results["picker_cost_us"] = {w: picker_costs(made[w]) for w in workloads}
+    finally:
+        stack.stop()
+    results["targets"] = targets(results)
+    results["wall_s"] = round(time.monotonic() - started, 1)
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.routing", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="short runs (~15 s each)")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--strategies", default=",".join(STRATEGIES))
+    parser.add_argument("--workloads", default=",".join(WORKLOADS))
+    parser.add_argument("--no-two-pickers", action="store_true")
+    parser.add_argument("--tenants", type=int, default=TENANTS)
+    parser.add_argument("--sim", action="append", default=[], metavar="NAME=VALUE",
+                        help="a sim parameter over the bench's (kv_cache_tokens, time_scale, max_num_seqs, ...)")
+    parser.add_argument("--service-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="environment of the text service(s), e.g. HUBMESH_TEXT_ROUTING_LOAD_WEIGHT=0.5")
+    parser.add_argument("--rate", action="append", default=[], metavar="WORKLOAD=REQ_PER_S",
+                        help="offered load in simulated requests/s")
+    args = parser.parse_args(argv)
+    results = measure(
+        quick=args.quick, seed=args.seed,
+        parameters=dict(kv.split("=", 1) for kv in args.sim),
+        rates={k: float(v) for k, v in (kv.split("=", 1) for kv in args.rate)},
+        strategies=tuple(args.strategies.split(",")), workloads=tuple(args.workloads.split(",")),
+        two_pickers=not args.no_two_pickers, tenants=args.tenants,
+        service_env=dict(kv.split("=", 1) for kv in args.service_env),
+    )
+    text = json.dumps(results, indent=2)
+    print(text)
+    from bench.report import _routing_rows
+
+    print("\n".join(["", *_routing_rows(results)]))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
