@@ -37,6 +37,9 @@ class Picker:
     def pick(self, model: str, candidates: Sequence[Replica], prompt: str | None = None) -> Decision:
         raise NotImplementedError
 
+    def started(self, decision: Decision) -> None:
+        """The call's first response arrived (a generation's prefill is over)."""
+
     def done(self, decision: Decision, prompt_tokens: int | None = None, cached_tokens: int | None = None) -> None:
         """The call ended; `prompt_tokens`/`cached_tokens` as the replica reported them, when it did."""
 

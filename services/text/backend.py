@@ -98,6 +98,7 @@ class TritonTextBackend(TritonBackend):
                         if not answered:
                             answered = True
                             reported = (chunk.num_input_tokens, chunk.num_cached_tokens)
+                            self.picker.started(decision)
                         yield chunk
                 return
             except _Gone as gone:

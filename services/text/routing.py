@@ -2,24 +2,39 @@
 
 A replica that already holds a prompt's prefix in its KV cache skips that much prefill, so the first
 token comes many times sooner; but sending every request of a popular prefix to one replica makes it
-the bottleneck (llm-d measured 55% success with prefix-only scoring). The `prefix` strategy scores
-each candidate replica r, as NVIDIA Dynamo's KV router does, in one unit — blocks of prompt:
+the bottleneck (llm-d measured 55% success with prefix-only scoring). The `prefix` strategy estimates,
+for each candidate replica r, the latency the request would add there, in one unit — the time to
+prefill one block of prompt — as NVIDIA Dynamo's KV router counts blocks:
 
-    cost(r) = prefix_weight × (prompt blocks r would have to prefill) + load_weight × (blocks active on r)
+    cost(r) = prefix_weight × (new(r) × (1 + decoding(r)) + queued(r))
+            + load_weight   × context(r)
 
-- *Prefill blocks*: the rendered prompt cut into blocks of `block_chars` characters (~4 characters a
-  token), chained hashes (each block's hash covers everything before it), looked up in an approximate
-  per-replica index (PrefixIndex): the blocks this service routed there recently. It is corrected with
-  what the replica reports back: when a replica says it had cached much less than the index expected,
-  it evicted more than the index thought, and its index capacity shrinks.
-- *Active blocks*: the prompt blocks of this service's calls in flight on r, plus, when r's engine
-  exports its queue (`vllm:num_requests_running` + `_waiting`, scraped off the request path), the
-  calls other clients had there when it was read (its count less ours at that moment), at the mean
-  size of ours.
+where new(r) is the prompt blocks r would prefill for this request (its own time to first token),
+times one more for every request decoding on r (one forward pass carries prefill and decode, so a
+prefill stalls every sequence of r's batch for as long); queued(r) the prefill r has yet to do for
+requests already sent; context(r) the blocks r is decoding.
 
-The lowest cost wins; ties go at random. Several text-service replicas each keep their own index and
-in-flight counts, and the scraped queues show each picker the others' load, so they don't all pile onto
-one replica (measured by `make bench`, "prefix, 2 pickers").
+- *Prompt blocks to prefill*: the rendered prompt cut into blocks of `block_chars` characters (~4
+  characters a token), chained hashes (each block's hash covers everything before it), looked up in an
+  approximate per-replica index (PrefixIndex): the blocks this service routed there recently, less
+  what it has learnt the replica evicted (a replica that reports far fewer cached tokens than the
+  index expected holds less than the index thought: its index capacity shrinks).
+- *Queued, decoding, context*: this service's calls on r — those with no first token yet (their
+  uncached blocks are queued prefill), those generating (decoding, their prompt blocks context) — plus
+  the requests other clients have there (its `vllm:num_requests_running` + `_waiting`, scraped off the
+  request path, less ours when it was read; waiting ones count as queued prefill) at the mean size of
+  ours. A decode step reads every sequence's whole context, so each one slows r a little; but a prefill
+  costs far more per token (compute-bound) than a token of context costs a decode step (memory-bound):
+  hence a small `load_weight` by default (`make bench` compares).
+
+A cache hit (new ≈ 1) stays where its prefix is until that replica is far busier; a miss goes where it
+stalls the fewest and waits the least.
+
+The lowest cost wins. When the index knows nothing of the prompt, the replica its first block maps to
+by rendezvous hashing (a stable hash: the same in every text-service replica) costs `affinity` × the
+prompt's blocks less: pickers that have never seen a prefix still agree where it goes, so several text-service replicas
+don't scatter one tenant over every Triton; load overrides it as soon as the difference is larger.
+Remaining ties go at random, so pickers with the same view don't all choose the same replica.
 """
 
 from __future__ import annotations
@@ -27,6 +42,7 @@ from __future__ import annotations
 import random
 import statistics
 import time
+import zlib
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -122,45 +138,63 @@ class PrefixIndex:
 class _Placed:
     """What the prefix picker remembers of a call until it is done."""
 
-    blocks: int
+    blocks: int  # prompt blocks (context)
+    new_blocks: int  # of which the replica was expected to prefill
     hashes: list[int]
     expected: float  # the share of the prompt expected cached on the replica
     model: str
+    prefilling: bool = True  # no first token yet
 
 
 class PrefixPicker(Picker):
-    """Lowest prefix-and-load cost (see the module's docstring)."""
+    """Lowest prefill-and-load cost (see the module's docstring)."""
 
     name = "prefix"
 
     def __init__(
-        self, prefix_weight: float = 1.0, load_weight: float = 1.0, block_chars: int = 256,
+        self, prefix_weight: float = 1.0, load_weight: float = 0.1, affinity: float = 0.5, block_chars: int = 256,
         index_blocks: int = 8192, rng: random.Random | None = None,
     ) -> None:
         super().__init__(rng)
         self.prefix_weight = prefix_weight
         self.load_weight = load_weight
+        self.affinity = affinity
         self.index = PrefixIndex(block_chars, index_blocks)
-        self._active: dict[str, int] = {}  # address -> prompt blocks of our calls in flight there
+        self._prefill: dict[str, int] = {}  # address -> uncached blocks of our calls without a first token
+        self._prefilling: dict[str, int] = {}  # address -> our calls there without a first token
+        self._context: dict[str, int] = {}  # address -> prompt blocks of our calls in flight there
         self._calls: dict[str, int] = {}  # address -> our calls in flight there
         self._sized: set[str] = set()  # replicas whose index capacity came from their own report
 
-    def _active_blocks(self, replica: Replica, model: str, mean_blocks: float) -> float:
-        ours = self._active.get(replica.address, 0)
+    def _cost(self, replica: Replica, model: str, new_blocks: int, mean_context: float, mean_new: float) -> float:
+        address = replica.address
+        queued = self._prefill.get(address, 0)
+        decoding = self._calls.get(address, 0) - self._prefilling.get(address, 0)
+        context = self._context.get(address, 0)
         load = replica.load.get(model)
-        return ours if load is None else ours + load.others() * mean_blocks
+        if load is not None:
+            queued += load.waiting * mean_new  # the engine's queue: admitted only as others finish
+            others = load.others()
+            decoding += others
+            context += others * mean_context
+        return self.prefix_weight * (new_blocks * (1 + decoding) + queued) + self.load_weight * context
 
     def pick(self, model: str, candidates: Sequence[Replica], prompt: str | None = None) -> Decision:
-        hashes = self.index.hashes(model, prompt or "")
+        prompt = prompt or ""
+        hashes = self.index.hashes(model, prompt)
         blocks = len(hashes) + 1  # the last, partial block is always prefilled
         matched = self.index.matches(hashes) if hashes else {}
         calls = sum(self._calls.values())
-        mean_blocks = sum(self._active.values()) / calls if calls else blocks
+        mean_context = sum(self._context.values()) / calls if calls else blocks
+        mean_new = sum(self._prefill.values()) / calls if calls else blocks
+        home = None if matched or not hashes or not self.affinity else _rendezvous(
+            prompt[: self.index.block_chars], candidates)
         best: list[Replica] = []
         best_cost = 0.0
         for replica in candidates:
-            cost = (self.prefix_weight * (blocks - matched.get(replica.address, 0))
-                    + self.load_weight * self._active_blocks(replica, model, mean_blocks))
+            cost = self._cost(replica, model, blocks - matched.get(replica.address, 0), mean_context, mean_new)
+            if replica is home:
+                cost -= self.prefix_weight * self.affinity * blocks
             if not best or cost < best_cost:
                 best, best_cost = [replica], cost
             elif cost == best_cost:
@@ -170,12 +204,15 @@ class PrefixPicker(Picker):
         hit = matched.get(address, 0)
         self._size_from_report(replica, model)
         self.index.insert(address, hashes)
-        self._active[address] = self._active.get(address, 0) + blocks
+        new_blocks = blocks - hit
+        self._prefill[address] = self._prefill.get(address, 0) + new_blocks
+        self._prefilling[address] = self._prefilling.get(address, 0) + 1
+        self._context[address] = self._context.get(address, 0) + blocks
         self._calls[address] = self._calls.get(address, 0) + 1
         expected = hit / blocks
         PREFIX_MATCH.labels(model).observe(expected)
         reason = "prefix" if hit else "load"
-        return Decision(replica, reason, _Placed(blocks, hashes, expected, model))
+        return Decision(replica, reason, _Placed(blocks, new_blocks, hashes, expected, model))
 
     def _size_from_report(self, replica: Replica, model: str) -> None:
         """The index holds about as much as the replica's KV cache, once the replica says how much."""
@@ -186,10 +223,19 @@ class PrefixPicker(Picker):
             self.index.resize(replica.address, load.kv_capacity_tokens * CHARS_PER_TOKEN // self.index.block_chars)
             self._sized.add(replica.address)
 
+    def started(self, decision: Decision) -> None:
+        placed: _Placed = decision.state
+        if placed.prefilling:
+            placed.prefilling = False
+            address = decision.replica.address
+            self._prefill[address] = self._prefill.get(address, 0) - placed.new_blocks
+            self._prefilling[address] = self._prefilling.get(address, 0) - 1
+
     def done(self, decision: Decision, prompt_tokens: int | None = None, cached_tokens: int | None = None) -> None:
+        self.started(decision)
         placed: _Placed = decision.state
         address = decision.replica.address
-        self._active[address] = self._active.get(address, 0) - placed.blocks
+        self._context[address] = self._context.get(address, 0) - placed.blocks
         self._calls[address] = self._calls.get(address, 0) - 1
         if cached_tokens is None or not prompt_tokens:
             return
@@ -203,6 +249,12 @@ class PrefixPicker(Picker):
     def forget(self, replica: Replica) -> None:
         self.index.forget(replica.address)
         self._sized.discard(replica.address)
+
+
+def _rendezvous(key: str, candidates: Sequence[Replica]) -> Replica:
+    """The candidate `key` maps to by highest-random-weight hashing (stable across processes)."""
+    data = key.encode("utf-8", "surrogatepass")
+    return max(candidates, key=lambda r: zlib.crc32(r.address.encode(), zlib.crc32(data)))
 
 
 PICKERS: dict[str, type[Picker]] = {**STRATEGIES, "prefix": PrefixPicker}

@@ -28,9 +28,13 @@ class Settings(ServiceSettings):
     # which replica generates each request: round_robin, least_request, or prefix (prefix affinity
     # weighed against load; services.text.routing) — the default is the one `make bench` shows best
     routing: Literal["round_robin", "least_request", "prefix"] = "prefix"
-    # prefix: weight of the prompt blocks a replica would have to prefill, and of the blocks active on it
+    # prefix: weight of the prompt blocks a replica would have to prefill (this request's and those
+    # queued there), and of the context blocks it is decoding (services.text.routing)
     routing_prefix_weight: float = Field(1.0, ge=0)
-    routing_load_weight: float = Field(1.0, ge=0)
+    routing_load_weight: float = Field(0.1, ge=0)
+    # prefix: how much (a share of the prompt's blocks) the replica a prompt nobody has seen hashes to is
+    # preferred, so that several text-service replicas place a new prefix on the same Triton; 0: off
+    routing_affinity: float = Field(0.5, ge=0)
     # prefix: characters per block of the prefix index (~4 characters a token), and blocks it keeps per
     # replica until the replica reports its KV capacity
     routing_block_chars: PositiveInt = 256
@@ -48,4 +52,5 @@ class Settings(ServiceSettings):
         if self.routing != "prefix":
             return {}
         return {"prefix_weight": self.routing_prefix_weight, "load_weight": self.routing_load_weight,
+                "affinity": self.routing_affinity,
                 "block_chars": self.routing_block_chars, "index_blocks": self.routing_index_blocks}

@@ -271,3 +271,33 @@ async def test_run_keeps_probing():
             with pytest.raises(asyncio.CancelledError):
                 await task
             await pool.close()
+
+
+def test_cold_pickers_agree_where_a_new_prefix_goes():
+    """Two text-service replicas that have never seen a tenant send it to the same Triton."""
+    pool = replicas(4)
+    first, second = PrefixPicker(rng=random.Random(1)), PrefixPicker(rng=random.Random(2))
+    homes = []
+    for tenant in range(12):
+        a, b = first.pick("m", pool, tenant_prompt(tenant, 0)), second.pick("m", pool, tenant_prompt(tenant, 1))
+        assert a.replica is b.replica
+        homes.append(a.replica)
+        first.done(a)
+        second.done(b)
+    assert len(set(homes)) > 1  # rendezvous hashing spreads tenants
+
+
+def test_a_prefilled_tenant_stays_home_until_its_batch_there_outweighs_a_miss():
+    pool, picker = replicas(2), PrefixPicker(rng=random.Random(4))
+    first = picker.pick("m", pool, tenant_prompt(0, 0))
+    picker.started(first)
+    placed = [picker.pick("m", pool, tenant_prompt(0, q)) for q in range(1, 6)]
+    for decision in placed:
+        picker.started(decision)
+    assert all(d.replica is first.replica and d.reason == "prefix" for d in placed)
+    while (decision := picker.pick("m", pool, tenant_prompt(0, 99))).replica is first.replica:
+        picker.started(decision)  # each adds its context to the decode batch there
+    # it moves once its home costs more than a miss elsewhere: 1 × (1 + k) + 0.1 × k × blocks > blocks
+    blocks = decision.state.blocks
+    k = picker._calls[first.replica.address]
+    assert decision.reason == "load" and 1 + k + 0.1 * k * blocks > blocks >= 1 + (k - 1) + 0.1 * (k - 1) * blocks
