@@ -203,6 +203,7 @@ class ReplicaSet:
         if replica.ejected or replica.address not in self._replicas:
             return
         replica.ejected = True
+        replica.ready_models = frozenset()  # nothing is known ready there until a probe says so
         replica.load.clear()
         EJECTIONS.labels(replica.address).inc()
         self._set_ready_gauges(replica, frozenset())

@@ -10,6 +10,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from services.common.channels import TritonBackend
 from services.common.errors import BackendUnavailable
+from services.common.metrics import REPLICA_READY
 from services.common.pickers import LeastRequest, RoundRobin
 from services.common.replicas import EngineLoad, Replica, ReplicaSet, Target, parse_engine_load, parse_targets
 from services.common.settings import SettingsError
@@ -217,6 +218,7 @@ async def test_candidates_follow_readiness_and_ejection():
             assert pool.candidates("m") == [] and not await pool.is_ready("m")
             await pool.refresh()  # ready again: admitted
             assert pool.candidates("m") == [replica] and events == ["ejected", "admitted"]
+            assert REPLICA_READY.labels(address, "m")._value.get() == 1
         finally:
             await pool.close()
 
