@@ -55,6 +55,18 @@ def stop(proc: subprocess.Popen, timeout_s: float = 15.0) -> None:
             proc.wait(timeout=5)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
+    _wait_group_gone(proc.pid)
+
+
+def _wait_group_gone(pgid: int, timeout_s: float = 10.0) -> None:
+    """Until no process of the group is left (members killed a moment ago may still be exiting)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.02)
 
 
 def free_port() -> int:

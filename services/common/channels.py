@@ -68,6 +68,9 @@ SERVER_OPTIONS = [
 # When the gRPC call being served must be answered (time.monotonic()), set per call by the servers'
 # interceptor; Triton calls made for it get no more than what remains.
 CALL_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("call_deadline", default=None)
+# What the work done for the call being served wants its access-log line to say (e.g. that its
+# generation moved to another replica); a fresh dict per call, set by the servers' interceptor.
+CALL_NOTES: contextvars.ContextVar[dict | None] = contextvars.ContextVar("call_notes", default=None)
 
 
 class TritonBackend:
@@ -95,15 +98,17 @@ class TritonBackend:
             return self._timeout_s
         return max(0.001, min(self._timeout_s, deadline - time.monotonic()))
 
-    def pick(self, model: str, prompt: str | None = None, tried: Sequence[Replica] = ()) -> Decision:
+    def pick(
+        self, model: str, prompt: str | None = None, tried: Sequence[Replica] = (), reason: str | None = None
+    ) -> Decision:
         """A replica for a call of `model` (BackendUnavailable when none can take it), counted and
-        put on the current span."""
+        put on the current span; `reason` overrides the picker's (a retry's is "retry")."""
         candidates = self.replicas.candidates(model, tried)
         if not candidates:
             raise BackendUnavailable(f"no Triton replica has the model {model!r} ready")
         decision = self.picker.pick(model, candidates, prompt)
-        if tried:
-            decision.reason = "retry"
+        if reason or tried:
+            decision.reason = reason or "retry"
         key = (model, decision.replica.address, decision.reason)
         counter = self._decisions.get(key)
         if counter is None:
@@ -121,9 +126,13 @@ class TritonBackend:
             return False
         self.replicas.eject(decision.replica, err.details() or "unavailable")
         tried.append(decision.replica)
+        return self.in_time() and len(tried) < self._max_attempts
+
+    @staticmethod
+    def in_time() -> bool:
+        """Whether the call being served has time left for another Triton call."""
         deadline = CALL_DEADLINE.get()
-        in_time = deadline is None or deadline - time.monotonic() > 0.01
-        return in_time and len(tried) < self._max_attempts
+        return deadline is None or deadline - time.monotonic() > 0.01
 
     async def _model_infer(self, request: service_pb2.ModelInferRequest) -> service_pb2.ModelInferResponse:
         """One unary inference on a replica of the request's model, within the call's deadline;

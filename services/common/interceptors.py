@@ -12,7 +12,7 @@ import grpc
 
 from opentelemetry import trace
 
-from services.common.channels import CALL_DEADLINE
+from services.common.channels import CALL_DEADLINE, CALL_NOTES
 from services.common.errors import AtCapacity, abort
 from services.common.metrics import IN_FLIGHT, LATENCY, REQUESTS
 
@@ -84,12 +84,15 @@ class MetricsInterceptor(_Interceptor):
     """Requests, latency and in-flight gauge per RPC, and one access-log line per call with whom it
     was for (the request's `caller`: the verified subject and OpenAI's `user`, also put on the
     call's span); also notes the call's deadline for the Triton calls made on its behalf
-    (CALL_DEADLINE)."""
+    (CALL_DEADLINE), and whatever that work noted for the log line (CALL_NOTES: a generation that
+    moved to another replica says how many times)."""
 
     @contextlib.asynccontextmanager
     async def around(self, endpoint: str, request, context) -> AsyncIterator[None]:
         remaining = context.time_remaining()
         CALL_DEADLINE.set(None if remaining is None else time.monotonic() + remaining)
+        notes: dict = {}
+        CALL_NOTES.set(notes)
         model, start = getattr(request, "model", ""), time.perf_counter()
         caller = getattr(request, "caller", None)
         subject, user = (caller.subject, caller.user) if caller is not None else ("", "")
@@ -108,5 +111,5 @@ class MetricsInterceptor(_Interceptor):
             REQUESTS.labels(endpoint, model, status).inc()
             access_log.info("%s %s", endpoint, status, extra={
                 "endpoint": endpoint, "model": model, "status": status, "latency_ms": round(elapsed * 1000, 1),
-                "subject": subject, "user": user,
+                "subject": subject, "user": user, **notes,
             })

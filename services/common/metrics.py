@@ -61,3 +61,11 @@ PREFIX_MATCH = Histogram(
 CACHED_TOKENS = Counter(
     "hubmesh_prompt_cached_tokens", "Prompt tokens the replicas served from their prefix cache", ["model"]
 )
+MIGRATIONS = Counter(
+    "hubmesh_text_migrations", "Generations moved to another Triton replica when theirs went away, by outcome",
+    ["model", "outcome"],
+)
+MIGRATION_SECONDS = Histogram(
+    "hubmesh_text_migration_seconds", "From losing a generation's replica to the next replica's first response",
+    ["model"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)

@@ -35,10 +35,15 @@ def new_request(model: str) -> service_pb2.ModelInferRequest:
     return service_pb2.ModelInferRequest(model_name=model, id=uuid.uuid4().hex)
 
 
+def encode_bytes(values: Sequence[bytes]) -> bytes:
+    """The raw buffer of a BYTES tensor: each element preceded by its 4-byte little-endian length."""
+    return b"".join(struct.pack("<I", len(v)) + v for v in values)
+
+
 def add_bytes(request: service_pb2.ModelInferRequest, name: str, values: Sequence[bytes], shape: Sequence[int]) -> None:
     """A BYTES input of `values` (row-major) with `shape`."""
     request.inputs.add(name=name, datatype="BYTES", shape=shape)
-    request.raw_input_contents.append(b"".join(struct.pack("<I", len(v)) + v for v in values))
+    request.raw_input_contents.append(encode_bytes(values))
 
 
 def add_array(request: service_pb2.ModelInferRequest, name: str, array: np.ndarray) -> None:

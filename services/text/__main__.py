@@ -14,7 +14,8 @@ if __name__ == "__main__":
         Settings,
         load_catalog,
         lambda replicas, settings: TritonTextBackend(
-            replicas, settings.triton_timeout_s, make_picker(settings.routing, **settings.picker_options())
+            replicas, settings.triton_timeout_s, make_picker(settings.routing, **settings.picker_options()),
+            max_migrations=settings.max_migrations,
         ),
         lambda wiring: TextGenerationServicer(wiring.backend, wiring.catalog),
         pb_grpc.add_TextGenerationServicer_to_server,

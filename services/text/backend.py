@@ -1,40 +1,33 @@
-"""The text service's only door to Triton: the vLLM-backend tensor contract over Triton's gRPC stream.
+"""The text service's only door to Triton: the vLLM-backend tensor contract (services.text.contract)
+over Triton's gRPC stream, on the replica the picker chooses.
 
 Any Triton model that speaks this contract can serve text: the CPU default (a python-backend
-SmolLM2 model in ./model_repository) or, on GPU nodes, Triton's official vLLM backend.
-Inputs: text_input, stream, sampling_parameters (JSON), exclude_input_in_output,
-return_finish_reason, return_num_input_tokens, return_num_output_tokens.
-Outputs: text_output[n] (deltas when streaming), finish_reason[n], num_input_tokens,
-num_output_tokens[n] (deltas), and where the model has it num_cached_tokens (the prompt tokens its
-prefix cache served: the engine simulator reports it; hubmesh passes it on as OpenAI's
-usage.prompt_tokens_details.cached_tokens).
+SmolLM2 model in ./model_repository), the engine simulator, or, on GPU nodes, Triton's official vLLM
+backend. A replica that dies mid-generation hands the generation over to another
+(services.text.migration).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import logging
+import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import grpc
+from opentelemetry import trace
 
-from services.common import triton_tensors
-from services.common.channels import TritonBackend
+from services.common.channels import CALL_NOTES, TritonBackend
+from services.common.metrics import MIGRATION_SECONDS, MIGRATIONS
 from services.common.triton_errors import classify_triton_error, from_triton_exception
+from services.text import migration
+from services.text.contract import GenerationChunk, generation_request, parse_response
 
+__all__ = ["GenerationChunk", "TextBackend", "TritonTextBackend", "parse_response"]
 
-@dataclass
-class GenerationChunk:
-    """One response of the model: per-choice text deltas and finish reasons, token counts."""
-
-    texts: list[str]
-    finish_reasons: list[str | None]
-    num_input_tokens: int | None = None
-    num_output_tokens: list[int] = field(default_factory=list)
-    num_cached_tokens: int | None = None  # prompt tokens served from the prefix cache, where reported
+log = logging.getLogger(__name__)
 
 
 class TextBackend(Protocol):
@@ -55,57 +48,97 @@ class TextBackend(Protocol):
         ...
 
 
-def parse_response(response) -> GenerationChunk:
-    """One ModelInferResponse of the contract as a chunk."""
-    values = triton_tensors.outputs(response)
-    texts = values.get("text_output", [])
-    reasons = [None if r in ("None", "") else r for r in values.get("finish_reason", [])]
-    num_in = values.get("num_input_tokens")
-    num_out = values.get("num_output_tokens")
-    num_cached = values.get("num_cached_tokens")
-    return GenerationChunk(
-        texts=texts,
-        finish_reasons=reasons or [None] * len(texts),
-        num_input_tokens=int(num_in.reshape(-1)[0]) if num_in is not None and num_in.size else None,
-        num_output_tokens=num_out.reshape(-1).tolist() if num_out is not None else [],
-        num_cached_tokens=int(num_cached.reshape(-1)[0]) if num_cached is not None and num_cached.size else None,
-    )
-
-
 class TritonTextBackend(TritonBackend):
     """TextBackend over Triton's gRPC streaming endpoint, on the replica the picker chooses for the
-    prompt; a replica that is gone before the first response is replaced by another (see TritonBackend)."""
+    prompt. A replica that is gone before the first response is replaced by another (see
+    TritonBackend); one that goes away mid-generation hands it over to another, at most
+    `max_migrations` times a request and never past its deadline (services.text.migration)."""
+
+    def __init__(self, replicas, timeout_s: float, picker=None, max_attempts: int = 3, max_migrations: int = 3) -> None:
+        super().__init__(replicas, timeout_s, picker, max_attempts)
+        self._max_migrations = max_migrations
 
     async def generate(
         self, model: str, prompt: str, sampling: dict[str, Any], stream: bool
     ) -> AsyncIterator[GenerationChunk]:
-        request = triton_tensors.new_request(model)
-        for name, value in (("text_input", prompt), ("sampling_parameters", json.dumps(sampling))):
-            triton_tensors.add_bytes(request, name, [value.encode("utf-8")], [1])
-        for name, flag in (
-            ("stream", stream), ("exclude_input_in_output", True), ("return_finish_reason", True),
-            ("return_num_input_tokens", True), ("return_num_output_tokens", True),
-        ):
-            triton_tensors.add_flag(request, name, flag)
+        first = generation_request(model, prompt, sampling, stream)
+        segment = migration.Segment(first, n=sampling.get("n", 1))
+        progress = migration.Progress(segment.n)
         tried: list = []
+        migrations = 0
+        lost_at: float | None = None  # when the last replica was lost (until the next one answers)
         while True:
-            decision = self.pick(model, prompt, tried)
+            decision = self.pick(model, prompt, tried, reason="migration" if migrations else None)
             reported: tuple[int | None, int | None] = (None, None)
             answered = False
             try:
                 with decision.replica.busy():
-                    async for chunk in self._stream(decision.replica, request):
+                    async for chunk in self._stream(decision.replica, segment.request):
                         if not answered:
                             answered = True
                             reported = (chunk.num_input_tokens, chunk.num_cached_tokens)
                             self.picker.started(decision)
+                            if lost_at is not None:
+                                self._note_resumed(model, time.monotonic() - lost_at)
+                                lost_at = None
+                        chunk = segment.renumber(chunk)
+                        progress.record(chunk)
                         yield chunk
-                return
+                following = progress.unfinished() if segment.choice is not None else None
+                if following is None:
+                    return
+                # a continued choice is done; the next unfinished one continues too
+                segment = migration.continuation(first, progress, following, prompt, sampling)
+                tried = []
             except _Gone as gone:
-                if answered or not self.may_retry(decision, gone.err, tried):
+                if progress.unfinished() is None:
+                    return  # every choice had finished: nothing was lost
+                if not progress.tokens and not answered and segment.choice is None:
+                    if not self.may_retry(decision, gone.err, tried):
+                        raise from_triton_exception(gone.err) from gone.err
+                    continue  # nothing produced yet: a plain retry
+                if not self._may_migrate(model, decision, gone.err, tried, progress, sampling, migrations):
+                    MIGRATIONS.labels(model, "failed").inc()
                     raise from_triton_exception(gone.err) from gone.err
+                migrations += 1
+                lost_at = time.monotonic()
+                self._note_migration(model, decision, progress, migrations)
+                segment = migration.continuation(first, progress, progress.unfinished(), prompt, sampling)
             finally:
                 self.picker.done(decision, *reported)
+
+    def _may_migrate(self, model: str, decision, err, tried, progress, sampling, migrations: int) -> bool:
+        """After `err` mid-generation: ejects a replica that is gone and says whether the generation
+        can go on elsewhere (another replica, time left, migrations left, a way to continue)."""
+        if err.code() != grpc.StatusCode.UNAVAILABLE:
+            return False
+        self.replicas.eject(decision.replica, err.details() or "unavailable")
+        tried.append(decision.replica)
+        return (migrations < self._max_migrations and self.in_time()
+                and migration.can_continue(progress, sampling)
+                and bool(self.replicas.candidates(model, tried)))
+
+    @staticmethod
+    def _note_resumed(model: str, seconds: float) -> None:
+        """The generation's next token came, `seconds` after its replica was lost."""
+        MIGRATION_SECONDS.labels(model).observe(seconds)
+        notes = CALL_NOTES.get()
+        if notes is not None:
+            notes.setdefault("migration_ms", []).append(round(seconds * 1000, 1))
+
+    @staticmethod
+    def _note_migration(model: str, decision, progress, migrations: int) -> None:
+        MIGRATIONS.labels(model, "moved").inc()
+        notes = CALL_NOTES.get()
+        if notes is not None:
+            notes["migrations"] = migrations
+        span = trace.get_current_span()
+        if span.is_recording():
+            span.add_event("hubmesh.migration", {
+                "hubmesh.replica": decision.replica.address, "hubmesh.tokens_done": progress.tokens,
+                "hubmesh.migrations": migrations,
+            })
+        log.info("generation moved off Triton replica %s after %d tokens", decision.replica.address, progress.tokens)
 
     async def _stream(self, replica, request) -> AsyncIterator[GenerationChunk]:
         """The responses of one ModelStreamInfer call on `replica`; _Gone when the call fails."""

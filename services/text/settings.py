@@ -39,6 +39,8 @@ class Settings(ServiceSettings):
     # replica until the replica reports its KV capacity
     routing_block_chars: PositiveInt = 256
     routing_index_blocks: PositiveInt = 8192
+    # how many times one generation may move to another replica when its replica goes away (0: never)
+    max_migrations: int = Field(3, ge=0)
     # how often each replica's engine load is read from its metrics port
     triton_scrape_interval_s: Seconds = 0.5
 

@@ -38,8 +38,9 @@ def stack(tmp_path_factory, otlp):
         for name, proc in stack.children().items():
             assert proc is None or proc.poll() is not None, f"{name} still running"
             if proc is not None:
-                with pytest.raises(ProcessLookupError):
-                    os.killpg(proc.pid, 0)  # nothing of its process group is left
+                with pytest.raises(ProcessLookupError):  # nothing of its process group is left
+                    os.killpg(proc.pid, 0)
+                    pytest.fail(f"{name}: a process of its group is still there")
         for triton in stack.tritons.values():
             assert not list(Path("/dev/shm").glob(f"{triton.shm_prefix}*"))
 

@@ -1,6 +1,7 @@
 """The engine simulator (services/text/model_repository/sim) served by the real tritonserver, streamed
 through the text service's own Triton backend."""
 
+import asyncio
 import importlib.util
 import json
 import os
@@ -10,7 +11,10 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
+import tritonclient.grpc.aio as grpcclient
+from tritonclient.utils import InferenceServerException
 
 from local.processes import free_ports
 from local.triton import ROOT, TritonServer
@@ -26,6 +30,7 @@ _spec = importlib.util.spec_from_file_location("sim_engine_e2e", SIM_DIR / "engi
 sim = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = sim
 _spec.loader.exec_module(sim)
+import simtext  # noqa: E402  (beside engine.py)
 
 PROMPT = " ".join(f"The {i}th sentence of a long shared system prompt says something." for i in range(120))
 METRIC = re.compile(r'^(vllm:\w+)\{model="sim",version="1"\} (\S+)$', re.M)
@@ -147,6 +152,147 @@ async def test_choices_errors_and_cancellation(triton):
 
     m = wait_for(freed)
     assert m["vllm:generation_tokens_total"] < 1000  # the cancelled one (max_tokens 5000) stopped early
+
+
+# -- continuation: a choice resumed after the tokens it produced (what a migration sends) ------------
+
+OUTPUTS = ("text_output", "finish_reason", "num_input_tokens", "num_output_tokens", "num_cached_tokens",
+           "output_token_ids")
+
+
+async def infer(client, prompt, sampling, stream, choice_index=None, continuation=None):
+    """The responses (each a dict of the outputs' arrays) of one request, sent as tensors straight to
+    Triton, the optional inputs only when given."""
+    inputs = []
+
+    def add(name, datatype, array):
+        tensor = grpcclient.InferInput(name, list(array.shape), datatype)
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+
+    add("text_input", "BYTES", np.array([prompt.encode()], dtype=np.object_))
+    add("sampling_parameters", "BYTES", np.array([json.dumps(sampling).encode()], dtype=np.object_))
+    add("stream", "BOOL", np.array([stream]))
+    if choice_index is not None:
+        add("choice_index", "INT32", np.array([choice_index], dtype=np.int32))
+    if continuation is not None:
+        add("continuation_token_ids", "INT32", np.array(continuation, dtype=np.int32))
+    done = asyncio.Event()
+
+    async def requests():
+        yield {"model_name": "sim", "inputs": inputs, "request_id": "c"}
+        await done.wait()  # the stream stays open until the last response
+
+    responses = []
+    try:
+        async for result, error in client.stream_infer(requests()):
+            if error is not None:
+                raise error
+            responses.append({name: result.as_numpy(name) for name in OUTPUTS})
+            if all(r != b"None" for r in responses[-1]["finish_reason"]):
+                break
+    finally:
+        done.set()
+    return responses
+
+
+def choice_of(responses, i):
+    """(text, ids, token count, finish reason) of choice i, joined over the responses."""
+    text = "".join(r["text_output"][i].decode() for r in responses)
+    ids = [int(t) for r in responses for t in r["output_token_ids"][i] if t >= 0]
+    count = sum(int(r["num_output_tokens"][i]) for r in responses)
+    return text, ids, count, responses[-1]["finish_reason"][i].decode()
+
+
+def spelled(ids):
+    return "".join(simtext.token_text(t) for t in ids)
+
+
+def check_token_ids(responses, n):
+    """output_token_ids: INT32 [n, k], -1 padded, a row per choice as long as its token count; before
+    the last response the ids so far spell the text so far."""
+    texts, ids = [""] * n, [[] for _ in range(n)]
+    for r in responses:
+        array, counts = r["output_token_ids"], r["num_output_tokens"]
+        assert array.dtype == np.int32 and array.shape == (n, max(counts))
+        for i in range(n):
+            row = array[i].tolist()
+            assert row == row[: counts[i]] + [-1] * (len(row) - counts[i]) and min(row[: counts[i]], default=0) >= 0
+            texts[i] += r["text_output"][i].decode()
+            ids[i] += row[: counts[i]]
+        if any(f == b"None" for f in r["finish_reason"]):
+            assert [spelled(x) for x in ids] == texts
+
+
+async def test_a_choice_continued_from_a_cut_is_the_uninterrupted_one(triton):
+    prompt = "Tell the story of a replica that went away."
+    n_in = len(sim.pieces(prompt))
+    # a stop that never matches but often starts to: text (and its ids) is held back now and then
+    sampling = {"n": 2, "max_tokens": 40, "seed": 5, "temperature": 1.0, "stop": [" the zzzz", " of yy"]}
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{triton.grpc_port}")
+    try:
+        whole = await infer(client, prompt, sampling, stream=True)
+        check_token_ids(whole, 2)
+        (unary,) = await infer(client, prompt, sampling, stream=False)
+        check_token_ids([unary], 2)
+        assert unary["output_token_ids"].shape == (2, 40)
+        for choice in (0, 1):
+            text, ids, count, finish = choice_of(whole, choice)
+            assert choice_of([unary], choice) == (text, ids, count, finish)
+            assert count == 40 and finish == "length" and spelled(ids) == text
+            for cut in (1, 12, len(whole) - 1):  # after that many responses
+                before_text, before_ids, before_count, _ = choice_of(whole[:cut], choice)
+                rest = {**sampling, "n": 1, "max_tokens": 40 - before_count}
+                for stream in (True, False):
+                    after = await infer(client, prompt, rest, stream, choice_index=choice, continuation=before_ids)
+                    check_token_ids(after, 1)
+                    after_text, after_ids, after_count, after_finish = choice_of(after, 0)
+                    assert before_text + after_text == text
+                    assert before_ids + after_ids == ids
+                    assert before_count + after_count == count and after_finish == finish
+                    assert {int(r["num_input_tokens"][0]) for r in after} == {n_in}
+                    # this server produced the tokens: the prompt's blocks and the continuation's are cached
+                    cached = min(n_in, (n_in + len(before_ids) - 1) // 16 * 16)
+                    assert {int(r["num_cached_tokens"][0]) for r in after} == {cached}
+
+        # an empty continuation is none; choice_index alone gives that choice's text
+        (plain,) = await infer(client, prompt, {**sampling, "n": 1}, False, continuation=[])
+        assert choice_of([plain], 0) == choice_of([unary], 0)
+        (second,) = await infer(client, prompt, {**sampling, "n": 1}, False, choice_index=1)
+        assert choice_of([second], 0) == choice_of([unary], 1)
+
+        with pytest.raises(InferenceServerException, match="invalid argument: continuation_token_ids needs n = 1"):
+            await infer(client, prompt, sampling, True, continuation=[1, 2])
+        with pytest.raises(InferenceServerException, match="64 is not a token id of the engine simulator"):
+            await infer(client, prompt, {"max_tokens": 4}, True, continuation=[1, 64])
+        with pytest.raises(InferenceServerException, match="does not enforce structured output"):
+            await infer(client, prompt, {"structured_outputs": json.dumps({"json": {}})}, True, continuation=[1])
+    finally:
+        await client.close()
+
+
+async def test_a_stop_sequence_across_the_cut_is_found(triton):
+    prompt = "Where does it stop?"
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{triton.grpc_port}")
+    try:
+        (free,) = await infer(client, prompt, {"max_tokens": 30, "seed": 8}, False)
+        words = free["text_output"][0].decode().split(" ")[1:]
+        stop = next(f" {a} {b}" for a, b in zip(words[8:], words[9:]))
+        sampling = {"max_tokens": 30, "seed": 8, "stop": [stop]}
+        whole = await infer(client, prompt, sampling, True)
+        check_token_ids(whole, 1)
+        text, ids, count, finish = choice_of(whole, 0)
+        assert finish == "stop" and text == free["text_output"][0].decode().split(stop)[0]
+        assert len(whole[-1]["output_token_ids"][0]) >= 2  # the held-back start of the stop, and its end
+        for cut in range(1, len(whole)):
+            before_text, before_ids, before_count, _ = choice_of(whole[:cut], 0)
+            after = await infer(client, prompt, {**sampling, "max_tokens": 30 - before_count}, True,
+                                continuation=before_ids)
+            after_text, after_ids, after_count, after_finish = choice_of(after, 0)
+            assert (before_text + after_text, before_ids + after_ids, before_count + after_count, after_finish) == (
+                text, ids, count, finish)
+    finally:
+        await client.close()
 
 
 async def test_parameters_are_overridden_per_load(triton):

@@ -13,6 +13,12 @@ def logits(*values):
     return np.array(values, dtype=np.float32)
 
 
+def counts_of(tokens):
+    counts = np.zeros(VOCAB, dtype=np.float32)
+    np.add.at(counts, tokens, 1)
+    return counts
+
+
 def test_temperature_zero_is_greedy():
     sampler = Sampler(SamplingConfig(temperature=0.0), VOCAB)
     assert sampler.choose(logits(0, 1, 5, 2, 0, 0, 0, 0)) == 2
@@ -51,6 +57,33 @@ def test_same_seed_same_tokens_and_choices_differ():
     assert run(7) == run(7)
     assert run(7) != run(8)
     assert run(7, 0) != run(7, 1)
+
+
+def test_token_k_depends_only_on_seed_choice_and_position():
+    rng = np.random.default_rng(1)
+    steps = [rng.normal(size=VOCAB) for _ in range(10)]
+    cfg = SamplingConfig(temperature=1.0, top_p=0.9, seed=7, presence_penalty=0.3, frequency_penalty=0.2)
+    whole = Sampler(cfg, VOCAB, choice_index=1)
+    tokens = [whole.choose(s) for s in steps]
+    # resumed at position 5 after replaying the first 5 tokens (as a continuation does)
+    resumed = Sampler(cfg, VOCAB, choice_index=1)
+    for token in tokens[:5]:
+        resumed.replay(token)
+    assert resumed.position == 5 and np.array_equal(resumed.counts, counts_of(tokens[:5]))
+    assert [resumed.choose(s) for s in steps[5:]] == tokens[5:]
+    # the uniform of a draw is a pure function of (seed, choice, position)
+    assert Sampler(cfg, VOCAB, choice_index=1).uniform(3) == whole.uniform(3)
+    assert whole.uniform(3) != whole.uniform(4) and whole.uniform(3) != Sampler(cfg, VOCAB).uniform(3)
+
+
+def test_unseeded_sampling_is_random_and_draws_follow_the_probabilities():
+    cfg = SamplingConfig(temperature=1.0)
+    assert Sampler(cfg, VOCAB).seed != Sampler(cfg, VOCAB).seed
+    sampler = Sampler(SamplingConfig(temperature=1.0, seed=5), VOCAB)
+    base = logits(2, 1, 0, -np.inf, 0, 0, 0, 0)
+    drawn = np.bincount([sampler.choose(base) for _ in range(4000)], minlength=VOCAB) / 4000
+    probs = np.exp(base - 2) / np.exp(base - 2).sum()
+    assert drawn[3] == 0 and np.abs(drawn - probs).max() < 0.03  # inverse CDF: never a banned token
 
 
 def test_top_p_keeps_only_the_nucleus():

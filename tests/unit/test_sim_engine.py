@@ -356,3 +356,179 @@ def test_cancel_frees_the_blocks():
     assert engine.pool.usage() == math.ceil(101 / 16) / engine.pool.num_blocks
     run(engine)
     assert engine.pool.usage() == 0.0
+
+
+# -- continuation (a generation moved to another replica) -------------------------------------------
+
+from simtext import token_text  # noqa: E402
+
+
+def outputs_of(steps, request):
+    return [o for s in steps for o in s.outputs if o.request is request]
+
+
+def ids_of(outs, n):
+    """Each choice's token ids, joined from the outputs (row i of each output's token_ids)."""
+    return [[t for o in outs for t in o.token_ids[i]] for i in range(n)]
+
+
+def spelled(ids):
+    return "".join(token_text(t) for t in ids)
+
+
+def generate(prompt, stream=True, engine=None, continuation=None, choice_index=0, **sampling):
+    """(request, outputs, texts, ids) of one request run alone to the end."""
+    engine = engine or Engine(H200)
+    request = new_request(object(), prompt, sampling, stream, engine.config, choice_index, continuation)
+    engine.add(request)
+    outs = outputs_of(run(engine), request)
+    texts = ["".join(o.texts[i] for o in outs) for i in range(request.n)]
+    return request, outs, texts, ids_of(outs, request.n)
+
+
+def test_output_token_ids_spell_the_text_and_count_the_tokens():
+    # a stop that never matches but whose start often does: text (and its ids) is held back now and then
+    _, _, (text,), (ids,) = generate("ids prompt", stream=False, max_tokens=40, seed=4)
+    assert spelled(ids) == text and len(ids) == 40
+    first = text.split(" ")[1]
+    _, outs, (streamed,), (streamed_ids,) = generate(
+        "ids prompt", max_tokens=40, seed=4, stop=[f" {first} zzzz", " the zz"])
+    assert streamed == text and streamed_ids == ids
+    so_far_text, so_far_ids = "", []
+    for o in outs:
+        assert o.num_output_tokens == [len(o.token_ids[0])]
+        so_far_text += o.texts[0]
+        so_far_ids += o.token_ids[0]
+        if not o.finished:
+            assert spelled(so_far_ids) == so_far_text
+    assert any(len(o.token_ids[0]) > 1 for o in outs)  # something was held back, ids with its text
+    assert sum(o.num_output_tokens[0] for o in outs) == 40
+
+
+@pytest.mark.parametrize("stream", [True, False])
+@pytest.mark.parametrize(("n", "choice", "sampling"), [
+    (1, 0, {"seed": 9}), (2, 1, {"seed": 9}), (3, 2, {"temperature": 0}), (1, 0, {}),
+])
+def test_a_continuation_produces_exactly_the_rest_of_the_uninterrupted_run(stream, n, choice, sampling):
+    prompt = "Continue me, exactly."
+    whole, _, texts, ids = generate(prompt, stream=stream, n=n, max_tokens=30, **sampling)
+    for k in (1, 7, 29):
+        request, outs, (rest,), (rest_ids,) = generate(
+            prompt, stream=stream, continuation=ids[choice][:k], choice_index=choice, n=1,
+            max_tokens=30 - k, **sampling)
+        assert spelled(ids[choice][:k]) + rest == texts[choice]
+        assert rest_ids == ids[choice][k:]
+        assert sum(o.num_output_tokens[0] for o in outs) == 30 - k  # only the new tokens
+        assert outs[-1].finished and outs[-1].finish_reasons == ["length"]
+        assert request.num_input_tokens == whole.num_input_tokens == len(pieces(prompt))
+    # choice_index alone: the choice's text from its first token
+    _, _, (alone,), _ = generate(prompt, stream=stream, choice_index=choice, max_tokens=30, **sampling)
+    assert alone == texts[choice]
+
+
+def test_a_continuation_is_prefilled_with_the_prompt():
+    cfg = EngineConfig(step_overhead_s=0)
+    prompt = prompt_of(3000)
+    _, _, _, (ids,) = generate(prompt, stream=False, engine=Engine(cfg), max_tokens=600, seed=1)
+    cont = ids[:500]
+
+    # a fresh replica: prompt and continuation are computed, their KV held, 3,500 tokens in the first step
+    cold = Engine(cfg)
+    request = new_request(object(), prompt, {"max_tokens": 100, "seed": 1}, True, cfg, 0, cont)
+    cold.add(request)
+    first = cold.step()
+    assert first.num_tokens == 3500 and first.duration_s == cfg.step_duration(3500, 3500)
+    assert cold.pool.usage() == math.ceil(3500 / 16) / cold.pool.num_blocks
+    assert request.num_cached_tokens == 0 and request.num_input_tokens == 3000
+    assert first.outputs[0].token_ids == [[ids[500]]] and first.outputs[0].num_output_tokens == [1]
+    run(cold)
+    assert cold.stats.prompt_tokens == 3500  # what this engine prefilled
+    assert cold.stats.prefix_cache_queries == 3500 and cold.stats.generation_tokens == 100
+
+    # a replica that served the prompt before: only the continuation (and the prompt's tail) is computed
+    warm = Engine(cfg)
+    generate(prompt, engine=warm, max_tokens=1)
+    request = new_request(object(), prompt, {"max_tokens": 100, "seed": 1}, True, cfg, 0, cont)
+    warm.add(request)
+    step = warm.step()
+    assert request.num_cached_tokens == 2992
+    assert step.num_tokens == 3500 - 2992 and step.duration_s == cfg.step_duration(508, 3500)
+    assert step.duration_s < first.duration_s / 5
+    _, outs, _, (rest,) = generate(prompt, engine=Engine(cfg), continuation=cont, max_tokens=100, seed=1)
+    assert [first.outputs[0].token_ids[0][0]] + [t for o in outputs_of(run(warm), request)
+                                                 for t in o.token_ids[0]] == rest == ids[500:600]
+
+    # the replica that produced the tokens: the continuation's blocks are cached too (reported: the prompt's)
+    same = Engine(cfg)
+    generate(prompt, engine=same, max_tokens=600, seed=1)
+    request = new_request(object(), prompt, {"max_tokens": 100, "seed": 1}, True, cfg, 0, cont)
+    same.add(request)
+    assert same.step().num_tokens == 3500 - 3488  # 218 full blocks within the first 3,499 tokens
+    assert request.num_cached_tokens == 3000
+
+
+def test_a_chunked_continuation_and_the_context_limit():
+    cfg = EngineConfig(max_num_batched_tokens=1024, max_model_len=2048, kv_cache_tokens=4096)
+    prompt = prompt_of(1000)
+    _, _, _, (ids,) = generate(prompt, stream=False, engine=Engine(cfg))  # until the context is full
+    assert len(ids) == 1048
+    engine = Engine(cfg)
+    request = new_request(object(), prompt, {"max_tokens": 1000}, True, cfg, 0, ids[:800])
+    assert request.max_tokens == 2048 - 1800  # max_tokens counts new tokens, clamped to what the context holds
+    engine.add(request)
+    steps = [engine.step(), engine.step()]
+    assert [s.num_tokens for s in steps] == [1024, 776]  # prefilled in chunks
+    outs = outputs_of(steps + run(engine), request)
+    assert ids_of(outs, 1) == [ids[800:]] and outs[-1].finish_reasons == ["length"]
+
+
+def test_a_stop_sequence_across_the_boundary_is_found():
+    prompt = "Stop somewhere."
+    _, _, (text,), (ids,) = generate(prompt, stream=False, max_tokens=40, seed=2)
+    starts = [len(spelled(ids[:j])) for j in range(40)]
+    k = next(k for k in range(10, 40) if text.index(token_text(ids[k - 1]) + token_text(ids[k])) == starts[k - 1])
+    stop = token_text(ids[k - 1]) + token_text(ids[k])
+    cut = text[: starts[k - 1]]
+
+    # the uninterrupted run: token k-1 is held back, then cut with token k
+    _, outs, (stopped,), (stopped_ids,) = generate(prompt, max_tokens=40, seed=2, stop=[stop])
+    assert stopped == cut and stopped_ids == ids[: k + 1] and outs[-1].finish_reasons == ["stop"]
+    assert outs[-1].token_ids == [ids[k - 1: k + 1]] and outs[-1].texts == [""]
+    sent = [t for o in outs[:-1] for t in o.token_ids[0]]
+    assert sent == ids[: k - 1]
+
+    # continued from any response before the last: the same text, the same tokens, the same finish
+    for j in (1, k - 2, k - 1):
+        _, couts, (rest,), (rest_ids,) = generate(prompt, continuation=ids[:j], max_tokens=40 - j, seed=2, stop=[stop])
+        assert spelled(ids[:j]) + rest == stopped and ids[:j] + rest_ids == stopped_ids
+        assert couts[-1].finish_reasons == ["stop"]
+        assert sum(o.num_output_tokens[0] for o in couts) == k + 1 - j
+
+    # continued after the start of the stop (text a model never sent): found, nothing sent again
+    for stream in (True, False):
+        _, couts, (rest,), (rest_ids,) = generate(
+            prompt, stream=stream, continuation=ids[:k], max_tokens=40 - k, seed=2, stop=[stop])
+        assert rest == "" and rest_ids == [ids[k]] and couts[-1].finish_reasons == ["stop"]
+    # a stop wholly inside the continuation: the first new token finishes the choice
+    _, couts, (rest,), (rest_ids,) = generate(prompt, continuation=ids[: k + 3], max_tokens=5, seed=2, stop=[stop])
+    assert rest == "" and rest_ids == [ids[k + 3]] and couts[-1].finish_reasons == ["stop"]
+
+
+@pytest.mark.parametrize(
+    ("sampling", "choice_index", "continuation", "message"),
+    [
+        ({"n": 2}, 0, [1, 2], "continuation_token_ids needs n = 1"),
+        ({"n": 2}, 1, None, "choice_index needs n = 1"),
+        ({}, -1, None, "choice_index must not be negative"),
+        ({}, 0, [3, 64], "64 is not a token id of the engine simulator"),
+        ({}, 0, [-1], "-1 is not a token id of the engine simulator"),
+        ({"structured_outputs": '{"json": {}}'}, 0, [1], "does not enforce structured output"),
+        ({}, 0, [0] * 8190, r"the prompt \(2 tokens\) and continuation_token_ids \(8190 tokens\) are longer than "
+         "the maximum model length of 8192 tokens"),
+    ],
+)
+def test_invalid_continuations(sampling, choice_index, continuation, message):
+    with pytest.raises(sim.InvalidRequest, match=message):
+        new_request(None, "hi you", sampling, True, H200, choice_index, continuation)
+    assert new_request(None, "hi you", {"n": 2}, True, H200, 0, []).n == 2  # empty: no continuation
+    assert new_request(None, "hi you", {}, True, H200, 0, [0] * 8189).max_tokens == 1

@@ -13,6 +13,11 @@ One `Engine.step()` is one forward pass of vLLM V1's scheduler, decided the same
 A sequence whose tokens are all computed at the end of a step emits one token; so the first token
 comes at the end of the step that finishes the prompt, then one token per step.
 
+A continuation (`continuation_token_ids`: the tokens a choice already produced, elsewhere) is a
+sequence whose context is the prompt followed by those tokens: they are prefilled like the prompt
+(prefix-cached, counted in the KV pool and in the step's tokens), not emitted again nor counted as
+output, and generation goes on at position len(continuation), so the text is the uninterrupted one.
+
 Timing (seconds) of a step computing T tokens (prefill chunks + one per decoding sequence) of
 sequences whose contexts total C tokens (each sequence's computed tokens plus its new ones):
     gemm      = max(weight_bytes / B, 2 * params * T / (peak_flops * mfu))
@@ -30,13 +35,14 @@ prefill bounds. Attention FLOPs of prefill (quadratic in the context) are left o
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import OrderedDict, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from simtext import StopMatcher, block_hash, pieces, prompt_digest, token
+from simtext import StopMatcher, block_hash, is_token_id, pieces, prompt_digest, token_id, token_text
 
 GREEDY_BELOW = 1e-5  # temperatures under this are greedy (vLLM's rule)
 
@@ -196,6 +202,8 @@ class Request:
     seed: int
     greedy: bool
     stream: bool
+    choice_index: int = 0  # with n == 1: the choice this request generates
+    continuation: list[int] = field(default_factory=list)  # token ids the choice already produced
     sequences: list[Sequence] = field(default_factory=list)
     num_cached_tokens: int = 0  # prompt tokens choice 0 found in the prefix cache at its admission
     finished: bool = False
@@ -210,15 +218,19 @@ class Sequence:
     """One choice of a request as the scheduler sees it."""
 
     request: Request
-    index: int
-    tokens: list[str]  # the prompt's, then the generated ones
+    index: int  # in the request's outputs
+    choice: int  # whose text it generates (index, or the request's choice_index when n == 1)
+    tokens: list[str]  # the prompt's, the continuation's, then the generated ones
     hashes: list[bytes]  # chained hashes of the full blocks of `tokens` worked out so far
+    ids: list[int]  # the choice's token ids: the continuation's, then the generated ones
+    ends: list[int]  # ends[j]: the length of `text` after token ids[j]
+    text: str  # the choice's text (the continuation's, then the generated), cut at a stop sequence
+    base: int = 0  # len(continuation): the position of the first token generated here
     num_computed: int = 0  # tokens whose KV is in the cache
     blocks: list[int] = field(default_factory=list)
-    generated: int = 0
-    text: str = ""  # generated text, cut at a stop sequence
-    emitted: int = 0  # characters of text sent
-    unreported: int = 0  # tokens not yet counted in a response
+    generated: int = 0  # tokens generated here (max_tokens counts these)
+    emitted: int = 0  # characters of text sent (the continuation's count as sent)
+    sent: int = 0  # token ids sent (the continuation's count as sent)
     finish_reason: str | None = None
     admitted: bool = False  # at least once
     prefilled: bool = False  # its prompt was computed at least once
@@ -227,13 +239,17 @@ class Sequence:
 @dataclass
 class Output:
     """What one request gets at the end of a step: per-choice text deltas (the whole texts when
-    not streaming), finish reasons ("None" while running) and generated-token counts (deltas)."""
+    not streaming), finish reasons ("None" while running), the token ids of those deltas and their
+    counts. Before the last response a choice's ids so far spell exactly its text so far (text held
+    back for a stop sequence holds its tokens back too); the last one adds the tokens whose text a
+    stop sequence cut."""
 
     request: Request
     texts: list[str]
     finish_reasons: list[str]
     num_output_tokens: list[int]
     finished: bool
+    token_ids: list[list[int]] = field(default_factory=list)
 
 
 @dataclass
@@ -256,15 +272,18 @@ class Stats:
     num_preemptions: int = 0
 
 
-def new_request(handle: Any, prompt: str, sampling: Mapping[str, Any], stream: bool, config: EngineConfig) -> Request:
-    """A Request from the contract's inputs (sampling: the `sampling_parameters` JSON); raises InvalidRequest."""
+def new_request(
+    handle: Any, prompt: str, sampling: Mapping[str, Any], stream: bool, config: EngineConfig,
+    choice_index: int = 0, continuation: list[int] | None = None,
+) -> Request:
+    """A Request from the contract's inputs (sampling: the `sampling_parameters` JSON; choice_index and
+    continuation: the optional `choice_index` and `continuation_token_ids`); raises InvalidRequest."""
     if sampling.get("structured_outputs") is not None or sampling.get("guided_decoding") is not None:
         raise InvalidRequest("the engine simulator does not enforce structured output")
     prompt_tokens = pieces(prompt)
     if not prompt_tokens:
         raise InvalidRequest("the prompt is empty")
-    room = config.max_model_len - len(prompt_tokens)
-    if room < 1:
+    if len(prompt_tokens) >= config.max_model_len:
         raise InvalidRequest(
             f"Prompt length of {len(prompt_tokens)} tokens is longer than the maximum model length "
             f"of {config.max_model_len} tokens"
@@ -272,6 +291,23 @@ def new_request(handle: Any, prompt: str, sampling: Mapping[str, Any], stream: b
     n = int(sampling.get("n", 1))
     if n < 1:
         raise InvalidRequest(f"n must be at least 1, got {n}")
+    continuation = [int(t) for t in continuation or []]
+    choice_index = int(choice_index)
+    if continuation and n != 1:
+        raise InvalidRequest("continuation_token_ids needs n = 1")
+    if choice_index < 0:
+        raise InvalidRequest(f"choice_index must not be negative, got {choice_index}")
+    if choice_index and n != 1:
+        raise InvalidRequest("choice_index needs n = 1")
+    bad = next((t for t in continuation if not is_token_id(t)), None)
+    if bad is not None:
+        raise InvalidRequest(f"continuation_token_ids: {bad} is not a token id of the engine simulator")
+    room = config.max_model_len - len(prompt_tokens) - len(continuation)
+    if room < 1:
+        raise InvalidRequest(
+            f"the prompt ({len(prompt_tokens)} tokens) and continuation_token_ids ({len(continuation)} tokens) "
+            f"are longer than the maximum model length of {config.max_model_len} tokens"
+        )
     max_tokens = sampling.get("max_tokens")
     if max_tokens is not None and int(max_tokens) < 1:
         raise InvalidRequest(f"max_tokens must be at least 1, got {max_tokens}")
@@ -293,8 +329,23 @@ def new_request(handle: Any, prompt: str, sampling: Mapping[str, Any], stream: b
         seed=0 if seed is None else int(seed),
         greedy=float(sampling.get("temperature", 1.0)) < GREEDY_BELOW,
         stream=stream,
+        choice_index=choice_index,
+        continuation=continuation,
     )
-    request.sequences = [Sequence(request, i, list(prompt_tokens), list(hashes)) for i in range(n)]
+    done = [token_text(t) for t in continuation]
+    ends = [0] * len(done)
+    length = 0
+    for j, piece in enumerate(done):
+        length += len(piece)
+        ends[j] = length
+    text = "".join(done)
+    request.sequences = [
+        Sequence(
+            request, i, choice_index if n == 1 else i, prompt_tokens + done, list(hashes), list(continuation),
+            list(ends), text, base=len(done), emitted=len(text), sent=len(done),
+        )
+        for i in range(n)
+    ]
     return request
 
 
@@ -383,8 +434,8 @@ class Engine:
             self.stats.prefix_cache_hits += num_cached
             if not seq.admitted:
                 seq.admitted = True
-                if seq.index == 0:
-                    seq.request.num_cached_tokens = num_cached
+                if seq.index == 0:  # the prompt's tokens only (a continuation's cached blocks are not counted)
+                    seq.request.num_cached_tokens = min(num_cached, seq.request.num_input_tokens)
             if not self._grow(seq, new):
                 raise AssertionError("admission checked the free blocks")
             self.running.append(seq)
@@ -402,8 +453,8 @@ class Engine:
             if seq.num_computed < len(seq.tokens):
                 continue  # a prefill chunk: no token yet
             if not seq.prefilled:
-                seq.prefilled = True
-                self.stats.prompt_tokens += len(seq.request.prompt_tokens)
+                seq.prefilled = True  # the prompt and the continuation: what this engine prefilled
+                self.stats.prompt_tokens += len(seq.request.prompt_tokens) + seq.base
             self._emit_token(seq)
             touched[seq.request] = None
             if seq.finish_reason is not None:
@@ -455,16 +506,21 @@ class Engine:
 
     def _emit_token(self, seq: Sequence) -> None:
         request = seq.request
+        position = seq.base + seq.generated  # a continuation goes on where the choice was
         if request.greedy:  # one text per prompt, whatever the seed and the choice
-            word = token(request.digest, 0, 0, seq.generated)
+            tid = token_id(request.digest, 0, 0, position)
         else:
-            word = token(request.digest, request.seed, seq.index, seq.generated)
+            tid = token_id(request.digest, request.seed, seq.choice, position)
+        word = token_text(tid)
         seq.tokens.append(word)
+        seq.ids.append(tid)
         seq.generated += 1
-        seq.unreported += 1
         self.stats.generation_tokens += 1
+        # the first token looks at the whole text (a continuation's too); later ones at stops that end in them
+        start = 0 if seq.generated == 1 else len(seq.text)
         seq.text += word
-        stop_at = request.stops.find(seq.text, start=len(seq.text) - len(word))
+        seq.ends.append(len(seq.text))
+        stop_at = request.stops.find(seq.text, start=start)
         if stop_at is not None:
             seq.text = seq.text[:stop_at]
             seq.finish_reason = "stop"
@@ -481,13 +537,18 @@ class Engine:
         if not request.stream:
             if not finished:
                 return None
-            return Output(request, [s.text for s in seqs], reasons, [s.generated for s in seqs], True)
-        texts, counts, news = [""] * len(seqs), [0] * len(seqs), False
+            ids = [s.ids[s.base:] for s in seqs]
+            return Output(request, [s.text[s.emitted:] for s in seqs], reasons, [len(r) for r in ids], True, ids)
+        texts, ids, news = [""] * len(seqs), [[] for _ in seqs], False
         for s in seqs:
-            safe = len(s.text) if s.finish_reason is not None else request.stops.safe_length(s.text)
-            if safe > s.emitted or (s.finish_reason is not None and s.unreported):
-                texts[s.index], counts[s.index] = s.text[s.emitted:safe], s.unreported
-                s.emitted, s.unreported, news = safe, 0, True
+            if s.finish_reason is not None:  # the rest, with the tokens of a stop sequence it cut
+                upto, end = len(s.ids), len(s.text)
+            else:  # whole tokens that cannot be the start of a stop sequence
+                upto = bisect.bisect_right(s.ends, request.stops.safe_length(s.text))
+                end = s.ends[upto - 1] if upto else 0
+            if upto > s.sent:
+                texts[s.index], ids[s.index] = s.text[s.emitted:end], s.ids[s.sent:upto]
+                s.emitted, s.sent, news = max(s.emitted, end), upto, True
         if not news and not finished:
             return None
-        return Output(request, texts, reasons, counts, finished)
+        return Output(request, texts, reasons, [len(r) for r in ids], finished, ids)

@@ -2,7 +2,10 @@
 
 It speaks the Triton vLLM-backend tensor contract as ../smollm2 does (text_input, stream,
 sampling_parameters, ... in; text_output[n], finish_reason[n], num_input_tokens,
-num_output_tokens[n] out) plus `num_cached_tokens`: the prompt tokens served from the prefix cache.
+num_output_tokens[n] out) plus `num_cached_tokens`: the prompt tokens served from the prefix cache,
+and the extension a generation moved to another replica needs: inputs `choice_index` and
+`continuation_token_ids` (resume a choice after the tokens it already produced), output
+`output_token_ids[n, k]` (each choice's token ids in this response, -1 padded).
 It behaves in time like vLLM serving Llama-3-8B on one H200 (engine.py has the scheduler, the KV
 cache and the timing model; README.md the arithmetic) and computes nothing: its thread sleeps
 through each simulated step, then sends the tokens of that step. Idle, it waits on a condition.
@@ -54,6 +57,19 @@ def _string(request, name):
         return None
     value = tensor.as_numpy().reshape(-1)[0]
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _ints(request, name):
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    return None if tensor is None else [int(v) for v in tensor.as_numpy().reshape(-1).tolist()]
+
+
+def _token_ids(rows):
+    """Rows of token ids as one INT32 [n, k] array, padded with -1."""
+    array = np.full((len(rows), max((len(r) for r in rows), default=0)), -1, dtype=np.int32)
+    for i, row in enumerate(rows):
+        array[i, :len(row)] = row
+    return array
 
 
 def _flag(request, name, default):
@@ -123,9 +139,11 @@ class TritonPythonModel:
             sender = request.get_response_sender()
             try:
                 sampling = json.loads(_string(request, "sampling_parameters") or "{}")
+                choice_index = _ints(request, "choice_index") or [0]
                 item = new_request(
                     (request, sender), _string(request, "text_input") or "", sampling,
                     _flag(request, "stream", False), self.engine.config,
+                    choice_index=choice_index[0], continuation=_ints(request, "continuation_token_ids"),
                 )
             except (InvalidRequest, ValueError, TypeError, AttributeError) as err:
                 sender.send(_error(f"invalid argument: {err}", pb_utils.TritonError.INVALID_ARG), flags=FINAL)
@@ -201,6 +219,7 @@ class TritonPythonModel:
             pb_utils.Tensor("num_input_tokens", np.array([request.num_input_tokens], dtype=np.uint32)),
             pb_utils.Tensor("num_output_tokens", np.array(output.num_output_tokens, dtype=np.uint32)),
             pb_utils.Tensor("num_cached_tokens", np.array([request.num_cached_tokens], dtype=np.uint32)),
+            pb_utils.Tensor("output_token_ids", _token_ids(output.token_ids)),
         ])
         sender.send(response, flags=FINAL if output.finished else 0)
 

@@ -11,6 +11,9 @@ Generated text: token k of choice c is `" " + WORDS[i]` where i comes from a bla
 generation can be resumed exactly at any position. Every word has at most 4 characters, so a
 generated text cut by PIECE gives back exactly its tokens (a multi-turn prompt that quotes an
 answer has the answer's tokens).
+
+Token ids: a generated token's id is its word's index in WORDS (0..63), so `token_text(id)` turns
+ids (the model's `output_token_ids`, a continuation's `continuation_token_ids`) back into text.
 """
 
 from __future__ import annotations
@@ -43,11 +46,24 @@ def prompt_digest(prompt: str) -> bytes:
     return hashlib.blake2b(prompt.encode("utf-8"), digest_size=16).digest()
 
 
+def token_id(digest: bytes, seed: int, choice: int, position: int) -> int:
+    """The id (index in WORDS) of token `position` (0-based) of choice `choice`."""
+    key = digest + struct.pack("<QII", seed & _MASK64, choice, position)
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") % len(WORDS)
+
+
+def token_text(token_id_: int) -> str:
+    """The text of a generated token id: its word with a leading space."""
+    return " " + WORDS[token_id_]
+
+
+def is_token_id(value: int) -> bool:
+    return 0 <= value < len(WORDS)
+
+
 def token(digest: bytes, seed: int, choice: int, position: int) -> str:
     """Token `position` (0-based) of choice `choice`: one word with a leading space."""
-    key = digest + struct.pack("<QII", seed & _MASK64, choice, position)
-    index = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") % len(WORDS)
-    return " " + WORDS[index]
+    return token_text(token_id(digest, seed, choice, position))
 
 
 def block_hash(parent: bytes, block: list[str]) -> bytes:

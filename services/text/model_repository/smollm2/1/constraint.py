@@ -133,6 +133,12 @@ class TokenMask:
         if not self._matcher.consume_token(token):
             raise RuntimeError(f"the grammar rejected token {token}: {self._matcher.get_error()}")
 
+    def replay(self, token: int) -> None:
+        """Advances past a token of a continuation (generated elsewhere): one the grammar must allow."""
+        if not self._matcher.consume_token(token):
+            why = self._matcher.get_error()
+            raise InvalidSampling(f"continuation token {token} breaks the structured output: {why}")
+
     @property
     def finished(self) -> bool:
         """True when the grammar is complete and only an end-of-generation token may follow."""

@@ -5,6 +5,17 @@ Triton's official vLLM backend (which takes its place on GPU nodes): text_input,
 sampling_parameters (JSON of vLLM SamplingParams), exclude_input_in_output and the return_*
 flags in; text_output[n], finish_reason[n], num_input_tokens, num_output_tokens[n] out.
 
+Two optional inputs and an output let a generation move to another replica mid-stream:
+`output_token_ids` [n, k] gives, in each response, the ids of the tokens whose text that response
+completes (-1 pads the rows): text is emitted only up to the end of a token, so the ids reported
+so far always detokenize to the text emitted so far (but for a trailing incomplete UTF-8
+character). A request with `continuation_token_ids` (the ids one choice already reported) and
+`choice_index` (that choice's index; n must be 1) resumes after them as if it had generated them:
+they are evaluated one at a time as they were generated, so the logits are the same; the sampler,
+the penalties, the stop sequences, the UTF-8 decoder and the grammar replay them; they are neither
+counted nor emitted again, and max_tokens counts only the new tokens. (Triton's vLLM backend
+has neither; the text service knows which contract a replica speaks.)
+
 A `structured_outputs` constraint (vLLM's StructuredOutputsParams: a JSON schema, a grammar, a
 structural tag, ...) is enforced with llguidance over the model's own llama.cpp vocabulary: each
 step samples only among the tokens the grammar allows (constraint.py).
@@ -41,6 +52,19 @@ class _Cancelled(Exception):
 def _flag(request, name: str, default: bool) -> bool:
     tensor = pb_utils.get_input_tensor_by_name(request, name)
     return default if tensor is None else bool(tensor.as_numpy().reshape(-1)[0])
+
+
+def _ints(request, name: str) -> list[int] | None:
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    return None if tensor is None else [int(v) for v in tensor.as_numpy().reshape(-1)]
+
+
+def _id_rows(rows: list[list[int]]) -> np.ndarray:
+    """output_token_ids: one row per choice, padded with -1 to the longest ([n, 0] when all are empty)."""
+    out = np.full((len(rows), max(map(len, rows), default=0)), -1, dtype=np.int32)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = row
+    return out
 
 
 def _string(request, name: str) -> str | None:
@@ -141,6 +165,15 @@ class TritonPythonModel:
         stream = _flag(request, "stream", False)
         raw = json.loads(_string(request, "sampling_parameters") or "{}")
         cfg = SamplingConfig.from_json_dict(raw, self.n_vocab)  # its limits are the text service's
+        continuation = _ints(request, "continuation_token_ids") or []
+        first = (_ints(request, "choice_index") or [0])[0]  # the sampler's index of choice 0
+        if continuation and cfg.n != 1:
+            raise InvalidSampling("continuation_token_ids needs n = 1")
+        if first < 0 or (first and cfg.n != 1):
+            raise InvalidSampling("choice_index needs n = 1 and must not be negative")
+        bad = next((t for t in continuation if not 0 <= t < self.n_vocab), None)
+        if bad is not None:
+            raise InvalidSampling(f"continuation token id {bad} is out of vocabulary range (0..{self.n_vocab - 1})")
         prompt_tokens = self.llm.tokenize(prompt.encode("utf-8"), add_bos=self.add_bos, special=True)
         if not prompt_tokens:
             raise InvalidSampling("the prompt is empty")
@@ -150,52 +183,69 @@ class TritonPythonModel:
                 f"Prompt length of {len(prompt_tokens)} tokens is longer than the maximum model length "
                 f"of {self.n_ctx} tokens"
             )
+        room -= len(continuation)  # what the earlier replica generated fills the context too
         budget = room if cfg.max_tokens is None else min(cfg.max_tokens, room)
         n_in = len(prompt_tokens)
         constraint = None if cfg.constraint is None else Constraint(self.grammar_tokenizer, cfg.constraint)
 
-        texts, reasons, counts = [""] * cfg.n, ["None"] * cfg.n, [0] * cfg.n
+        texts, reasons, ids = [""] * cfg.n, ["None"] * cfg.n, [[] for _ in range(cfg.n)]
         for index in range(cfg.n):
             emit = None
             if stream:
-                def emit(delta, n_tokens, reason, index=index, last=index == cfg.n - 1):
+                def emit(delta, new_ids, reason, index=index, last=index == cfg.n - 1):
                     out_texts = [""] * cfg.n
                     out_texts[index] = delta
-                    out_counts = [0] * cfg.n
-                    out_counts[index] = n_tokens
+                    out_ids = [[] for _ in range(cfg.n)]
+                    out_ids[index] = new_ids
                     reasons[index] = reason or "None"
                     final = reason is not None and last
-                    sender.send(self._response(out_texts, reasons, n_in, out_counts), flags=FINAL if final else 0)
+                    sender.send(self._response(out_texts, reasons, n_in, out_ids), flags=FINAL if final else 0)
 
             mask = None if constraint is None else constraint.matcher(self.n_vocab)
-            texts[index], reasons[index], counts[index] = self._generate(
-                prompt_tokens, cfg, index, budget, sender, emit, mask
+            texts[index], reasons[index], ids[index] = self._generate(
+                prompt_tokens, cfg, first + index, budget, sender, emit, mask, continuation
             )
         if not stream:
-            sender.send(self._response(texts, reasons, n_in, counts), flags=FINAL)
+            sender.send(self._response(texts, reasons, n_in, ids), flags=FINAL)
 
-    def _response(self, texts, reasons, n_in, counts):
+    def _response(self, texts, reasons, n_in, ids):
         return pb_utils.InferenceResponse(
             output_tensors=[
                 pb_utils.Tensor("text_output", np.array([t.encode("utf-8") for t in texts], dtype=np.object_)),
                 pb_utils.Tensor("finish_reason", np.array([r.encode() for r in reasons], dtype=np.object_)),
                 pb_utils.Tensor("num_input_tokens", np.array([n_in], dtype=np.uint32)),
-                pb_utils.Tensor("num_output_tokens", np.array(counts, dtype=np.uint32)),
+                pb_utils.Tensor("num_output_tokens", np.array([len(row) for row in ids], dtype=np.uint32)),
+                pb_utils.Tensor("output_token_ids", _id_rows(ids)),
             ]
         )
 
-    def _generate(self, prompt_tokens, cfg, index, budget, sender, emit, mask=None):
-        """One choice: returns (text, finish_reason, generated tokens); streams through `emit`.
+    def _generate(self, prompt_tokens, cfg, index, budget, sender, emit, mask=None, continuation=()):
+        """One choice: returns (new text, finish_reason, new token ids); streams through `emit`.
 
         With a `mask` (constraint.TokenMask) every token is one its grammar allows, and the choice
-        ends as soon as the grammar is complete.
+        ends as soon as the grammar is complete. `continuation` (tokens this choice produced on
+        another replica) is replayed first; `budget` counts only the tokens generated here.
         """
         sampler = Sampler(cfg, self.n_vocab, choice_index=index)
         stops = StopMatcher(cfg.stop)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         logits = self._prime(prompt_tokens)
-        text, emitted, unreported, generated, reason = "", 0, 0, 0, None
-        cut_at_stop = False
+        text = ""
+        for token in continuation:  # one at a time, as they were generated: the same logits
+            if sender.is_cancelled():
+                raise _Cancelled
+            sampler.replay(token)
+            if mask is not None:
+                mask.replay(token)
+            text += decoder.decode(self.llm.detokenize([token]))
+            logits = self._step(token)
+        start = emitted = len(text)  # the earlier replica emitted exactly the text of these tokens
+        pending: list[tuple[int, int]] = []  # (token, end of its text in `text`) not yet reported
+        generated, reason, cut_at_stop = [], None, False
+        if mask is not None and mask.finished:
+            reason = "stop"  # the continuation completed the grammar
+        elif continuation and budget < 1:
+            reason = "length"
         try:
             while reason is None:
                 if sender.is_cancelled():
@@ -206,10 +256,10 @@ class TritonPythonModel:
                     break
                 if mask is not None:
                     mask.accept(token)
-                generated += 1
-                unreported += 1
+                generated.append(token)
                 piece = decoder.decode(self.llm.detokenize([token]))
                 text += piece
+                pending.append((token, len(text)))
                 stop_at = stops.find(text, start=len(text) - len(piece))
                 if stop_at is not None:
                     text, reason, cut_at_stop = text[:stop_at], "stop", True
@@ -217,23 +267,27 @@ class TritonPythonModel:
                 if mask is not None and mask.finished:
                     reason = "stop"  # the grammar is complete: nothing but the end could follow
                     break
-                if generated >= budget:
+                if len(generated) >= budget:
                     reason = "length"
                     break
                 logits = self._step(token)
                 if emit is not None:
+                    # emit up to the end of the last token all of whose text is safe, and report
+                    # the tokens up to it: the ids reported so far always give the text emitted
                     safe = stops.safe_length(text)
-                    if safe > emitted:
-                        emit(text[emitted:safe], unreported, None)
-                        emitted, unreported = safe, 0
+                    done = sum(1 for _, end in pending if end <= safe)  # ends never decrease
+                    if done and pending[done - 1][1] > emitted:
+                        emit(text[emitted : pending[done - 1][1]], [t for t, _ in pending[:done]], None)
+                        emitted = pending[done - 1][1]
+                        del pending[:done]
         finally:  # one update per choice: each increment is a round trip to the Triton server
             if generated:
-                self.m_tokens.increment(generated)
+                self.m_tokens.increment(len(generated))
         if not cut_at_stop:
             text += decoder.decode(b"", final=True)
         if emit is not None:
-            emit(text[emitted:], unreported, reason)
-        return text, reason, generated
+            emit(text[emitted:], [t for t, _ in pending], reason)
+        return text[start:], reason, generated
 
     # -- llama.cpp state ---------------------------------------------------------------------
 

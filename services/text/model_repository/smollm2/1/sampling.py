@@ -3,13 +3,17 @@
 Semantics follow OpenAI's and vLLM's: logit_bias is added to the logits (-100 bans a token,
 +100 forces it), presence/frequency penalties apply to tokens already generated, temperature 0
 is greedy, top_p keeps the smallest set of tokens whose probability reaches top_p, and a seed
-makes sampling reproducible. A structured-output constraint (constraint.py) narrows each step to
-the tokens its grammar allows; the grammar wins over logit_bias where the two disagree.
+makes sampling reproducible. The randomness of token k of choice c is a function of (seed, c, k)
+alone, not of a generator's state, so a generation resumed after k tokens (a continuation, on
+another replica) draws exactly what the uninterrupted one would have. A structured-output
+constraint (constraint.py) narrows each step to the tokens its grammar allows; the grammar wins
+over logit_bias where the two disagree.
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -97,10 +101,21 @@ class Sampler:
     def __init__(self, config: SamplingConfig, vocab_size: int, choice_index: int = 0) -> None:
         self.config = config
         self.counts = np.zeros(vocab_size, dtype=np.float32)
-        seed = None if config.seed is None else [config.seed & 0xFFFFFFFFFFFFFFFF, choice_index]
-        self.rng = np.random.default_rng(seed)
+        # without a seed, a random one: still random, but the same scheme
+        self.seed = secrets.randbits(64) if config.seed is None else config.seed & 0xFFFFFFFFFFFFFFFF
+        self.choice_index = choice_index
+        self.position = 0  # tokens of this choice so far (replayed or chosen)
         self._bias_tokens = np.array(list(config.logit_bias), dtype=np.int64)
         self._bias_values = np.array(list(config.logit_bias.values()), dtype=np.float32)
+
+    def replay(self, token: int) -> None:
+        """Takes `token` as if chosen here: it counts for the penalties and moves the position on."""
+        self.counts[token] += 1
+        self.position += 1
+
+    def uniform(self, position: int) -> float:
+        """The uniform in [0, 1) that draws token `position` of this choice (~12 µs a draw)."""
+        return float(np.random.default_rng([self.seed, self.choice_index, position]).random())
 
     def adjusted_logits(self, logits: np.ndarray) -> np.ndarray:
         """Logits after bias and penalties (float64, a copy)."""
@@ -138,17 +153,23 @@ class Sampler:
             out -= out.max()
             probs = np.exp(out)
             probs /= probs.sum()
+            u = self.uniform(self.position)
             if cfg.top_p < 1.0:
                 order = np.argsort(-probs, kind="stable")
                 cumulative = np.cumsum(probs[order])
-                cutoff = int(np.searchsorted(cumulative, cfg.top_p)) + 1
-                kept = order[:cutoff]
-                probs_kept = probs[kept] / probs[kept].sum()
-                token = int(kept[self.rng.choice(kept.size, p=probs_kept)])
+                kept = order[: int(np.searchsorted(cumulative, cfg.top_p)) + 1]
+                token = int(kept[_inverse_cdf(probs[kept], u)])
             else:
-                token = int(self.rng.choice(probs.size, p=probs))
-        self.counts[token] += 1
+                token = _inverse_cdf(probs, u)
+        self.replay(token)
         return token
+
+
+def _inverse_cdf(probs: np.ndarray, u: float) -> int:
+    """The index i with cumsum(probs)[i-1] <= u * sum < cumsum(probs)[i]: never one of probability 0."""
+    cumulative = np.cumsum(probs)
+    i = int(np.searchsorted(cumulative, u * cumulative[-1], side="right"))
+    return i if i < probs.size else int(np.flatnonzero(probs)[-1])  # u * sum rounded up to the sum
 
 
 class StopMatcher:
