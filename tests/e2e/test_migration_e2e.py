@@ -228,6 +228,38 @@ def completion_text(events: list) -> tuple[str, list]:
     return text, errors
 
 
+def test_every_choice_of_n_goes_on_once(sim_trio):
+    """n = 3 sampled choices, all cut at once: each continues from its own tokens, none twice."""
+    stack = sim_trio
+    body = {**completion(5), "n": 3, "temperature": 1.0, "max_tokens": 60, "stream_options": {"include_usage": True}}
+
+    def by_choice(events: list) -> tuple[dict, dict]:
+        texts: dict[int, str] = {}
+        for event in events:
+            if event != "[DONE]" and "error" not in event:
+                for choice in event["choices"]:
+                    texts[choice["index"]] = texts.get(choice["index"], "") + choice["text"]
+        return texts, next(e["usage"] for e in reversed(events) if e != "[DONE]" and e.get("usage"))
+
+    async def run():
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as http:
+            reference = await sse(http, stack, "/completions", body)
+            killed = []
+
+            async def kill(count: int) -> None:
+                if count == 30:
+                    killed.append(serving_replica(stack))
+                    stack.crash_triton("text", killed[0])
+
+            return reference, await sse(http, stack, "/completions", body, kill), killed
+
+    reference, moved, killed = asyncio.run(run())
+    assert killed and by_choice(moved) == by_choice(reference)
+    assert not [e for e in moved if e != "[DONE]" and "error" in e]
+    stack.restart_triton("text", killed[0])
+    reload_sim_one(stack, killed[0])
+
+
 def test_chaos_under_load_no_client_sees_an_error(sim_trio):
     stack = sim_trio
     prompts = list(range(STREAMS))
