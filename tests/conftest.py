@@ -1,3 +1,8 @@
+import os
+
+# before anything imports grpc: see local/__init__.py (fork handlers that can deadlock a test's fork)
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
 import sys
 from pathlib import Path
 
