@@ -22,6 +22,7 @@ from facade.routing import add_routes
 from facade.settings import Settings
 from facade.signed_urls import URL_SIGNER, UrlSigner
 from facade.sse import SSE_PING_S
+from facade.store import store_ctx
 from services.common.telemetry import tracing_enabled
 
 
@@ -59,6 +60,9 @@ def create_app(settings: Settings) -> web.Application:
     app[URL_SIGNER] = UrlSigner(settings.url_signing_key)
     app[images.PUBLIC_URL] = settings.public_url
     app.cleanup_ctx.append(clients_ctx(settings))
+    # the Responses API's database: opened and migrated at start-up, swept while the app runs
+    app.cleanup_ctx.append(store_ctx(settings.database_url, settings.responses_retention_s,
+                                     settings.responses_sweep_interval_s, settings.database_pool_size))
     app.on_response_prepare.append(add_request_id)
     app[OPENAPI] = jsonio.dumps(build_document(ROUTES))
     add_routes(app, ROUTES)

@@ -4,7 +4,7 @@ admission middlewares and the access log read each request's Route (facade/routi
 
 from __future__ import annotations
 
-from facade.api import chat, completions, embeddings, images, models
+from facade.api import chat, completions, embeddings, images, models, responses_api
 from facade.api.chat import ChatCompletionRequest
 from facade.api.completions import CompletionRequest
 from facade.api.embeddings import EmbeddingRequest
@@ -17,7 +17,11 @@ from facade.api.responses import (
     ImagesResponse,
     Model,
     ModelList,
+    Response,
+    ResponseDeleted,
+    ResponseItemList,
 )
+from facade.api.responses_api import ResponseRequest, ResponseStreamEvent
 from facade.observability import metrics_endpoint
 from facade.openapi import openapi
 from facade.probes import health, ready
@@ -44,6 +48,16 @@ ROUTES: tuple[Route, ...] = (
           summary="Create embeddings", request=EmbeddingRequest, response=EmbeddingList),
     Route("POST", "/v1/images/generations", images.create_image, family="images", operation="image_generation",
           summary="Create images", request=ImageRequest, response=ImagesResponse),
+    # the Responses API: stored state in the façade's database (facade/store), one subject's own
+    Route("POST", "/v1/responses", responses_api.create_response, family="responses", operation="chat",
+          summary="Create a model response", request=ResponseRequest, response=Response,
+          stream=ResponseStreamEvent),
+    Route("GET", "/v1/responses/{response_id}", responses_api.retrieve_response, family="responses",
+          operation="chat", summary="Retrieve a model response", response=Response),
+    Route("DELETE", "/v1/responses/{response_id}", responses_api.delete_response, family="responses",
+          operation="chat", summary="Delete a model response", response=ResponseDeleted),
+    Route("GET", "/v1/responses/{response_id}/input_items", responses_api.list_input_items, family="responses",
+          operation="chat", summary="List a model response's input items", response=ResponseItemList),
     # the downloads behind `url`: a credential, or a signed link alone (auth_middleware's allow)
     Route("GET", images.FILES_PREFIX + "{image_id}", images.download_image, family="images",
           operation="image_generation"),

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import secrets
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import Field, NonNegativeInt, PositiveInt, field_validator
@@ -56,6 +58,27 @@ class Settings(EnvSettings):
     max_in_flight: NonNegativeInt = 256
     # On SIGTERM: how long in-flight requests and streams may take to finish.
     grace_s: NonNegativeSeconds = 10.0
+    # The Responses API's stored state: sqlite:///PATH (one file, one host) or postgresql://... (shared
+    # by every replica). Unset or empty: default_database_url(). May hold a password: never in repr().
+    database_url: str = Field("", repr=False)
+    # PostgreSQL: connections each façade process keeps at most.
+    database_pool_size: PositiveInt = 10
+    # How long a stored response is kept (OpenAI's 30 days); expired ones are invisible at once and
+    # removed every responses_sweep_interval_s.
+    responses_retention_s: Seconds = 30 * 24 * 3600.0
+    responses_sweep_interval_s: Seconds = 600.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
+        """As every settings class; an unset or empty HUBMESH_DATABASE_URL is default_database_url(env)."""
+        if not env.get("HUBMESH_DATABASE_URL"):
+            env = {**env, "HUBMESH_DATABASE_URL": default_database_url(env)}
+        return super().from_env(env)
+
+    @field_validator("database_url")
+    @classmethod
+    def _default_database_url(cls, value: str) -> str:
+        return value or default_database_url()  # Settings(...) built in code
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -74,6 +97,13 @@ class Settings(EnvSettings):
     @classmethod
     def _no_trailing_slash(cls, value: str) -> str:
         return value.rstrip("/")
+
+
+def default_database_url(env: Mapping[str, str] = os.environ) -> str:
+    """SQLite in $XDG_CACHE_HOME/hubmesh/hubmesh.db (~/.cache/hubmesh/hubmesh.db when XDG_CACHE_HOME is
+    unset or empty), beside the images store's default; `make run` uses run/hubmesh.db instead."""
+    base = env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return "sqlite:///" + os.path.join(base, "hubmesh", "hubmesh.db")
 
 
 def generate_api_key() -> str:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from aiohttp import web
 from aiohttp_sse import EventSourceResponse
 
@@ -32,12 +35,15 @@ class EventStream:
         await self._response.prepare(self._request)
         self._request[EVENT_STREAM] = self
 
-    async def send(self, payload: ChatCompletionChunk | Completion | ErrorResponse) -> None:
+    async def send(self, payload: ChatCompletionChunk | Completion | ErrorResponse | Mapping[str, Any],
+                   event: str | None = None) -> None:
         # written as is: JSON has no raw newlines to split into several `data:` lines. A stalled
         # client is still cut off: the ping task's writes time out and abort the connection.
+        # `event` names the event (`event:` line), as the Responses API's typed events do.
         if not self._ended:
+            head = b"event: " + event.encode() + b"\n" if event else b""
             try:
-                await self._response.write(b"data: " + jsonio.dumps(payload) + b"\n\n")
+                await self._response.write(head + b"data: " + jsonio.dumps(payload) + b"\n\n")
             except ConnectionResetError:
                 self._response.stop_streaming()
                 raise

@@ -160,6 +160,8 @@ def _python_env(config: StackConfig, **extra: str) -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     env["HUBMESH_IMAGES_STORE_DIR"] = str(config.run_dir / "images")  # images kept for `url` responses
     env["HUBMESH_INTERNAL_SECRET"] = config.internal_secret
+    # the Responses API's stored state: SQLite in the run directory, unless a database is configured
+    env.setdefault("HUBMESH_DATABASE_URL", "sqlite:///" + str(config.run_dir / "hubmesh.db"))
     env.update(config.extra_env)
     env.update(extra)
     return env

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from services.text.backend import GenerationChunk
+from services.text.contract import TokenLogprob, TopLogprob
 
 
 class FakeTextBackend:
@@ -44,13 +45,35 @@ class FakeTextBackend:
 
 
 def chunk(texts: list[str], reasons: list[str | None] | None = None, n_in: int = 5,
-          n_out: list[int] | None = None) -> GenerationChunk:
+          n_out: list[int] | None = None, logprobs: list[list[TokenLogprob] | None] | None = None) -> GenerationChunk:
     return GenerationChunk(
         texts=texts,
         finish_reasons=reasons or [None] * len(texts),
         num_input_tokens=n_in,
         num_output_tokens=n_out if n_out is not None else [1 if t else 0 for t in texts],
+        logprobs=logprobs,
     )
+
+
+def token(text: str, logprob: float, *alternatives: tuple[str, float]) -> TokenLogprob:
+    """A sampled token as the contract parses it: `alternatives` (text, logprob), best first, get
+    ranks 1, 2, ...; the sampled token is among them where its text is, else ranked after them."""
+    top = [TopLogprob(t, lp, rank) for rank, (t, lp) in enumerate(alternatives, start=1)]
+    if all(t != text for t, _ in alternatives):
+        top.append(TopLogprob(text, logprob, len(alternatives) + 1))
+    return TokenLogprob(text, logprob, top)
+
+
+def logprob_chunks(pieces: list[str], alternatives: int = 3, reason: str = "stop") -> list[GenerationChunk]:
+    """One chunk per piece (one token each, the most likely of its step, with `alternatives` - 1
+    others), then the finish: a backend answering a request with logprobs."""
+    chunks = []
+    for i, piece in enumerate(pieces):
+        best = -0.1 * (i + 1)
+        others = [(f"<alt{i}.{k}>", best - k) for k in range(1, alternatives + 1)]
+        chunks.append(chunk([piece], logprobs=[[token(piece, best, (piece, best), *others)]]))
+    chunks.append(chunk([""], [reason], n_out=[0], logprobs=[[]]))
+    return chunks
 
 
 class FakeEmbeddingsBackend:

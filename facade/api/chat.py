@@ -3,6 +3,13 @@
 Tools, tool_choice, parallel_tool_calls and response_format go to the text service as they are;
 it renders the tools into the prompt and has the model held to a grammar, so a tool call's
 arguments and a JSON answer always parse and match their schema (services/text/structured.py).
+
+`logprobs: true` (with `top_logprobs`, 0-20, checked by the text service; `top_logprobs` without
+`logprobs: true` is a 400, as OpenAI's) gives each choice `logprobs.content`: every generated token in
+order (those that wrote tool calls too), with its UTF-8 bytes and the best `top_logprobs` tokens of its
+position. Streamed, each chunk choice carries the tokens of its delta (content [] on one that has none,
+null on the opening role chunk), so the chunks' lists concatenate to every token once. Without it,
+`logprobs` stays null everywhere.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from facade.api import text_common as tc
 from facade.api.responses import (
     ChatCompletion,
     ChatCompletionChoice,
+    ChatCompletionChoiceLogprobs,
     ChatCompletionChunkChoice,
     ChatCompletionMessage,
     ChatCompletionMessageToolCall,
@@ -169,7 +177,8 @@ class ChatCompletionRequest(tc.SamplingFields):
 
     messages: list[Message] = tc.shows_limit("messages", ...)
     max_completion_tokens: UInt32 | None = tc.shows_limit("max_tokens")
-    logprobs: bool | None = None
+    logprobs: StrictBool | None = None
+    top_logprobs: UInt32 | None = tc.shows_limit("top_logprobs")
     response_format: ResponseFormat | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     tools: list[Tool] | None = tc.shows_limit("tools")
@@ -184,8 +193,8 @@ class ChatCompletionRequest(tc.SamplingFields):
 
     def to_proto(self, caller: common_pb.Caller | None = None) -> pb.GenerateRequest:
         self.check_stream_options()
-        if self.logprobs:
-            raise invalid("logprobs are not supported by this server.", param="logprobs")
+        if self.top_logprobs is not None and not self.logprobs:
+            raise invalid("logprobs must be set to true if top_logprobs is used.", param="top_logprobs")
         if self.functions is not None:
             raise invalid("functions is deprecated and not supported here; send tools.", param="functions")
         if self.function_call is not None:
@@ -196,6 +205,8 @@ class ChatCompletionRequest(tc.SamplingFields):
             sampling=self.sampling_proto(tc.max_tokens_of(self, self.max_completion_tokens, default=None)),
             caller=caller,
         )
+        if self.logprobs:
+            request.sampling.logprobs = self.top_logprobs or 0
         for tool in self.tools or ():
             function = request.tools.add(name=tool.function.name)
             if tool.function.description is not None:
@@ -219,7 +230,19 @@ def tool_calls_json(calls) -> list[ChatCompletionMessageToolCall]:
     ]
 
 
-def _choice_json(choice: pb.Choice) -> ChatCompletionChoice:
+def logprobs_json(tokens) -> ChatCompletionChoiceLogprobs:
+    """OpenAI's choice logprobs of `tokens` (pb.TokenLogprob)."""
+    return {
+        "content": [
+            {"token": t.token, "logprob": t.logprob, "bytes": list(t.bytes),
+             "top_logprobs": [{"token": e.token, "logprob": e.logprob, "bytes": list(e.bytes)} for e in t.top_logprobs]}
+            for t in tokens
+        ],
+        "refusal": None,
+    }
+
+
+def _choice_json(choice: pb.Choice, with_logprobs: bool) -> ChatCompletionChoice:
     message: ChatCompletionMessage = {
         "role": "assistant",
         "content": choice.text if choice.text or not choice.tool_calls else None,
@@ -230,7 +253,7 @@ def _choice_json(choice: pb.Choice) -> ChatCompletionChoice:
     return {
         "index": choice.index,
         "message": message,
-        "logprobs": None,
+        "logprobs": logprobs_json(choice.logprobs) if with_logprobs else None,
         "finish_reason": tc.FINISH_REASONS.get(choice.finish_reason, "stop"),
     }
 
@@ -248,7 +271,7 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
         "created": tc.now(),
         "model": result.model,
         "system_fingerprint": tc.SYSTEM_FINGERPRINT,
-        "choices": [_choice_json(c) for c in result.choices],
+        "choices": [_choice_json(c, bool(body.logprobs)) for c in result.choices],
         "usage": tc.usage_json(result.usage),
     }
     return json_response(completion)
@@ -268,7 +291,8 @@ async def _stream(request: web.Request, body: ChatCompletionRequest, proto: pb.G
         for i in range(body.n or 1)
     ]
     upstream = tc.GenerationStream(request, proto, input_param="messages")
-    return await tc.respond_with_stream(request, [(0, upstream)], base, body.include_usage, _render, opening)
+    render = _render_with_logprobs if body.logprobs else _render
+    return await tc.respond_with_stream(request, [(0, upstream)], base, body.include_usage, render, opening)
 
 
 def _tool_call_delta(call: pb.ToolCallDelta) -> ChatCompletionToolCallDelta:
@@ -289,4 +313,19 @@ def _render(delta: pb.ChoiceDelta, offset: int) -> list[ChatCompletionChunkChoic
     if delta.finish_reason:
         reason = tc.FINISH_REASONS.get(delta.finish_reason, "stop")
         choices.append({"index": delta.index, "delta": {}, "logprobs": None, "finish_reason": reason})
+    return choices
+
+
+def _render_with_logprobs(delta: pb.ChoiceDelta, offset: int) -> list[ChatCompletionChunkChoice]:
+    """_render with logprobs: true: the delta's tokens on its first chunk choice, an empty list on the
+    others (a delta with tokens only, which a model that never finished a choice leaves, has a choice
+    with an empty delta)."""
+    choices = _render(delta, offset)
+    if not choices:
+        if not delta.logprobs:
+            return choices
+        choices = [{"index": delta.index, "delta": {}, "logprobs": None, "finish_reason": None}]
+    choices[0]["logprobs"] = logprobs_json(delta.logprobs)
+    for choice in choices[1:]:
+        choice["logprobs"] = {"content": [], "refusal": None}
     return choices

@@ -1,4 +1,12 @@
-"""POST /v1/completions."""
+"""POST /v1/completions.
+
+`logprobs` (0-5, checked by the text service) gives each choice OpenAI's legacy logprobs: `tokens`,
+`token_logprobs`, `top_logprobs` (the best `logprobs` tokens and the sampled one, keyed by text) and
+`text_offset` (each token's first character in the choice's text); each stream chunk carries those of
+its own tokens, offsets counted from the start of the choice. With `echo` OpenAI adds the prompt's
+tokens, but the model servers here (and Triton's vLLM backend) return no logprobs for the prompt, so
+echo with logprobs is a 400 rather than an answer that silently lacks them.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +17,8 @@ from hubmesh.text.v1 import text_generation_pb2 as pb
 from pydantic import Field, StrictBool, StrictInt, StrictStr, field_validator
 
 from facade.api import text_common as tc
-from facade.api.responses import Completion, CompletionChoice
-from facade.api.validation import parse_body
+from facade.api.responses import Completion, CompletionChoice, CompletionLogprobs
+from facade.api.validation import UInt32, parse_body
 from facade.clients import caller
 from hubmesh.common.v1 import common_pb2 as common_pb
 from facade.errors import invalid
@@ -27,7 +35,7 @@ class CompletionRequest(tc.SamplingFields):
     echo: StrictBool | None = False
     suffix: StrictStr | None = None
     best_of: StrictInt | None = Field(default=None, ge=1, le=20)
-    logprobs: StrictInt | None = Field(default=None, ge=0, le=5)
+    logprobs: UInt32 | None = tc.shows_limit("completion_logprobs")
 
     @field_validator("prompt")
     @classmethod
@@ -49,14 +57,35 @@ class CompletionRequest(tc.SamplingFields):
         self.check_stream_options()
         if self.suffix:
             raise invalid("suffix is not supported by this model.", param="suffix")
-        if self.logprobs:
-            raise invalid("logprobs are not supported by this server.", param="logprobs")
+        if self.logprobs is not None and self.echo:
+            # OpenAI would add the prompt's tokens; the model servers here return no prompt logprobs,
+            # and leaving them out silently would mislead (echo + logprobs scores a text)
+            raise invalid("echo with logprobs is not supported: this server returns no log probabilities for "
+                          "prompt tokens. Send logprobs without echo.", param="echo")
         if self.best_of is not None and self.best_of != (self.n or 1):
             raise invalid("best_of other than n is not supported by this server.", param="best_of")
         sampling = self.sampling_proto(tc.max_tokens_of(self, None, default=DEFAULT_MAX_TOKENS))
+        if self.logprobs is not None:
+            sampling.logprobs = self.logprobs
         return [
             pb.GenerateRequest(model=self.model, prompt=p, sampling=sampling, caller=caller) for p in self.prompts
         ]
+
+
+def logprobs_json(tokens, start: int = 0) -> tuple[CompletionLogprobs, int]:
+    """The legacy logprobs of `tokens` (pb.TokenLogprob) whose text starts at character `start` of
+    the choice's text, and where the text after them starts. top_logprobs holds the best `logprobs`
+    tokens and the sampled one (OpenAI's "up to logprobs + 1"), keyed by their text."""
+    texts, values, tops, offsets = [], [], [], []
+    for t in tokens:
+        texts.append(t.token)
+        values.append(t.logprob)
+        top = {e.token: e.logprob for e in t.top_logprobs}
+        top.setdefault(t.token, t.logprob)
+        tops.append(top)
+        offsets.append(start)
+        start += len(t.token)
+    return {"tokens": texts, "token_logprobs": values, "top_logprobs": tops, "text_offset": offsets}, start
 
 
 async def create_completion(request: web.Request) -> web.StreamResponse:
@@ -70,6 +99,8 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
         upstreams = [(i * n, tc.GenerationStream(request, p, input_param="prompt")) for i, p in enumerate(protos)]
 
         echoed: set[int] = set()  # with echo, each choice's first chunk starts with its prompt
+        offsets: dict[int, int] = {}  # with logprobs: where each choice's next token starts in its text
+        with_logprobs = body.logprobs is not None
 
         def render(delta: pb.ChoiceDelta, offset: int) -> list[CompletionChoice]:
             reason = tc.FINISH_REASONS.get(delta.finish_reason) if delta.finish_reason else None
@@ -77,7 +108,10 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
             if body.echo and index not in echoed:
                 echoed.add(index)
                 text = prompts[offset // n] + text
-            return [{"index": index, "text": text, "logprobs": None, "finish_reason": reason}]
+            logprobs = None
+            if with_logprobs:
+                logprobs, offsets[index] = logprobs_json(delta.logprobs, offsets.get(index, 0))
+            return [{"index": index, "text": text, "logprobs": logprobs, "finish_reason": reason}]
 
         return await tc.respond_with_stream(request, upstreams, base, body.include_usage, render)
 
@@ -91,7 +125,7 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
                 {
                     "index": i * n + choice.index,
                     "text": (prompts[i] if body.echo else "") + choice.text,
-                    "logprobs": None,
+                    "logprobs": logprobs_json(choice.logprobs)[0] if body.logprobs is not None else None,
                     "finish_reason": tc.FINISH_REASONS.get(choice.finish_reason, "stop"),
                 }
             )

@@ -75,10 +75,37 @@ class ChatCompletionMessage(TypedDict):
     tool_calls: NotRequired[list[ChatCompletionMessageToolCall]]
 
 
+class ChatCompletionTopLogprob(TypedDict):
+    """One of the most likely tokens at a position."""
+
+    token: str
+    logprob: float
+    bytes: list[int] | None  # the token's UTF-8 bytes
+
+
+class ChatCompletionTokenLogprob(TypedDict):
+    """A generated token: its log probability (-9999.0: the model gave it next to none) and the
+    most likely tokens at its position, best first (fewer than top_logprobs where the model
+    returned fewer; the sampled token is among them when it is one of the best)."""
+
+    token: str
+    logprob: float
+    bytes: list[int] | None  # the token's UTF-8 bytes
+    top_logprobs: list[ChatCompletionTopLogprob]
+
+
+class ChatCompletionChoiceLogprobs(TypedDict):
+    """With logprobs: true, every generated token of the choice in order (in a stream, those of the
+    chunk), the tokens of tool calls included; refusal is always null (this server never refuses)."""
+
+    content: list[ChatCompletionTokenLogprob] | None
+    refusal: None
+
+
 class ChatCompletionChoice(TypedDict):
     index: int
     message: ChatCompletionMessage
-    logprobs: None
+    logprobs: ChatCompletionChoiceLogprobs | None  # null unless the request asked (logprobs: true)
     finish_reason: FinishReason
 
 
@@ -121,7 +148,7 @@ class ChatCompletionDelta(TypedDict, total=False):
 class ChatCompletionChunkChoice(TypedDict):
     index: int
     delta: ChatCompletionDelta
-    logprobs: None
+    logprobs: ChatCompletionChoiceLogprobs | None  # with logprobs: true, on chunks that carry tokens
     finish_reason: FinishReason | None  # null until the choice's last chunk
 
 
@@ -141,10 +168,22 @@ class ChatCompletionChunk(TypedDict):
 # -- completions -----------------------------------------------------------------------------------
 
 
+class CompletionLogprobs(TypedDict):
+    """The legacy shape, with `logprobs` set: per generated token (in a stream, those of the chunk) its
+    text, log probability, the `logprobs` most likely tokens with the sampled one (so up to
+    logprobs + 1 entries, keyed by text) and the character offset of the token in the choice's text.
+    The prompt's tokens are not included (echo with logprobs is refused: no prompt logprobs here)."""
+
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]]
+    text_offset: list[int]
+
+
 class CompletionChoice(TypedDict):
     index: int  # prompt number * n + choice number
     text: str
-    logprobs: None
+    logprobs: CompletionLogprobs | None  # null unless the request set logprobs
     finish_reason: FinishReason | None  # null in stream chunks until the choice's last one
 
 
@@ -232,3 +271,275 @@ class Health(TypedDict):
 class Readiness(TypedDict):
     status: Literal["ready", "not ready"]
     services: dict[str, str]  # service -> gRPC health status name (SERVING, UNAVAILABLE, ...)
+
+
+# -- responses (the Responses API: facade/api/responses_api.py) ------------------------------------
+# Named Response* so that no schema of /openapi.json shares a name with chat's.
+
+ItemStatus = Literal["in_progress", "completed", "incomplete"]
+
+
+class ResponseInputText(TypedDict):
+    type: Literal["input_text"]
+    text: str
+
+
+class ResponseOutputText(TypedDict):
+    """Text the model wrote; annotations and logprobs are always empty here."""
+
+    type: Literal["output_text"]
+    text: str
+    annotations: list[dict]
+    logprobs: list[dict]
+
+
+class ResponseRefusal(TypedDict):
+    type: Literal["refusal"]
+    refusal: str
+
+
+class ResponseOutputMessage(TypedDict):
+    """An assistant message: in a response's output, or replayed in the input items."""
+
+    type: Literal["message"]
+    id: str
+    status: ItemStatus
+    role: Literal["assistant"]
+    content: list[ResponseOutputText | ResponseRefusal]
+
+
+class ResponseFunctionToolCall(TypedDict):
+    """A function call the model made; call_id is what a function_call_output answers."""
+
+    type: Literal["function_call"]
+    id: str
+    call_id: str
+    name: str
+    arguments: str  # JSON text that parses and matches the tool's parameters (unless cut short)
+    status: ItemStatus
+
+
+class ResponseInputMessage(TypedDict):
+    """A user, system or developer message of the input items."""
+
+    type: Literal["message"]
+    id: str
+    status: ItemStatus
+    role: Literal["user", "system", "developer"]
+    content: list[ResponseInputText]
+
+
+class ResponseFunctionToolCallOutput(TypedDict):
+    """The result of a function call, given back by the client."""
+
+    type: Literal["function_call_output"]
+    id: str
+    call_id: str
+    output: str
+    status: ItemStatus
+
+
+ResponseOutputItem = ResponseOutputMessage | ResponseFunctionToolCall
+ResponseItem = ResponseInputMessage | ResponseOutputMessage | ResponseFunctionToolCall | ResponseFunctionToolCallOutput
+
+
+class ResponseInputTokensDetails(TypedDict):
+    cached_tokens: int  # prompt tokens the model server's prefix cache served (0 where it does not say)
+    cache_write_tokens: int
+
+
+class ResponseOutputTokensDetails(TypedDict):
+    reasoning_tokens: int
+
+
+class ResponseUsage(TypedDict):
+    input_tokens: int
+    input_tokens_details: ResponseInputTokensDetails
+    output_tokens: int
+    output_tokens_details: ResponseOutputTokensDetails
+    total_tokens: int
+
+
+class ResponseError(TypedDict):
+    """Why a response failed."""
+
+    code: str
+    message: str
+
+
+class ResponseIncompleteDetails(TypedDict):
+    reason: Literal["max_output_tokens"]
+
+
+class ResponseReasoning(TypedDict):
+    effort: None
+    summary: None
+
+
+class ResponseFormatTextConfig(TypedDict):
+    type: Literal["text"]
+
+
+class ResponseFormatJsonObjectConfig(TypedDict):
+    type: Literal["json_object"]
+
+
+class ResponseFormatJsonSchemaConfig(TypedDict):
+    type: Literal["json_schema"]
+    name: str
+    schema: dict
+    description: NotRequired[str]
+    strict: bool | None
+
+
+class ResponseTextConfig(TypedDict):
+    format: ResponseFormatTextConfig | ResponseFormatJsonObjectConfig | ResponseFormatJsonSchemaConfig
+
+
+class ResponseFunctionTool(TypedDict):
+    type: Literal["function"]
+    name: str
+    description: str | None
+    parameters: dict | None
+    strict: bool  # always true here: arguments are held to the parameters either way
+
+
+class ResponseToolChoiceFunction(TypedDict):
+    type: Literal["function"]
+    name: str
+
+
+class Response(TypedDict):
+    """OpenAI's Response object. The request's settings are echoed (defaults filled in); usage is
+    absent only while the response is in progress (in the first events of a stream)."""
+
+    id: str
+    object: Literal["response"]
+    created_at: int
+    status: Literal["in_progress", "completed", "incomplete", "failed"]
+    completed_at: int | None
+    error: ResponseError | None
+    incomplete_details: ResponseIncompleteDetails | None
+    instructions: str | None
+    max_output_tokens: int | None
+    max_tool_calls: None
+    model: str
+    output: list[ResponseOutputItem]
+    parallel_tool_calls: bool
+    previous_response_id: str | None
+    reasoning: ResponseReasoning
+    store: bool
+    temperature: float
+    text: ResponseTextConfig
+    tool_choice: Literal["none", "auto", "required"] | ResponseToolChoiceFunction
+    tools: list[ResponseFunctionTool]
+    top_p: float
+    truncation: Literal["disabled"]
+    usage: NotRequired[ResponseUsage]
+    user: NotRequired[str]  # absent when the request gave none
+    metadata: dict[str, str]
+    background: bool
+
+
+class ResponseDeleted(TypedDict):
+    id: str
+    object: Literal["response.deleted"]
+    deleted: Literal[True]
+
+
+class ResponseItemList(TypedDict):
+    """A page of a response's input items (GET /v1/responses/{id}/input_items); first_id and
+    last_id are null on an empty page."""
+
+    object: Literal["list"]
+    data: list[ResponseItem]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+# Stream events: each one `event: <type>` + `data: <the event>`, in order, numbered by sequence_number.
+
+
+class ResponseLifecycleEvent(TypedDict):
+    """response.created and response.in_progress (the response in progress, no output yet), then
+    response.completed, response.incomplete (max_output_tokens) or response.failed."""
+
+    type: Literal["response.created", "response.in_progress", "response.completed", "response.incomplete",
+                  "response.failed"]
+    sequence_number: int
+    response: Response
+
+
+class ResponseOutputItemEvent(TypedDict):
+    """response.output_item.added (the item in progress) and response.output_item.done (finished)."""
+
+    type: Literal["response.output_item.added", "response.output_item.done"]
+    sequence_number: int
+    output_index: int
+    item: ResponseOutputItem
+
+
+class ResponseContentPartEvent(TypedDict):
+    """response.content_part.added (empty text) and response.content_part.done (the whole text)."""
+
+    type: Literal["response.content_part.added", "response.content_part.done"]
+    sequence_number: int
+    item_id: str
+    output_index: int
+    content_index: int
+    part: ResponseOutputText
+
+
+class ResponseTextDeltaEvent(TypedDict):
+    type: Literal["response.output_text.delta"]
+    sequence_number: int
+    item_id: str
+    output_index: int
+    content_index: int
+    delta: str
+    logprobs: list[dict]
+
+
+class ResponseTextDoneEvent(TypedDict):
+    type: Literal["response.output_text.done"]
+    sequence_number: int
+    item_id: str
+    output_index: int
+    content_index: int
+    text: str
+    logprobs: list[dict]
+
+
+class ResponseFunctionCallArgumentsDeltaEvent(TypedDict):
+    type: Literal["response.function_call_arguments.delta"]
+    sequence_number: int
+    item_id: str
+    output_index: int
+    delta: str
+
+
+class ResponseFunctionCallArgumentsDoneEvent(TypedDict):
+    type: Literal["response.function_call_arguments.done"]
+    sequence_number: int
+    item_id: str
+    output_index: int
+    name: str
+    arguments: str
+
+
+class ResponseErrorEvent(TypedDict):
+    """A failure after the stream started; response.failed follows it."""
+
+    type: Literal["error"]
+    sequence_number: int
+    code: str | None
+    message: str
+    param: str | None
+
+
+ResponseStreamEventType = (
+    ResponseLifecycleEvent | ResponseOutputItemEvent | ResponseContentPartEvent | ResponseTextDeltaEvent
+    | ResponseTextDoneEvent | ResponseFunctionCallArgumentsDeltaEvent | ResponseFunctionCallArgumentsDoneEvent
+    | ResponseErrorEvent
+)

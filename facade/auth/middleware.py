@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 
 from facade.auth.limits import RateLimiter
-from facade.auth.principal import PRINCIPAL, Principal
+from facade.auth.principal import FAMILIES, PRINCIPAL, Principal
 from facade.auth.tokens import InvalidToken, TokenVerifier
 from facade.errors import OpenAIError
 from facade.routing import route_of
@@ -55,7 +55,7 @@ def auth_middleware(allow: Callable[[web.Request], bool] = lambda request: False
         family = route.family if route is not None else None
         if family is not None and not principal.may_use(family):
             hint = "" if principal.scopes else (
-                " Its scopes name none of hubmesh's (models, chat, completions, embeddings, images); the"
+                f" Its scopes name none of hubmesh's ({', '.join(FAMILIES)}); the"
                 " operator can grant such tokens default scopes with HUBMESH_JWT_DEFAULT_SCOPES."
             )
             raise OpenAIError(

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-FAMILIES = ("models", "chat", "completions", "embeddings", "images")
+FAMILIES = ("models", "chat", "completions", "embeddings", "images", "responses")
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,10 @@ RANGES: dict[str, tuple[float, float]] = {
     "frequency_penalty": (-2.0, 2.0),
 }
 LOGIT_BIAS_RANGE = (-100.0, 100.0)
+# alternatives per token with log probabilities: chat's top_logprobs (vLLM's max_logprobs default),
+# the legacy completions' logprobs
+MAX_TOP_LOGPROBS = 20
+MAX_COMPLETION_LOGPROBS = 5
 
 # each limit as JSON-schema keywords, by request field
 DOCUMENTED: dict[str, dict[str, object]] = {
@@ -25,4 +29,6 @@ DOCUMENTED: dict[str, dict[str, object]] = {
     "stop": {"maxItems": MAX_STOP_SEQUENCES},
     "messages": {"minItems": 1},
     "tools": {"maxItems": MAX_TOOLS},
+    "top_logprobs": {"minimum": 0, "maximum": MAX_TOP_LOGPROBS},
+    "completion_logprobs": {"minimum": 0, "maximum": MAX_COMPLETION_LOGPROBS},
 }

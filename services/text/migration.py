@@ -92,8 +92,12 @@ class Segment:
         if chunk.token_ids is not None:
             ids = [[] for _ in range(n)]
             ids[c] = chunk.token_ids[0] if chunk.token_ids else []
+        logprobs = None
+        if chunk.logprobs is not None:
+            logprobs = [None] * n
+            logprobs[c] = chunk.logprobs[0] if chunk.logprobs else None
         # the prompt's count stays what it is; its cache hits are the first replica's
-        return GenerationChunk(texts, reasons, chunk.num_input_tokens, counts, None, ids)
+        return GenerationChunk(texts, reasons, chunk.num_input_tokens, counts, None, ids, logprobs)
 
 
 def can_continue(progress: Progress, sampling: dict[str, Any]) -> bool:

@@ -13,11 +13,19 @@ from hubmesh.text.v1 import text_generation_pb2_grpc as pb_grpc
 from services.common.errors import InvalidArgument
 from services.common.grpc_errors import abort_on_service_error
 from services.common.servicer import CatalogServicer
-from services.text.limits import LOGIT_BIAS_RANGE, MAX_CHOICES, MAX_STOP_SEQUENCES, RANGES
+from services.text.limits import (
+    LOGIT_BIAS_RANGE,
+    MAX_CHOICES,
+    MAX_COMPLETION_LOGPROBS,
+    MAX_STOP_SEQUENCES,
+    MAX_TOP_LOGPROBS,
+    RANGES,
+)
 from services.common.metrics import StreamTimer, count_tokens
 from services.common.telemetry import set_genai_attributes
 from services.text.backend import GenerationChunk, TextBackend
 from services.text.catalog import ModelEntry
+from services.text.contract import TokenLogprob
 from services.text.structured import Mode, OutputPlan, plan_output
 from services.text.tool_calls import CallStart, Content, Event, ToolCallParser
 
@@ -31,8 +39,9 @@ def _check_range(name: str, value: float, low: float, high: float, param: str | 
         raise InvalidArgument(f"{name} must be between {low:g} and {high:g}, got {value:g}", param or name)
 
 
-def sampling_to_contract(sampling: pb.SamplingParameters, entry: ModelEntry) -> dict[str, Any]:
-    """The `sampling_parameters` JSON of the vLLM-backend contract; validates every field."""
+def sampling_to_contract(sampling: pb.SamplingParameters, entry: ModelEntry, chat: bool = True) -> dict[str, Any]:
+    """The `sampling_parameters` JSON of the vLLM-backend contract; validates every field (`chat`:
+    the request is a chat, whose logprobs count is OpenAI's top_logprobs, else a completion's logprobs)."""
     params: dict[str, Any] = {"n": sampling.n if sampling.HasField("n") else 1}
     if not 1 <= params["n"] <= MAX_CHOICES:
         raise InvalidArgument(f"n must be between 1 and {MAX_CHOICES}, got {params['n']}", "n")
@@ -69,6 +78,11 @@ def sampling_to_contract(sampling: pb.SamplingParameters, entry: ModelEntry) -> 
         params["logit_bias"] = {str(k): v for k, v in sampling.logit_bias.items()}
     if sampling.HasField("seed"):
         params["seed"] = sampling.seed
+    if sampling.HasField("logprobs"):
+        most, param = (MAX_TOP_LOGPROBS, "top_logprobs") if chat else (MAX_COMPLETION_LOGPROBS, "logprobs")
+        if sampling.logprobs > most:
+            raise InvalidArgument(f"{param} must be between 0 and {most}, got {sampling.logprobs}", param)
+        params["logprobs"] = sampling.logprobs
     return params
 
 
@@ -92,7 +106,7 @@ class TextGenerationServicer(CatalogServicer[ModelEntry], pb_grpc.TextGeneration
             prompt = request.prompt
         else:
             raise InvalidArgument("either chat messages or a prompt is required", "messages")
-        sampling = sampling_to_contract(request.sampling, entry)
+        sampling = sampling_to_contract(request.sampling, entry, chat=which == "chat")
         if plan.forced:
             # The grammar decides where the JSON ends; a stop sequence inside it would break it.
             sampling.pop("stop", None)
@@ -113,12 +127,17 @@ class TextGenerationServicer(CatalogServicer[ModelEntry], pb_grpc.TextGeneration
         n = sampling["n"]
         texts = [""] * n
         reasons: list[str | None] = [None] * n
+        tokens: list[list[TokenLogprob]] = [[] for _ in range(n)]
         usage = pb.Usage()
         async for chunk in self._backend.generate(entry.triton_model, prompt, sampling, stream=False):
             for i, text in enumerate(chunk.texts):
                 texts[i] += text
                 reasons[i] = chunk.finish_reasons[i] or reasons[i]
+            if chunk.logprobs is not None:
+                for i, choice_tokens in enumerate(chunk.logprobs[:n]):
+                    tokens[i].extend(choice_tokens or ())
             _add_usage(usage, chunk)
+        top_k = sampling.get("logprobs")
         choices = []
         for i in range(n):
             parser = _parser(plan)
@@ -126,7 +145,8 @@ class TextGenerationServicer(CatalogServicer[ModelEntry], pb_grpc.TextGeneration
             content = "".join(e.text for e in events if isinstance(e, Content))
             calls = [pb.ToolCall(id=c.id, name=c.name, arguments=c.arguments) for c in parser.calls]
             choices.append(
-                pb.Choice(index=i, text=content, finish_reason=_finish_reason(reasons[i], parser), tool_calls=calls)
+                pb.Choice(index=i, text=content, finish_reason=_finish_reason(reasons[i], parser), tool_calls=calls,
+                          logprobs=_logprobs(tokens[i], top_k) if top_k is not None else ())
             )
         _report(entry.id, usage, [_reason_name(c.finish_reason) for c in choices])
         return pb.GenerateResponse(model=entry.id, choices=choices, usage=usage)
@@ -139,6 +159,8 @@ class TextGenerationServicer(CatalogServicer[ModelEntry], pb_grpc.TextGeneration
         usage = pb.Usage()
         finished: dict[int, int] = {}  # backends repeat a choice's finish_reason in later responses
         parsers: dict[int, ToolCallParser] = {}
+        top_k = sampling.get("logprobs")
+        held: dict[int, list[pb.TokenLogprob]] = {}  # tokens whose choice had no delta to carry them yet
         timer = StreamTimer(entry.id)
         async for chunk in self._backend.generate(entry.triton_model, prompt, sampling, stream=True):
             _add_usage(usage, chunk)
@@ -146,24 +168,25 @@ class TextGenerationServicer(CatalogServicer[ModelEntry], pb_grpc.TextGeneration
             for i, text in enumerate(chunk.texts):
                 reason = chunk.finish_reasons[i] if i not in finished else None
                 if plan.mode is Mode.TEXT:
-                    if text:
-                        _in_round(rounds, 0).append(pb.ChoiceDelta(index=i, text=text))
-                    if reason:  # on a delta of its own, as OpenAI sends it
-                        finished[i] = FINISH_REASONS.get(reason, 0)
-                        last = _in_round(rounds, 1 if text else 0)
-                        last.append(pb.ChoiceDelta(index=i, finish_reason=finished[i]))
-                    continue
-                parser = parsers.setdefault(i, _parser(plan))
-                events = parser.feed(text) + (parser.finish() if reason else [])
-                deltas = [_delta(i, event) for event in events]
-                if reason:
-                    finished[i] = _finish_reason(reason, parser)
+                    deltas = [pb.ChoiceDelta(index=i, text=text)] if text else []
+                else:
+                    parser = parsers.setdefault(i, _parser(plan))
+                    events = parser.feed(text) + (parser.finish() if reason else [])
+                    deltas = [_delta(i, event) for event in events]
+                if reason:  # on a delta of its own, as OpenAI sends it
+                    finished[i] = FINISH_REASONS.get(reason, 0) if plan.mode is Mode.TEXT else _finish_reason(reason, parser)
                     deltas.append(pb.ChoiceDelta(index=i, finish_reason=finished[i]))
+                if top_k is not None:
+                    _carry_logprobs(deltas, held, i, chunk, top_k)
                 for position, delta in enumerate(deltas):
                     _in_round(rounds, position).append(delta)
             for deltas in rounds:
                 timer.chunk()
                 yield pb.GenerateStreamResponse(model=entry.id, deltas=deltas)
+        if held:  # tokens after the last delta of their choice (a model that never finished it)
+            yield pb.GenerateStreamResponse(model=entry.id, deltas=[
+                pb.ChoiceDelta(index=i, logprobs=tokens) for i, tokens in sorted(held.items())
+            ])
         _report(entry.id, usage, [_reason_name(finished[i]) for i in sorted(finished)])
         yield pb.GenerateStreamResponse(model=entry.id, usage=usage)
 
@@ -233,6 +256,27 @@ def _delta(index: int, event: Event) -> pb.ChoiceDelta:
     else:
         call = pb.ToolCallDelta(index=event.index, arguments=event.fragment)
     return pb.ChoiceDelta(index=index, tool_calls=[call])
+
+
+def _logprobs(tokens: list[TokenLogprob], top_k: int) -> list[pb.TokenLogprob]:
+    """Tokens as the proto's, with the alternatives of rank <= top_k (at most top_k, best first)."""
+    out = []
+    for t in tokens:
+        top = [pb.TopLogprob(token=e.token, logprob=e.logprob, bytes=e.token.encode("utf-8"))
+               for e in t.top[:top_k + 1] if e.rank <= top_k][:top_k]
+        out.append(pb.TokenLogprob(token=t.token, logprob=t.logprob, bytes=t.token.encode("utf-8"), top_logprobs=top))
+    return out
+
+
+def _carry_logprobs(deltas: list[pb.ChoiceDelta], held: dict[int, list[pb.TokenLogprob]], index: int,
+                    chunk: GenerationChunk, top_k: int) -> None:
+    """Puts choice `index`'s new tokens (and any held before) on its first delta of this chunk, or
+    holds them for its next delta: over the stream, each token is on exactly one delta."""
+    new = chunk.logprobs[index] if chunk.logprobs is not None and index < len(chunk.logprobs) else None
+    if new:
+        held.setdefault(index, []).extend(_logprobs(new, top_k))
+    if deltas and index in held:
+        deltas[0].logprobs.extend(held.pop(index))
 
 
 def _in_round(rounds: list[list[pb.ChoiceDelta]], position: int) -> list[pb.ChoiceDelta]:

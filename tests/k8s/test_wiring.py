@@ -457,6 +457,23 @@ def test_the_images_service_scales_out_only_with_a_shared_store(manifests):
         assert hpa["maxReplicas"] > 1
 
 
+def test_the_facade_database_is_a_secret_or_sqlite_on_a_volume_of_its_own(manifests):
+    """HUBMESH_DATABASE_URL from the Secret (optional); without it the settings' default, SQLite
+    under XDG_CACHE_HOME, lies on a writable emptyDir (the root filesystem is read-only)."""
+    from facade.settings import Settings as FacadeSettings
+    from facade.store.database import parse_url
+
+    deployment = manifests.deployment("facade")
+    c = deployment.container()
+    ref = env(c)["HUBMESH_DATABASE_URL"]["valueFrom"]["secretKeyRef"]
+    assert ref["name"].startswith("hubmesh-secrets") and (ref["key"], ref.get("optional")) == ("database-url", True)
+    settings = FacadeSettings.from_env(plain_env(c))  # the Secret's key absent
+    kind, path = parse_url(settings.database_url)
+    assert kind == "sqlite" and c["securityContext"]["readOnlyRootFilesystem"]
+    volume = deployment.mounted_volume(c, os.path.dirname(path))
+    assert volume is not None and "emptyDir" in volume and "sizeLimit" in volume["emptyDir"]
+
+
 # -- secrets, tracing, metrics -------------------------------------------------------------------
 
 

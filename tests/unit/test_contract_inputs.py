@@ -91,6 +91,9 @@ async def test_odd_strings_in_every_text_field_never_500(aiohttp_client):
         ({"logit_bias": {"99999999999": 1}}, "logit_bias"),
         ({"logit_bias": {"-1": 1}}, "logit_bias"),
         ({"messages": []}, "messages"),
+        ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),  # the service's rule
+        ({"logprobs": True, "top_logprobs": 2**32}, "top_logprobs"),  # the façade's type check
+        ({"top_logprobs": 1}, "top_logprobs"),  # without logprobs: true
         ({"tools": [{"type": "function", "function": {"name": "bad name!"}}]}, "tools[0].function.name"),
     ],
 )

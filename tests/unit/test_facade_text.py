@@ -8,7 +8,7 @@ import pytest
 from facade.app import create_app
 from facade.settings import Settings
 from services.common.errors import BackendUnavailable, InvalidArgument
-from tests.fakes import FakeTextBackend, chunk
+from tests.fakes import FakeTextBackend, chunk, logprob_chunks, token
 from tests.unit.text_service_fixture import MODEL, running_text_service
 
 KEY = "test-key"
@@ -415,6 +415,106 @@ async def test_json_response_format_reaches_the_model(aiohttp_client, services):
 async def test_bad_tool_and_format_inputs_are_400_naming_the_param(aiohttp_client, services, body, param):
     client = await client_for(aiohttp_client, services, FakeTextBackend())
     response = await client.post("/v1/chat/completions", json=body, headers=AUTH)
+    assert response.status == 400, await response.text()
+    error = (await response.json())["error"]
+    assert error["type"] == "invalid_request_error" and error["param"] == param and error["message"]
+
+
+# -- logprobs -------------------------------------------------------------------------------------
+
+
+def _sse(raw: bytes) -> list[dict]:
+    events = raw.decode().split("\n\n")
+    assert events[-2:] == ["data: [DONE]", ""]
+    return [json.loads(e.removeprefix("data: ")) for e in events[:-2]]
+
+
+def _lp(text, logprob, top):
+    return {"token": text, "logprob": logprob, "bytes": list(text.encode()),
+            "top_logprobs": [{"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in top]}
+
+
+async def test_chat_logprobs_unary_and_stream(aiohttp_client, services):
+    backend = FakeTextBackend(logprob_chunks(["Hel", "lo é"], alternatives=2))
+    client = await client_for(aiohttp_client, services, backend)
+    body = await (await client.post("/v1/chat/completions", json=chat_body(logprobs=True, top_logprobs=2),
+                                    headers=AUTH)).json()
+    assert backend.calls[0]["sampling"]["logprobs"] == 2
+    assert body["choices"][0]["logprobs"] == {
+        "content": [_lp("Hel", -0.1, [("Hel", -0.1), ("<alt0.1>", -1.1)]),
+                    _lp("lo é", -0.2, [("lo é", -0.2), ("<alt1.1>", -1.2)])],
+        "refusal": None,
+    }
+    assert body["choices"][0]["message"]["content"] == "Hello é"
+
+    response = await client.post("/v1/chat/completions", json=chat_body(logprobs=True, stream=True), headers=AUTH)
+    chunks = _sse(await response.read())
+    assert backend.calls[1]["sampling"]["logprobs"] == 0  # logprobs without top_logprobs: the sampled token's only
+    assert [c["choices"] for c in chunks] == [
+        [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}],
+        [{"index": 0, "delta": {"content": "Hel"}, "logprobs": {"content": [_lp("Hel", -0.1, [])], "refusal": None},
+          "finish_reason": None}],
+        [{"index": 0, "delta": {"content": "lo é"}, "logprobs": {"content": [_lp("lo é", -0.2, [])], "refusal": None},
+          "finish_reason": None}],
+        [{"index": 0, "delta": {}, "logprobs": {"content": [], "refusal": None}, "finish_reason": "stop"}],
+    ]
+
+
+async def test_completions_logprobs_legacy_shape_unary_and_stream(aiohttp_client, services):
+    backend = FakeTextBackend(logprob_chunks([" Par", "is", "."], alternatives=1, reason="length"))
+    client = await client_for(aiohttp_client, services, backend)
+    request = {"model": MODEL, "prompt": "The capital of France is", "logprobs": 1, "max_tokens": 3}
+    body = await (await client.post("/v1/completions", json=request, headers=AUTH)).json()
+    choice = body["choices"][0]
+    assert choice["text"] == " Paris." and backend.calls[0]["sampling"]["logprobs"] == 1
+    assert choice["logprobs"] == {
+        "tokens": [" Par", "is", "."],
+        "token_logprobs": [-0.1, -0.2, -0.30000000000000004],
+        "top_logprobs": [{" Par": -0.1}, {"is": -0.2}, {".": -0.30000000000000004}],
+        "text_offset": [0, 4, 6],
+    }
+    response = await client.post("/v1/completions", json={**request, "stream": True, "logprobs": 0}, headers=AUTH)
+    parts = [c["choices"][0]["logprobs"] for c in _sse(await response.read())]
+    assert [p["tokens"] for p in parts] == [[" Par"], ["is"], ["."], []]
+    assert [p["text_offset"] for p in parts] == [[0], [4], [6], []]
+    assert parts[0]["top_logprobs"] == [{" Par": -0.1}]  # logprobs 0: the sampled token, as OpenAI's legacy API
+
+
+async def test_completions_logprobs_top_holds_the_best_and_the_sampled(aiohttp_client, services):
+    sampled = token(" x", -3.0, (" a", -0.5), (" b", -1.0), (" c", -2.0))
+    backend = FakeTextBackend([chunk([" x"], ["length"], logprobs=[[sampled]])])
+    client = await client_for(aiohttp_client, services, backend)
+    body = await (await client.post("/v1/completions", json={"model": MODEL, "prompt": "p", "logprobs": 2},
+                                    headers=AUTH)).json()
+    assert body["choices"][0]["logprobs"]["top_logprobs"] == [{" a": -0.5, " b": -1.0, " x": -3.0}]
+
+
+async def test_without_logprobs_the_wire_keeps_null(aiohttp_client, services):
+    backend = FakeTextBackend(logprob_chunks(["Hi"]))  # a backend that would have them
+    client = await client_for(aiohttp_client, services, backend)
+    body = await (await client.post("/v1/chat/completions", json=chat_body(logprobs=False), headers=AUTH)).json()
+    assert body["choices"][0]["logprobs"] is None and "logprobs" not in backend.calls[0]["sampling"]
+    response = await client.post("/v1/completions", json={"model": MODEL, "prompt": "p", "stream": True}, headers=AUTH)
+    assert all(c["logprobs"] is None for e in _sse(await response.read()) for c in e["choices"])
+
+
+@pytest.mark.parametrize(
+    "path, body, param",
+    [
+        ("/v1/chat/completions", chat_body(top_logprobs=2), "top_logprobs"),
+        ("/v1/chat/completions", chat_body(logprobs=False, top_logprobs=0), "top_logprobs"),
+        ("/v1/chat/completions", chat_body(logprobs=True, top_logprobs=21), "top_logprobs"),
+        ("/v1/chat/completions", chat_body(logprobs=True, top_logprobs=-1), "top_logprobs"),
+        ("/v1/chat/completions", chat_body(logprobs="yes"), "logprobs"),
+        ("/v1/completions", {"model": MODEL, "prompt": "p", "logprobs": 6}, "logprobs"),
+        ("/v1/completions", {"model": MODEL, "prompt": "p", "logprobs": True}, "logprobs"),
+        ("/v1/completions", {"model": MODEL, "prompt": "p", "logprobs": 1, "echo": True}, "echo"),
+        ("/v1/completions", {"model": MODEL, "prompt": "p", "logprobs": 0, "echo": True, "stream": True}, "echo"),
+    ],
+)
+async def test_bad_logprobs_are_400_naming_the_param(aiohttp_client, services, path, body, param):
+    client = await client_for(aiohttp_client, services, FakeTextBackend())
+    response = await client.post(path, json=body, headers=AUTH)
     assert response.status == 400, await response.text()
     error = (await response.json())["error"]
     assert error["type"] == "invalid_request_error" and error["param"] == param and error["message"]

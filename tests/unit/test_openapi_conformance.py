@@ -8,7 +8,7 @@ from facade.app import create_app
 from facade.settings import Settings
 from services.common.errors import BackendUnavailable
 from services.images.storage import LocalDirectoryStore
-from tests.fakes import FakeEmbeddingsBackend, FakeImagesBackend, FakeTextBackend, chunk
+from tests.fakes import FakeEmbeddingsBackend, FakeImagesBackend, FakeTextBackend, chunk, logprob_chunks
 from tests.unit import test_embeddings, test_images
 from tests.unit.openapi_check import Conformance
 from tests.unit.text_service_fixture import MODEL, running_text_service
@@ -106,6 +106,26 @@ async def test_completions_several_prompts_unary_and_stream(stack):
             doc.component("Completion", event)
         assert {c["index"] for e in events for c in e["choices"]} == {0, 1, 2, 3}
         assert events[-1]["usage"] if options else all("usage" not in e for e in events)
+
+
+async def test_logprobs_chat_and_completions_unary_and_stream(stack):
+    client, doc = await stack(FakeTextBackend(logprob_chunks(["Hel", "lo"])))
+    for stream in (False, True):
+        response = await client.post("/v1/chat/completions", headers=AUTH,
+                                     json=chat(logprobs=True, top_logprobs=3, stream=stream))
+        body = await doc.check(response, "POST", "/v1/chat/completions")
+        for event in body if stream else [body]:
+            doc.component("ChatCompletionChunk" if stream else "ChatCompletion", event)
+        logprobs = [c["logprobs"] for e in (body if stream else [body]) for c in e["choices"]]
+        assert [t["token"] for lp in logprobs if lp for t in lp["content"]] == ["Hel", "lo"]
+
+        response = await client.post("/v1/completions", headers=AUTH,
+                                     json={"model": MODEL, "prompt": "p", "logprobs": 2, "stream": stream})
+        body = await doc.check(response, "POST", "/v1/completions")
+        for event in body if stream else [body]:
+            doc.component("Completion", event)
+        assert [t for e in (body if stream else [body]) for c in e["choices"] for t in c["logprobs"]["tokens"]] == [
+            "Hel", "lo"]
 
 
 async def test_embeddings_float_and_base64(stack):
@@ -222,3 +242,10 @@ def test_the_check_catches_drift():
     doc.validate(doc.schema("POST", "/v1/chat/completions", 200, "text/event-stream"), chunk)
     with pytest.raises(jsonschema.ValidationError):
         doc.component("ChatCompletionChunk", {**chunk, "choices": [{**chunk["choices"][0], "delta": {"refusal": None}}]})
+    token = {"token": "a", "logprob": -0.5, "bytes": [97], "top_logprobs": [{"token": "a", "logprob": -0.5, "bytes": [97]}]}
+    with_logprobs = {**good, "choices": [{**good["choices"][0], "logprobs": {"content": [token], "refusal": None}}]}
+    doc.component("ChatCompletion", with_logprobs)
+    for logprobs in ({"content": [token]}, {"content": [{**token, "top_logprobs": None}], "refusal": None},
+                     {"content": [token], "refusal": []}):
+        with pytest.raises(jsonschema.ValidationError):
+            doc.component("ChatCompletion", {**good, "choices": [{**good["choices"][0], "logprobs": logprobs}]})

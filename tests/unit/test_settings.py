@@ -109,6 +109,10 @@ FACADE_NAMES = {
     "sse_ping_s": "HUBMESH_SSE_PING_S",
     "max_in_flight": "HUBMESH_MAX_IN_FLIGHT",
     "grace_s": "HUBMESH_GRACE_S",
+    "database_url": "HUBMESH_DATABASE_URL",
+    "database_pool_size": "HUBMESH_DATABASE_POOL_SIZE",
+    "responses_retention_s": "HUBMESH_RESPONSES_RETENTION_S",
+    "responses_sweep_interval_s": "HUBMESH_RESPONSES_SWEEP_INTERVAL_S",
 }
 
 
@@ -120,6 +124,16 @@ def test_facade_names_and_defaults():
     assert (s.jwt_leeway_s, s.jwks_refresh_s, s.rate_limit_rpm, s.rate_limit_tpm) == (30.0, 300.0, 0, 0)
     assert (s.text_target, s.embeddings_target, s.images_target) == ("127.0.0.1:50051", "127.0.0.1:50052", "127.0.0.1:50053")
     assert (s.request_timeout_s, s.max_body_bytes, s.sse_ping_s, s.max_in_flight, s.grace_s) == (600.0, 8388608, 15.0, 256, 10.0)
+    assert (s.database_pool_size, s.responses_retention_s, s.responses_sweep_interval_s) == (10, 30 * 24 * 3600.0, 600.0)
+
+
+def test_facade_database_defaults_to_sqlite_in_the_xdg_cache():
+    assert FacadeSettings.from_env({"XDG_CACHE_HOME": "/cache"}).database_url == "sqlite:////cache/hubmesh/hubmesh.db"
+    home = os.path.join(os.path.expanduser("~"), ".cache", "hubmesh", "hubmesh.db")
+    assert FacadeSettings.from_env({"HUBMESH_DATABASE_URL": ""}).database_url == "sqlite:///" + home
+    url = "postgresql://hubmesh:pw@db:5432/hubmesh"
+    settings = FacadeSettings.from_env({"HUBMESH_DATABASE_URL": url})
+    assert settings.database_url == url and "pw" not in repr(settings)
 
 
 def test_facade_reads_its_variables():

@@ -532,3 +532,104 @@ def test_invalid_continuations(sampling, choice_index, continuation, message):
         new_request(None, "hi you", sampling, True, H200, choice_index, continuation)
     assert new_request(None, "hi you", {"n": 2}, True, H200, 0, []).n == 2  # empty: no continuation
     assert new_request(None, "hi you", {}, True, H200, 0, [0] * 8189).max_tokens == 1
+
+
+# -- logprobs (simtext.token_logprobs, reported per token of output_token_ids) ----------------------
+
+import simtext  # noqa: E402
+
+
+def run_with_logprobs(prompt, stream=True, continuation=None, choice_index=0, return_logprobs=True, **sampling):
+    """(request, outputs) of one request run alone to the end, asking for logprobs."""
+    engine = Engine(H200)
+    request = new_request(object(), prompt, sampling, stream, engine.config, choice_index, continuation,
+                          return_logprobs=return_logprobs)
+    engine.add(request)
+    return request, outputs_of(run(engine), request)
+
+
+def check_step(entries, token, k, greedy=False):
+    """One token's logprobs: the chosen token first, then up to k others best first, ranks and sums sound."""
+    ids = [int(t) for t in entries]
+    assert ids[0] == token and len(ids) in (k, k + 1) if k else ids == [token]
+    values = list(entries.values())
+    others = values[1:]
+    assert [v["rank"] for v in others] == sorted(v["rank"] for v in others)
+    assert all(a["logprob"] > b["logprob"] for a, b in zip(others, others[1:]))
+    assert sum(math.exp(v["logprob"]) for v in values) < 1
+    assert all(v["decoded_token"] == simtext.token_text(int(t)) for t, v in entries.items())
+    chosen = values[0]
+    assert math.log(0.3) - 1e-12 <= chosen["logprob"] <= math.log(0.95) + 1e-12
+    better = sum(1 for v in others if v["logprob"] > chosen["logprob"])
+    assert chosen["rank"] == better + 1 or (chosen["rank"] > k and len(ids) == k + 1)
+    ranks = sorted([v["rank"] for v in values])
+    assert ranks == list(range(1, len(ids) + 1)) or (chosen["rank"] > k and ranks[:-1] == list(range(1, k + 1)))
+    if greedy:
+        assert chosen["rank"] == 1
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_logprobs_line_up_with_the_reported_tokens(stream):
+    sampling = {"n": 2, "max_tokens": 30, "seed": 4, "logprobs": 3, "stop": [" the zzzz", " of yy"]}
+    request, outs = run_with_logprobs("logprobs prompt", stream=stream, **sampling)
+    assert request.logprobs == 3
+    ranks = []
+    for o in outs:
+        assert o.logprobs is not None and len(o.logprobs) == 2
+        for i in range(2):
+            assert len(o.logprobs[i]) == len(o.token_ids[i]) == o.num_output_tokens[i]
+            for token, entries in zip(o.token_ids[i], o.logprobs[i]):
+                check_step(entries, token, 3)
+                ranks.append(entries[str(token)]["rank"])
+    assert len(ranks) == 60 and ranks.count(1) < 60  # sampled: now and then not the most likely word
+    # the same values streamed or not, and from run to run
+    _, again = run_with_logprobs("logprobs prompt", stream=not stream, **sampling)
+    assert [e for o in outs for e in o.logprobs[1]] == [e for o in again for e in o.logprobs[1]]
+
+
+def test_greedy_tokens_are_rank_1_and_k_0_lists_the_chosen_one():
+    for k in (0, 1, 5, 20):
+        _, outs = run_with_logprobs("greedy logprobs", stream=True, max_tokens=40, temperature=0, logprobs=k)
+        for o in outs:
+            for token, entries in zip(o.token_ids[0], o.logprobs[0]):
+                check_step(entries, token, k, greedy=True)
+                assert len(entries) == max(k, 1)  # the chosen token is among the best k
+    # greedy: one distribution per prompt, whatever the seed and choice
+    _, a = run_with_logprobs("greedy logprobs", stream=False, n=2, max_tokens=10, temperature=0, logprobs=4, seed=3)
+    assert a[0].logprobs[0] == a[0].logprobs[1]
+
+
+def test_logprobs_are_a_function_of_prompt_seed_choice_and_position():
+    digest = simtext.prompt_digest("p")
+    one = simtext.token_logprobs(digest, 7, 1, 5, 4)
+    assert one == simtext.token_logprobs(digest, 7, 1, 5, 4)
+    assert one != simtext.token_logprobs(digest, 7, 1, 6, 4) and one != simtext.token_logprobs(digest, 8, 1, 5, 4)
+    assert list(one)[0] == str(simtext.token_id(digest, 7, 1, 5))
+    # a smaller k lists a prefix of the same ranking
+    assert list(simtext.token_logprobs(digest, 7, 1, 5, 2).items()) == [
+        (t, v) for t, v in one.items() if v["rank"] <= 2 or t == list(one)[0]]
+    # over many positions, every listed set sums below 1 and sampled tokens are mostly rank 1
+    ranks = [simtext.token_logprobs(digest, 7, 0, j, 20)[str(simtext.token_id(digest, 7, 0, j))]["rank"]
+             for j in range(500)]
+    assert ranks.count(1) > 350 and max(ranks) <= 3
+    for j in range(200):
+        entries = simtext.token_logprobs(digest, 1, 0, j, 20)
+        check_step(entries, simtext.token_id(digest, 1, 0, j), 20)
+
+
+def test_a_continuation_reports_the_logprobs_of_its_new_tokens():
+    sampling = {"max_tokens": 20, "seed": 6, "logprobs": 2}
+    _, whole = run_with_logprobs("resume logprobs", stream=False, **sampling)
+    ids, lps = whole[-1].token_ids[0], whole[-1].logprobs[0]
+    _, rest = run_with_logprobs("resume logprobs", stream=True, continuation=ids[:8], **{**sampling, "max_tokens": 12})
+    assert [e for o in rest for e in o.logprobs[0]] == lps[8:]
+
+
+def test_without_return_logprobs_there_are_none():
+    request, outs = run_with_logprobs("no logprobs", return_logprobs=False, max_tokens=5, logprobs=3)
+    assert request.logprobs is None and all(o.logprobs is None for o in outs)
+    request, outs = run_with_logprobs("no logprobs", max_tokens=5)  # asked for, but no k
+    assert request.logprobs is None and all(o.logprobs is None for o in outs)
+    for bad in (-1, 21, True, 1.5, "2"):
+        with pytest.raises(sim.InvalidRequest, match="logprobs must be an integer from 0 to 20"):
+            new_request(None, "hi", {"logprobs": bad}, True, H200)

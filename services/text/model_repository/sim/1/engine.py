@@ -42,9 +42,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from simtext import StopMatcher, block_hash, is_token_id, pieces, prompt_digest, token_id, token_text
+from simtext import StopMatcher, block_hash, is_token_id, pieces, prompt_digest, token_id, token_logprobs, token_text
 
 GREEDY_BELOW = 1e-5  # temperatures under this are greedy (vLLM's rule)
+MAX_LOGPROBS = 20  # vLLM's default max_logprobs
 
 
 class InvalidRequest(ValueError):
@@ -204,6 +205,7 @@ class Request:
     stream: bool
     choice_index: int = 0  # with n == 1: the choice this request generates
     continuation: list[int] = field(default_factory=list)  # token ids the choice already produced
+    logprobs: int | None = None  # k top words a token to report logprobs with; None: no logprobs
     sequences: list[Sequence] = field(default_factory=list)
     num_cached_tokens: int = 0  # prompt tokens choice 0 found in the prefix cache at its admission
     finished: bool = False
@@ -234,6 +236,7 @@ class Sequence:
     finish_reason: str | None = None
     admitted: bool = False  # at least once
     prefilled: bool = False  # its prompt was computed at least once
+    logprobs: list[dict] = field(default_factory=list)  # of each generated token (ids[base:]), when asked
 
 
 @dataclass
@@ -242,7 +245,8 @@ class Output:
     not streaming), finish reasons ("None" while running), the token ids of those deltas and their
     counts. Before the last response a choice's ids so far spell exactly its text so far (text held
     back for a stop sequence holds its tokens back too); the last one adds the tokens whose text a
-    stop sequence cut."""
+    stop sequence cut. `logprobs`, when the request asks for them: per choice, one dict per token of
+    its token_ids (simtext.token_logprobs); else None."""
 
     request: Request
     texts: list[str]
@@ -250,6 +254,7 @@ class Output:
     num_output_tokens: list[int]
     finished: bool
     token_ids: list[list[int]] = field(default_factory=list)
+    logprobs: list[list[dict]] | None = None
 
 
 @dataclass
@@ -274,10 +279,11 @@ class Stats:
 
 def new_request(
     handle: Any, prompt: str, sampling: Mapping[str, Any], stream: bool, config: EngineConfig,
-    choice_index: int = 0, continuation: list[int] | None = None,
+    choice_index: int = 0, continuation: list[int] | None = None, return_logprobs: bool = False,
 ) -> Request:
     """A Request from the contract's inputs (sampling: the `sampling_parameters` JSON; choice_index and
-    continuation: the optional `choice_index` and `continuation_token_ids`); raises InvalidRequest."""
+    continuation: the optional `choice_index` and `continuation_token_ids`; return_logprobs: whether
+    `sampling["logprobs"]` is to be reported); raises InvalidRequest."""
     if sampling.get("structured_outputs") is not None or sampling.get("guided_decoding") is not None:
         raise InvalidRequest("the engine simulator does not enforce structured output")
     prompt_tokens = pieces(prompt)
@@ -311,6 +317,10 @@ def new_request(
     max_tokens = sampling.get("max_tokens")
     if max_tokens is not None and int(max_tokens) < 1:
         raise InvalidRequest(f"max_tokens must be at least 1, got {max_tokens}")
+    logprobs = sampling.get("logprobs")
+    if logprobs is not None and (isinstance(logprobs, bool) or not isinstance(logprobs, int)
+                                 or not 0 <= logprobs <= MAX_LOGPROBS):
+        raise InvalidRequest(f"logprobs must be an integer from 0 to {MAX_LOGPROBS}, got {logprobs!r}")
     stop = sampling.get("stop") or []
     seed = sampling.get("seed")
     bs = config.block_size
@@ -331,6 +341,7 @@ def new_request(
         stream=stream,
         choice_index=choice_index,
         continuation=continuation,
+        logprobs=logprobs if return_logprobs else None,
     )
     done = [token_text(t) for t in continuation]
     ends = [0] * len(done)
@@ -507,10 +518,11 @@ class Engine:
     def _emit_token(self, seq: Sequence) -> None:
         request = seq.request
         position = seq.base + seq.generated  # a continuation goes on where the choice was
-        if request.greedy:  # one text per prompt, whatever the seed and the choice
-            tid = token_id(request.digest, 0, 0, position)
-        else:
-            tid = token_id(request.digest, request.seed, seq.choice, position)
+        seed, choice = (0, 0) if request.greedy else (request.seed, seq.choice)  # greedy: one text per prompt
+        tid = token_id(request.digest, seed, choice, position)
+        if request.logprobs is not None:
+            seq.logprobs.append(
+                token_logprobs(request.digest, seed, choice, position, request.logprobs, request.greedy))
         word = token_text(tid)
         seq.tokens.append(word)
         seq.ids.append(tid)
@@ -538,8 +550,10 @@ class Engine:
             if not finished:
                 return None
             ids = [s.ids[s.base:] for s in seqs]
-            return Output(request, [s.text[s.emitted:] for s in seqs], reasons, [len(r) for r in ids], True, ids)
+            lps = None if request.logprobs is None else [s.logprobs for s in seqs]
+            return Output(request, [s.text[s.emitted:] for s in seqs], reasons, [len(r) for r in ids], True, ids, lps)
         texts, ids, news = [""] * len(seqs), [[] for _ in seqs], False
+        lps = None if request.logprobs is None else [[] for _ in seqs]
         for s in seqs:
             if s.finish_reason is not None:  # the rest, with the tokens of a stop sequence it cut
                 upto, end = len(s.ids), len(s.text)
@@ -548,7 +562,9 @@ class Engine:
                 end = s.ends[upto - 1] if upto else 0
             if upto > s.sent:
                 texts[s.index], ids[s.index] = s.text[s.emitted:end], s.ids[s.sent:upto]
+                if lps is not None:
+                    lps[s.index] = s.logprobs[s.sent - s.base:upto - s.base]
                 s.emitted, s.sent, news = max(s.emitted, end), upto, True
         if not news and not finished:
             return None
-        return Output(request, texts, reasons, [len(r) for r in ids], finished, ids)
+        return Output(request, texts, reasons, [len(r) for r in ids], finished, ids, lps)

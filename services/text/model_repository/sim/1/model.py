@@ -5,7 +5,10 @@ sampling_parameters, ... in; text_output[n], finish_reason[n], num_input_tokens,
 num_output_tokens[n] out) plus `num_cached_tokens`: the prompt tokens served from the prefix cache,
 and the extension a generation moved to another replica needs: inputs `choice_index` and
 `continuation_token_ids` (resume a choice after the tokens it already produced), output
-`output_token_ids[n, k]` (each choice's token ids in this response, -1 padded).
+`output_token_ids[n, k]` (each choice's token ids in this response, -1 padded). With
+`return_logprobs` and `sampling_parameters.logprobs` = k, output `logprobs[n]` is, per choice, the JSON
+of a list with one {"<id>": {"logprob", "rank", "decoded_token"}, ...} per token of output_token_ids
+(simtext.token_logprobs: deterministic, plausible values); otherwise "null" per choice.
 It behaves in time like vLLM serving Llama-3-8B on one H200 (engine.py has the scheduler, the KV
 cache and the timing model; README.md the arithmetic) and computes nothing: its thread sleeps
 through each simulated step, then sends the tokens of that step. Idle, it waits on a condition.
@@ -144,6 +147,7 @@ class TritonPythonModel:
                     (request, sender), _string(request, "text_input") or "", sampling,
                     _flag(request, "stream", False), self.engine.config,
                     choice_index=choice_index[0], continuation=_ints(request, "continuation_token_ids"),
+                    return_logprobs=_flag(request, "return_logprobs", False),
                 )
             except (InvalidRequest, ValueError, TypeError, AttributeError) as err:
                 sender.send(_error(f"invalid argument: {err}", pb_utils.TritonError.INVALID_ARG), flags=FINAL)
@@ -213,6 +217,10 @@ class TritonPythonModel:
     def _send(self, output):
         request = output.request
         _, sender = request.handle
+        if output.logprobs is None:
+            logprobs = [b"null"] * len(output.texts)
+        else:
+            logprobs = [json.dumps(row).encode("utf-8") for row in output.logprobs]
         response = pb_utils.InferenceResponse(output_tensors=[
             pb_utils.Tensor("text_output", np.array([t.encode("utf-8") for t in output.texts], dtype=np.object_)),
             pb_utils.Tensor("finish_reason", np.array([r.encode() for r in output.finish_reasons], dtype=np.object_)),
@@ -220,6 +228,7 @@ class TritonPythonModel:
             pb_utils.Tensor("num_output_tokens", np.array(output.num_output_tokens, dtype=np.uint32)),
             pb_utils.Tensor("num_cached_tokens", np.array([request.num_cached_tokens], dtype=np.uint32)),
             pb_utils.Tensor("output_token_ids", _token_ids(output.token_ids)),
+            pb_utils.Tensor("logprobs", np.array(logprobs, dtype=np.object_)),
         ])
         sender.send(response, flags=FINAL if output.finished else 0)
 

@@ -14,11 +14,19 @@ answer has the answer's tokens).
 
 Token ids: a generated token's id is its word's index in WORDS (0..63), so `token_text(id)` turns
 ids (the model's `output_token_ids`, a continuation's `continuation_token_ids`) back into text.
+
+Logprobs (`token_logprobs`): every position has a distribution over the 64 words, a function of the
+same key as its token (prompt, seed, choice, position): the chosen word has probability p in
+[0.3, 0.95], the other 63 words, in an order drawn from the key, share part (50-90 %) of the rest
+in geometrically decreasing shares. So the probabilities of any words listed sum to less than 1,
+a greedy token (whose shares are capped below p) is always rank 1, and a sampled one sometimes is
+not: rank 2 or 3 when the first shares outweigh its p, as happens with a real model.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import struct
 
@@ -50,6 +58,37 @@ def token_id(digest: bytes, seed: int, choice: int, position: int) -> int:
     """The id (index in WORDS) of token `position` (0-based) of choice `choice`."""
     key = digest + struct.pack("<QII", seed & _MASK64, choice, position)
     return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") % len(WORDS)
+
+
+def token_logprobs(
+    digest: bytes, seed: int, choice: int, position: int, k: int, greedy: bool = False
+) -> dict[str, dict]:
+    """The logprobs of token `position` of choice `choice` (whose id token_id gives for the same
+    key) and of the k most likely words of that position but it, as Triton's vLLM backend reports
+    them: {"<id>": {"logprob", "rank", "decoded_token"}, ...}, the chosen token first, the others
+    best first (k + 1 entries, or k when the chosen word is among the best k). `greedy`: the chosen
+    word is the most likely one (temperature 0)."""
+    chosen = token_id(digest, seed, choice, position)
+    key = digest + struct.pack("<QIIB", seed & _MASK64, choice, position, 1)
+    bits = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little")
+    p = 0.3 + 0.65 * (bits & 0xFFFF) / 0xFFFF  # the chosen word's probability
+    share = 0.5 + 0.4 * ((bits >> 16) & 0xFFFF) / 0xFFFF  # of the rest, what the other words have
+    ratio = 0.3 + 0.4 * ((bits >> 32) & 0xFFFF) / 0xFFFF  # each word's probability over the one before
+    first = (1 - p) * share * (1 - ratio)  # the best other word's (the 63 sum to < (1 - p) * share)
+    if greedy:
+        first = min(first, 0.9 * p)
+    offset, stride = (bits >> 48) & 63, 2 * ((bits >> 54) & 31) + 1  # odd: a permutation of the 64 ids
+    others = [w for w in ((chosen + offset + stride * j) % len(WORDS) for j in range(len(WORDS))) if w != chosen]
+    rank = 1
+    while rank <= len(others) and first * ratio ** (rank - 1) > p:
+        rank += 1  # the other words more likely than the chosen one
+    out = {str(chosen): {"logprob": math.log(p), "rank": rank, "decoded_token": token_text(chosen)}}
+    for j, word in enumerate(others[:k]):
+        place = j + 1 if j + 1 < rank else j + 2  # the chosen word holds place `rank`
+        if place > k:
+            break
+        out[str(word)] = {"logprob": math.log(first * ratio ** j), "rank": place, "decoded_token": token_text(word)}
+    return out
 
 
 def token_text(token_id_: int) -> str:

@@ -20,6 +20,18 @@ A `structured_outputs` constraint (vLLM's StructuredOutputsParams: a JSON schema
 structural tag, ...) is enforced with llguidance over the model's own llama.cpp vocabulary: each
 step samples only among the tokens the grammar allows (constraint.py).
 
+Logprobs, as Triton's vLLM backend carries them: with `return_logprobs` true and
+`sampling_parameters.logprobs` = k (0..20), output `logprobs[n]` holds, per response and choice, the
+JSON text of a list with one object per token that response reports for the choice (the same
+tokens, in the same order, as output_token_ids and num_output_tokens):
+`{"<token id>": {"logprob": float, "rank": int, "decoded_token": str}, ...}`, the chosen token
+first, then the k most likely tokens of its step but it, best first (k + 1 entries, or k when the
+chosen token is among the best k). Otherwise each element is the JSON `null` (the output is always
+there, as all the others are). They are the log-softmax of the logits after logit_bias, the
+penalties and the grammar mask, before temperature and top_p (sampling.py says why); rank 1 = most
+likely; decoded_token is the token's own text (its bytes decoded as UTF-8, errors replaced).
+A continuation reports logprobs for its new tokens only.
+
 Requests run one at a time on a worker thread (execute() only queues them), so a request that
 is cancelled while it waits never starts, and one that is cancelled while it runs stops at the
 next token (`response_sender.is_cancelled()`), answering with a CANCELLED error as vLLM does.
@@ -92,6 +104,7 @@ class TritonPythonModel:
         self.vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
         self.add_bos = self.llm.metadata.get("tokenizer.ggml.add_bos_token", "false") == "true"
         self._primed = None  # (prompt tokens, logits after them) of the prompt in the KV cache
+        self._pieces: dict[int, str] = {}  # token id -> its own text, for logprobs' decoded_token
         eog_tokens = [t for t in range(self.n_vocab) if llama_cpp.llama_vocab_is_eog(self.vocab, t)]
         self.eog = frozenset(eog_tokens)  # end-of-generation tokens, checked for every token
         # llguidance's view of the same vocabulary, for structured output (built once, ~1 s)
@@ -187,28 +200,34 @@ class TritonPythonModel:
         budget = room if cfg.max_tokens is None else min(cfg.max_tokens, room)
         n_in = len(prompt_tokens)
         constraint = None if cfg.constraint is None else Constraint(self.grammar_tokenizer, cfg.constraint)
+        k = cfg.logprobs if _flag(request, "return_logprobs", False) else None  # None: none computed
 
         texts, reasons, ids = [""] * cfg.n, ["None"] * cfg.n, [[] for _ in range(cfg.n)]
+        lps = [None if k is None else [] for _ in range(cfg.n)]
         for index in range(cfg.n):
             emit = None
             if stream:
-                def emit(delta, new_ids, reason, index=index, last=index == cfg.n - 1):
+                def emit(delta, new_ids, new_lps, reason, index=index, last=index == cfg.n - 1):
                     out_texts = [""] * cfg.n
                     out_texts[index] = delta
                     out_ids = [[] for _ in range(cfg.n)]
                     out_ids[index] = new_ids
+                    out_lps = [None if k is None else [] for _ in range(cfg.n)]
+                    out_lps[index] = new_lps
                     reasons[index] = reason or "None"
                     final = reason is not None and last
-                    sender.send(self._response(out_texts, reasons, n_in, out_ids), flags=FINAL if final else 0)
+                    sender.send(self._response(out_texts, reasons, n_in, out_ids, out_lps), flags=FINAL if final else 0)
 
             mask = None if constraint is None else constraint.matcher(self.n_vocab)
-            texts[index], reasons[index], ids[index] = self._generate(
-                prompt_tokens, cfg, first + index, budget, sender, emit, mask, continuation
+            texts[index], reasons[index], ids[index], lps[index] = self._generate(
+                prompt_tokens, cfg, first + index, budget, sender, emit, mask, continuation, k
             )
         if not stream:
-            sender.send(self._response(texts, reasons, n_in, ids), flags=FINAL)
+            sender.send(self._response(texts, reasons, n_in, ids, lps), flags=FINAL)
 
-    def _response(self, texts, reasons, n_in, ids):
+    def _response(self, texts, reasons, n_in, ids, lps):
+        """lps: per choice, None (the JSON null) or the JSON texts of its tokens' logprobs."""
+        logprobs = [b"null" if row is None else ("[" + ",".join(row) + "]").encode("utf-8") for row in lps]
         return pb_utils.InferenceResponse(
             output_tensors=[
                 pb_utils.Tensor("text_output", np.array([t.encode("utf-8") for t in texts], dtype=np.object_)),
@@ -216,15 +235,18 @@ class TritonPythonModel:
                 pb_utils.Tensor("num_input_tokens", np.array([n_in], dtype=np.uint32)),
                 pb_utils.Tensor("num_output_tokens", np.array([len(row) for row in ids], dtype=np.uint32)),
                 pb_utils.Tensor("output_token_ids", _id_rows(ids)),
+                pb_utils.Tensor("logprobs", np.array(logprobs, dtype=np.object_)),
             ]
         )
 
-    def _generate(self, prompt_tokens, cfg, index, budget, sender, emit, mask=None, continuation=()):
-        """One choice: returns (new text, finish_reason, new token ids); streams through `emit`.
+    def _generate(self, prompt_tokens, cfg, index, budget, sender, emit, mask=None, continuation=(), logprobs=None):
+        """One choice: returns (new text, finish_reason, new token ids, their logprobs); streams through `emit`.
 
         With a `mask` (constraint.TokenMask) every token is one its grammar allows, and the choice
         ends as soon as the grammar is complete. `continuation` (tokens this choice produced on
         another replica) is replayed first; `budget` counts only the tokens generated here.
+        With `logprobs` (k, not None) each new token's logprobs are a JSON text (`_logprob_json`),
+        one per id; else the logprobs are None.
         """
         sampler = Sampler(cfg, self.n_vocab, choice_index=index)
         stops = StopMatcher(cfg.stop)
@@ -240,8 +262,8 @@ class TritonPythonModel:
             text += decoder.decode(self.llm.detokenize([token]))
             logits = self._step(token)
         start = emitted = len(text)  # the earlier replica emitted exactly the text of these tokens
-        pending: list[tuple[int, int]] = []  # (token, end of its text in `text`) not yet reported
-        generated, reason, cut_at_stop = [], None, False
+        pending: list[tuple[int, int, str | None]] = []  # (token, end of its text, logprobs) not yet reported
+        generated, lps, reason, cut_at_stop = [], [], None, False
         if mask is not None and mask.finished:
             reason = "stop"  # the continuation completed the grammar
         elif continuation and budget < 1:
@@ -250,16 +272,18 @@ class TritonPythonModel:
             while reason is None:
                 if sender.is_cancelled():
                     raise _Cancelled
-                token = sampler.choose(logits, None if mask is None else mask.allowed())
+                token, top = sampler.choose_with_logprobs(logits, None if mask is None else mask.allowed(), logprobs)
                 if token in self.eog:
                     reason = "stop"
                     break
                 if mask is not None:
                     mask.accept(token)
                 generated.append(token)
+                lp = None if top is None else self._logprob_json(top)
+                lps.append(lp)
                 piece = decoder.decode(self.llm.detokenize([token]))
                 text += piece
-                pending.append((token, len(text)))
+                pending.append((token, len(text), lp))
                 stop_at = stops.find(text, start=len(text) - len(piece))
                 if stop_at is not None:
                     text, reason, cut_at_stop = text[:stop_at], "stop", True
@@ -275,9 +299,10 @@ class TritonPythonModel:
                     # emit up to the end of the last token all of whose text is safe, and report
                     # the tokens up to it: the ids reported so far always give the text emitted
                     safe = stops.safe_length(text)
-                    done = sum(1 for _, end in pending if end <= safe)  # ends never decrease
+                    done = sum(1 for _, end, _ in pending if end <= safe)  # ends never decrease
                     if done and pending[done - 1][1] > emitted:
-                        emit(text[emitted : pending[done - 1][1]], [t for t, _ in pending[:done]], None)
+                        emit(text[emitted : pending[done - 1][1]], [t for t, _, _ in pending[:done]],
+                             None if logprobs is None else [lp for _, _, lp in pending[:done]], None)
                         emitted = pending[done - 1][1]
                         del pending[:done]
         finally:  # one update per choice: each increment is a round trip to the Triton server
@@ -286,8 +311,23 @@ class TritonPythonModel:
         if not cut_at_stop:
             text += decoder.decode(b"", final=True)
         if emit is not None:
-            emit(text[emitted:], [t for t, _ in pending], reason)
-        return text[start:], reason, generated
+            emit(text[emitted:], [t for t, _, _ in pending], None if logprobs is None else [lp for _, _, lp in pending],
+                 reason)
+        return text[start:], reason, generated, None if logprobs is None else lps
+
+    def _logprob_json(self, top) -> str:
+        """The JSON object of one token's logprobs (sampling.token_logprobs' entries, chosen first)."""
+        return json.dumps({
+            str(tid): {"logprob": logprob, "rank": rank, "decoded_token": self._piece(tid)}
+            for tid, logprob, rank in top
+        })
+
+    def _piece(self, token) -> str:
+        """A token's own text (cached: the top tokens of a step recur)."""
+        piece = self._pieces.get(token)
+        if piece is None:
+            piece = self._pieces[token] = self.llm.detokenize([token]).decode("utf-8", errors="replace")
+        return piece
 
     # -- llama.cpp state ---------------------------------------------------------------------
 

@@ -8,6 +8,16 @@ alone, not of a generator's state, so a generation resumed after k tokens (a con
 another replica) draws exactly what the uninterrupted one would have. A structured-output
 constraint (constraint.py) narrows each step to the tokens its grammar allows; the grammar wins
 over logit_bias where the two disagree.
+
+Logprobs (`logprobs` = k, vLLM's SamplingParams field): each chosen token gets its own logprob and
+those of the k most likely tokens of its step (`token_logprobs`). Which logprobs: those of the scores
+the sampler draws from, i.e. the model's logits after logit_bias, the presence/frequency penalties
+and the structured-output grammar mask, BEFORE temperature and top_p: a log-softmax over the tokens
+still allowed (a token the grammar or a -100 bias removes has logprob -inf and is never listed, and
+a greedy token is always rank 1 of its step). vLLM offers the choice as `logprobs_mode`: its default,
+"raw_logprobs", is the logits before any processing; "processed_logprobs" after penalties,
+temperature and top-k/top-p; this model's sits between the two (temperature 1 without top_p makes
+it "processed_logprobs").
 """
 
 from __future__ import annotations
@@ -19,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 GREEDY_BELOW = 1e-5  # temperatures under this are treated as 0 (greedy), as vLLM does
+MAX_LOGPROBS = 20  # vLLM's default max_logprobs (the most OpenAI's top_logprobs takes)
 CONSTRAINT_KEYS = ("json", "json_object", "regex", "choice", "grammar", "structural_tag")
 
 
@@ -50,6 +61,16 @@ def requested_constraint(raw: dict) -> dict | None:
     return {present[0]: spec[present[0]]} if present else None
 
 
+def requested_logprobs(raw: dict) -> int | None:
+    """vLLM's `logprobs` of `raw`: None (no logprobs), or k in 0..MAX_LOGPROBS top tokens a step."""
+    value = raw.get("logprobs")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_LOGPROBS:
+        raise InvalidSampling(f"logprobs must be an integer from 0 to {MAX_LOGPROBS}, got {value!r}")
+    return value
+
+
 @dataclass
 class SamplingConfig:
     """The vLLM SamplingParams fields this model honours."""
@@ -65,6 +86,8 @@ class SamplingConfig:
     seed: int | None = None
     # vLLM's StructuredOutputsParams, reduced to its one constraint ({"json": {...}}, ...); None = free
     constraint: dict | None = None
+    # top tokens to report a step with each chosen token's logprob; None = no logprobs
+    logprobs: int | None = None
 
     @classmethod
     def from_json_dict(cls, raw: dict, vocab_size: int) -> SamplingConfig:
@@ -92,6 +115,7 @@ class SamplingConfig:
             logit_bias=bias,
             seed=None if raw.get("seed") is None else int(raw["seed"]),
             constraint=requested_constraint(raw),
+            logprobs=requested_logprobs(raw),
         )
 
 
@@ -107,6 +131,7 @@ class Sampler:
         self.position = 0  # tokens of this choice so far (replayed or chosen)
         self._bias_tokens = np.array(list(config.logit_bias), dtype=np.int64)
         self._bias_values = np.array(list(config.logit_bias.values()), dtype=np.float32)
+        self._scratch: np.ndarray | None = None  # token_logprobs' work array, once logprobs are asked
 
     def replay(self, token: int) -> None:
         """Takes `token` as if chosen here: it counts for the penalties and moves the position on."""
@@ -133,11 +158,12 @@ class Sampler:
                 out[forced] = keep
         return out
 
-    def choose(self, logits: np.ndarray, allowed: np.ndarray | None = None) -> int:
-        """The next token, among `allowed` (a boolean mask) when given; remembers it for the penalties.
+    def scores(self, logits: np.ndarray, allowed: np.ndarray | None = None) -> np.ndarray:
+        """What the next token is drawn from (float64, -inf = impossible), before temperature and top_p:
+        the logits after bias and penalties, only `allowed` tokens (a boolean mask) when given.
 
-        Where logit_bias bans every allowed token, the allowed tokens are chosen from without the
-        bias: the constraint is what the caller asked to be guaranteed.
+        Where logit_bias bans every allowed token, the allowed tokens are scored without the bias:
+        the constraint is what the caller asked to be guaranteed.
         """
         out = self.adjusted_logits(logits)
         if allowed is not None:
@@ -145,13 +171,24 @@ class Sampler:
             if not np.isfinite(out).any():
                 out = logits.astype(np.float64, copy=True)
                 out[~allowed] = -np.inf
+        return out
+
+    def choose(self, logits: np.ndarray, allowed: np.ndarray | None = None) -> int:
+        """The next token, among `allowed` (a boolean mask) when given; remembers it for the penalties."""
+        return self.choose_with_logprobs(logits, allowed)[0]
+
+    def choose_with_logprobs(
+        self, logits: np.ndarray, allowed: np.ndarray | None = None, logprobs: int | None = None
+    ) -> tuple[int, list[tuple[int, float, int]] | None]:
+        """The next token (as `choose`) and, when `logprobs` (k) is not None, its `token_logprobs`."""
+        out = self.scores(logits, allowed)
         cfg = self.config
         if cfg.temperature < GREEDY_BELOW:
             token = int(np.argmax(out))
         else:
-            out = out / cfg.temperature
-            out -= out.max()
-            probs = np.exp(out)
+            scaled = out / cfg.temperature
+            scaled -= scaled.max()
+            probs = np.exp(scaled)
             probs /= probs.sum()
             u = self.uniform(self.position)
             if cfg.top_p < 1.0:
@@ -162,7 +199,72 @@ class Sampler:
             else:
                 token = _inverse_cdf(probs, u)
         self.replay(token)
-        return token
+        if logprobs is None:
+            return token, None
+        if self._scratch is None:
+            self._scratch = np.empty(out.size, dtype=np.float64)
+        return token, token_logprobs(out, token, logprobs, self._scratch)
+
+
+def token_logprobs(
+    scores: np.ndarray, token: int, k: int, scratch: np.ndarray | None = None
+) -> list[tuple[int, float, int]]:
+    """(token id, logprob, rank) of `token`, then of the k best tokens but it, best first.
+
+    `scores` are what the token was drawn from (Sampler.scores; -inf = impossible), and the logprobs
+    their log-softmax. Ranks count from 1 = most likely; the chosen token's is its place in the top
+    k when it is there (so a greedy token is 1), else 1 + the number of tokens scored above it
+    (vLLM's rule). Ties are ordered by the lower id, as argmax breaks them. Tokens of score -inf are
+    never listed, so there may be fewer than k. Entries: 1 + k when the chosen token is not among
+    the best k, k when it is, 1 for k = 0.
+
+    Cost (SmolLM2's 49,152 tokens): one log-sum-exp over the vocabulary, in place (~60 µs; the
+    listed tokens' own log-sum-exp bounds it from below, so that rounding never makes their
+    probabilities sum above 1), and the top k among the few tokens near the best score (~20 µs;
+    argpartition over the whole vocabulary would take ~400 µs). `scratch` (float64, the size of
+    `scores`) saves allocating a vocabulary-sized array each step (~50 µs of page faults).
+    """
+    top_score = float(scores.max())
+    shifted = np.subtract(scores, top_score, out=scratch)
+    lse = top_score + float(np.log(np.exp(shifted, out=shifted).sum()))
+    chosen = float(scores[token])
+    best = _top(scores, top_score, k) if k > 0 else np.empty(0, dtype=np.int64)
+    values = scores[best]
+    listed = values if token in best else np.append(values, chosen)
+    lse = max(lse, top_score + float(np.log(np.exp(listed - top_score).sum())))
+    rank = None
+    entries: list[tuple[int, float, int]] = []
+    for place, (tid, value) in enumerate(zip(best.tolist(), values.tolist()), start=1):
+        if tid == token:
+            rank = place
+        else:
+            entries.append((tid, value - lse, place))
+    if rank is None:
+        rank = int(np.count_nonzero(scores > chosen)) + 1
+    return [(token, chosen - lse, rank), *entries]
+
+
+def _top(scores: np.ndarray, top_score: float, k: int) -> np.ndarray:
+    """The ids of the (at most) k best finite scores, best first, ties by the lower id.
+
+    Only the tokens within a margin of the best score are sorted out, the margin widened (x4) until
+    they are k at least: a count is ~10 µs a try, and few tokens are near the best."""
+    margin = 0.5
+    while np.count_nonzero(scores >= top_score - margin) < k:
+        if margin >= 32 and np.count_nonzero(np.isfinite(scores)) <= k:
+            margin = np.inf  # fewer than k tokens are possible (a grammar, a bias): all of them
+            break
+        margin *= 4
+    if margin == np.inf:
+        candidates = np.flatnonzero(np.isfinite(scores))
+    else:
+        candidates = np.flatnonzero(scores >= top_score - margin)
+    values = scores[candidates]
+    if candidates.size > k:  # the k best and any tied with the k-th, so that ties go to the lower id
+        kth = -np.partition(-values, k - 1)[k - 1]
+        keep = values >= kth
+        candidates, values = candidates[keep], values[keep]
+    return candidates[np.lexsort((candidates, -values))][:k]
 
 
 def _inverse_cdf(probs: np.ndarray, u: float) -> int:
