@@ -4,26 +4,22 @@ through the text service's own Triton backend."""
 import asyncio
 import importlib.util
 import json
-import os
 import re
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
 import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from local.processes import free_ports
-from local.triton import ROOT, TritonServer
+from tests.e2e.one_triton import REPOSITORY, one_triton
 from services.common.errors import ContextLengthExceeded, InvalidArgument
 from services.text.backend import TritonTextBackend
 
 pytestmark = pytest.mark.e2e
 
-REPOSITORY = ROOT / "services" / "text" / "model_repository"
 SIM_DIR = REPOSITORY / "sim" / "1"
 sys.path.insert(0, str(SIM_DIR))
 _spec = importlib.util.spec_from_file_location("sim_engine_e2e", SIM_DIR / "engine.py")
@@ -38,19 +34,8 @@ METRIC = re.compile(r'^(vllm:\w+)\{model="sim",version="1"\} (\S+)$', re.M)
 
 @pytest.fixture(scope="module")
 def triton(tmp_path_factory):
-    http, grpc_port, metrics = free_ports(3)
-    server = TritonServer(
-        model_repository=REPOSITORY, models=["sim"], log_path=tmp_path_factory.mktemp("sim") / "triton.log",
-        http_port=http, grpc_port=grpc_port, metrics_port=metrics,
-        shm_prefix=f"hubmesh{os.getpid()}sim_",  # apart from the regions of any other server of the session
-    )
-    server.start()
-    try:
-        server.wait_ready(120)
+    with one_triton(tmp_path_factory.mktemp("sim"), ["sim"], "sim", ready_s=120) as server:
         yield server
-    finally:
-        server.stop()
-    assert not list(Path("/dev/shm").glob(f"{server.shm_prefix}*"))
 
 
 def vllm_metrics(server) -> dict[str, float]:

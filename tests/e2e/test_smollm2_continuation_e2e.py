@@ -10,9 +10,7 @@ evaluates its prompt afresh, as a replica that never saw the request would.
 
 import codecs
 import json
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import grpc
 import llama_cpp
@@ -20,14 +18,12 @@ import numpy as np
 import pytest
 from tritonclient.grpc import service_pb2_grpc
 
-from local.processes import free_ports
-from local.triton import ROOT, TritonServer
+from tests.e2e.one_triton import one_triton
 from services.common import triton_tensors
 from weights import packaged_gguf  # the model's own module (tests/conftest.py puts it on sys.path)
 
 pytestmark = pytest.mark.e2e
 
-REPOSITORY = ROOT / "services" / "text" / "model_repository"
 PROMPT = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
 STORY = PROMPT.format("Write a short story about a lighthouse keeper and a storm.")
 CUT = 20  # cut after the first response that takes the reported ids to this many
@@ -56,19 +52,9 @@ class Choice:
 
 @pytest.fixture(scope="module")
 def stub(tmp_path_factory):
-    http, grpc_port, metrics = free_ports(3)
-    server = TritonServer(
-        model_repository=REPOSITORY, models=["smollm2"], log_path=tmp_path_factory.mktemp("cont") / "triton.log",
-        http_port=http, grpc_port=grpc_port, metrics_port=metrics, shm_prefix=f"hubmesh{os.getpid()}cont_",
-    )
-    server.start()
-    try:
-        server.wait_ready(300)
-        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
-            yield service_pb2_grpc.GRPCInferenceServiceStub(channel)
-    finally:
-        server.stop()
-    assert not list(Path("/dev/shm").glob(f"{server.shm_prefix}*"))
+    with one_triton(tmp_path_factory.mktemp("cont"), ["smollm2"], "cont") as server, \
+            grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        yield service_pb2_grpc.GRPCInferenceServiceStub(channel)
 
 
 @pytest.fixture(scope="module")

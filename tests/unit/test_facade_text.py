@@ -9,25 +9,10 @@ from facade.app import create_app
 from facade.settings import Settings
 from services.common.errors import BackendUnavailable, InvalidArgument
 from tests.fakes import FakeTextBackend, chunk, logprob_chunks, token
-from tests.unit.text_service_fixture import MODEL, running_text_service
+from tests.unit.text_service_fixture import MODEL
 
 KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
-
-
-@pytest.fixture
-async def services():
-    """Running text services started by a test, stopped after it."""
-    contexts = []
-
-    async def start(backend):
-        context = running_text_service(backend)
-        contexts.append(context)
-        return await context.__aenter__()
-
-    yield start
-    for context in reversed(contexts):
-        await context.__aexit__(None, None, None)
 
 
 async def client_for(aiohttp_client, services, backend, **settings):

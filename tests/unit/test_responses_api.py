@@ -30,7 +30,7 @@ from facade.settings import Settings
 from services.common.errors import BackendUnavailable
 from services.text.backend import GenerationChunk
 from tests.fakes import FakeTextBackend, chunk
-from tests.unit.text_service_fixture import MODEL, running_text_service
+from tests.unit.text_service_fixture import MODEL
 
 KEY = "responses-key"
 SECRET = "responses-secret-responses-secret-responses-secret"
@@ -44,20 +44,6 @@ def bearer(subject: str, scope: str = "responses") -> dict:
     now = int(time.time())
     token = jwt.encode({"sub": subject, "scope": scope, "iat": now, "exp": now + 600}, SECRET, algorithm="HS256")
     return {"Authorization": f"Bearer {token}"}
-
-
-@pytest.fixture
-async def services():
-    contexts = []
-
-    async def start(backend):
-        context = running_text_service(backend)
-        contexts.append(context)
-        return await context.__aenter__()
-
-    yield start
-    for context in reversed(contexts):
-        await context.__aexit__(None, None, None)
 
 
 @pytest.fixture
