@@ -9,12 +9,12 @@ from opentelemetry.instrumentation.aiohttp_server import AioHttpServerInstrument
 
 from facade.admission import GRACE_OVER, IN_FLIGHT, InFlight, admission_middleware
 from facade.api import images
-from facade.auth.limits import RateLimiter
-from facade.auth.middleware import LIMITER, VERIFIER, auth_middleware, jwks_refresher
+from facade.auth.middleware import METERING, VERIFIER, auth_middleware, jwks_refresher
 from facade.auth.tokens import JwtSettings, TokenVerifier
 from facade.clients import clients_ctx
 from facade.errors import error_middleware
 from facade import jsonio
+from facade.limits.setup import metering_ctx, metering_from
 from facade.observability import access_middleware, add_request_id
 from facade.openapi import OPENAPI, build_document
 from facade.routes import ROUTES
@@ -23,6 +23,8 @@ from facade.settings import Settings
 from facade.signed_urls import URL_SIGNER, UrlSigner
 from facade.sse import SSE_PING_S
 from facade.store import store_ctx
+from facade.store.usage import usage_ctx
+from facade.usage_metrics import SUBJECT_METRICS, SubjectMetrics
 from services.common.telemetry import tracing_enabled
 
 
@@ -55,7 +57,8 @@ def create_app(settings: Settings) -> web.Application:
             default_scopes=settings.jwt_default_scopes,
         ),
     )
-    app[LIMITER] = RateLimiter(settings.rate_limit_rpm, settings.rate_limit_tpm)
+    app[METERING] = metering_from(settings)
+    app.cleanup_ctx.append(metering_ctx)
     app.cleanup_ctx.append(jwks_refresher(settings.jwks_refresh_s))
     app[URL_SIGNER] = UrlSigner(settings.url_signing_key)
     app[images.PUBLIC_URL] = settings.public_url
@@ -63,6 +66,10 @@ def create_app(settings: Settings) -> web.Application:
     # the Responses API's database: opened and migrated at start-up, swept while the app runs
     app.cleanup_ctx.append(store_ctx(settings.database_url, settings.responses_retention_s,
                                      settings.responses_sweep_interval_s, settings.database_pool_size))
+    # the usage ledger, in that database: after store_ctx, so that its last write (at shutdown, once
+    # every request has ended) comes before the database closes
+    app.cleanup_ctx.append(usage_ctx(settings.usage_flush_interval_s, settings.usage_buffer_records))
+    app[SUBJECT_METRICS] = SubjectMetrics(settings.usage_metric_subjects)
     app.on_response_prepare.append(add_request_id)
     app[OPENAPI] = jsonio.dumps(build_document(ROUTES))
     add_routes(app, ROUTES)

@@ -14,6 +14,7 @@ from grpc_health.v1 import health_pb2_grpc
 
 from facade.auth.middleware import subject_of
 from facade.errors import from_grpc
+from facade.observability import USER
 from facade.settings import Settings
 from hubmesh.common.v1 import common_pb2 as common_pb
 from hubmesh.embeddings.v1 import embeddings_pb2_grpc as embeddings_grpc
@@ -65,7 +66,11 @@ class Clients:
 
 
 def caller(request: web.Request, user: str | None = None) -> common_pb.Caller:
-    """Who a service call is for: the verified subject and OpenAI's `user` (never the credential)."""
+    """Who a service call is for: the verified subject and OpenAI's `user` (never the credential).
+    Every endpoint's call passes here, so this is where the request keeps its `user` (USER) for
+    the access log and the usage ledger."""
+    if user:
+        request[USER] = user
     return common_pb.Caller(subject=subject_of(request), user=user or "")
 
 

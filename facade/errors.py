@@ -54,6 +54,9 @@ REASONS: dict[str, tuple[int, str, str | None]] = {
     "MODEL_NOT_FOUND": (404, "invalid_request_error", "model_not_found"),
     "IMAGE_NOT_FOUND": (404, "invalid_request_error", "image_not_found"),
     "AT_CAPACITY": (429, "rate_limit_error", "rate_limit_exceeded"),
+    # the façade's limits gave the call too few tokens for its prompt (facade/limits/meter.py names
+    # the limit that bound it)
+    "TOKEN_BUDGET_EXCEEDED": (429, "insufficient_quota", "token_budget_exceeded"),
     "BACKEND_UNAVAILABLE": (503, "server_error", "service_unavailable"),
     "TIMEOUT": (504, "server_error", "timeout"),
     "CANCELLED": (503, "server_error", "cancelled"),

@@ -1,7 +1,8 @@
 """GET /openapi.json: the surface this façade serves, generated from what serves it. Paths come from
-the route table (facade/routes.py), request schemas from the pydantic models that validate the
-bodies, response schemas from the TypedDicts the handlers build (facade/api/responses.py): nothing
-here is written by hand, so the document cannot drift from the wire."""
+the route table (facade/routes.py), request schemas and query parameters from the pydantic models
+that validate the bodies and query strings, response schemas from the TypedDicts the handlers build
+(facade/api/responses.py): nothing here is written by hand, so the document cannot drift from the
+wire."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ ERRORS = ((401, "missing or invalid credential"), (403, "scope or model not allo
           (429, "rate limit, or the server at capacity"), (503, "a service is unavailable"),
           (504, "a service timed out"))
 BODY_ERRORS = ((400, "invalid request"), (413, "body too large"))
+QUERY_ERRORS = ((400, "invalid query parameter"),)
 
 
 class _Schemas:
@@ -66,7 +68,8 @@ def _json(ref: str) -> dict:
 
 def _operation(route: Route, schemas: _Schemas) -> dict:
     error = schemas.response(ErrorResponse)
-    errors = (*BODY_ERRORS, *ERRORS) if route.request is not None else ERRORS
+    errors = (*(BODY_ERRORS if route.request is not None else QUERY_ERRORS if route.query is not None else ()),
+              *ERRORS)
     ok: dict[str, Any] = {"description": "OK"}
     if route.response is not None:
         ok["content"] = _json(schemas.response(route.response))
@@ -87,16 +90,39 @@ def _operation(route: Route, schemas: _Schemas) -> dict:
     }
     if route.handler.__doc__:
         operation["description"] = route.handler.__doc__.strip()
-    if route.path_parameters:
-        operation["parameters"] = [
-            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-            for name in route.path_parameters
-        ]
+    parameters = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                  for name in route.path_parameters]
+    if route.query is not None:
+        parameters.extend(_query_parameters(route.query))
+    if parameters:
+        operation["parameters"] = parameters
     if route.request is not None:
         operation["requestBody"] = {"required": True, "content": _json(schemas.request(route.request))}
     if route.public:
         operation["security"] = []
     return operation
+
+
+def _query_parameters(model: type[pydantic.BaseModel]) -> list[dict]:
+    """A query model's fields as OpenAPI parameters: each field's schema, its description beside it.
+    A query string holds no null: an optional field is one that may be left out."""
+    schema = model.model_json_schema(ref_template=REF)
+    required = set(schema.get("required", ()))
+    parameters = []
+    for name, field_schema in schema["properties"].items():
+        field_schema = {key: value for key, value in field_schema.items() if key != "title"}
+        options = [option for option in field_schema.pop("anyOf", ()) if option != {"type": "null"}]
+        if len(options) == 1:
+            field_schema.update(options[0])
+        elif options:
+            field_schema["anyOf"] = options
+        if "default" in field_schema and field_schema["default"] is None:
+            del field_schema["default"]
+        parameter: dict[str, Any] = {"name": name, "in": "query", "required": name in required}
+        if "description" in field_schema:
+            parameter["description"] = field_schema.pop("description")
+        parameters.append({**parameter, "schema": field_schema})
+    return parameters
 
 
 def build_document(routes: Iterable[Route]) -> dict:

@@ -4,7 +4,7 @@ admission middlewares and the access log read each request's Route (facade/routi
 
 from __future__ import annotations
 
-from facade.api import chat, completions, embeddings, images, models, responses_api
+from facade.api import chat, completions, embeddings, images, models, responses_api, usage
 from facade.api.chat import ChatCompletionRequest
 from facade.api.completions import CompletionRequest
 from facade.api.embeddings import EmbeddingRequest
@@ -20,6 +20,7 @@ from facade.api.responses import (
     Response,
     ResponseDeleted,
     ResponseItemList,
+    UsageList,
 )
 from facade.api.responses_api import ResponseRequest, ResponseStreamEvent
 from facade.observability import metrics_endpoint
@@ -61,4 +62,7 @@ ROUTES: tuple[Route, ...] = (
     # the downloads behind `url`: a credential, or a signed link alone (auth_middleware's allow)
     Route("GET", images.FILES_PREFIX + "{image_id}", images.download_image, family="images",
           operation="image_generation"),
+    # the usage ledger's totals, every subject's: the operator's (a hubmesh extension; no GenAI operation)
+    Route("GET", "/v1/usage", usage.get_usage, family="admin", summary="Usage totals per subject, user, model, day",
+          query=usage.UsageQuery, response=UsageList),
 )

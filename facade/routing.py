@@ -31,6 +31,7 @@ class Route:
     public: bool = False  # served without a credential
     summary: str | None = None  # listed in /openapi.json when set
     request: type | None = None  # the pydantic model that validates the JSON body
+    query: type | None = None  # the pydantic model that validates the query parameters
     response: type | None = None  # the TypedDict of the JSON answer
     stream: type | None = None  # the TypedDict of each SSE `data:` event (with `stream: true`)
 

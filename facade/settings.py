@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, NonNegativeInt, PositiveInt, field_validator
 from pydantic_settings import SettingsConfigDict
 
+from facade.limits.policy import LimitClaims, model_limits_from
 from services.common.settings import EnvSettings, NonNegativeSeconds, Port, Seconds, split_list
 
 
@@ -36,9 +37,26 @@ class Settings(EnvSettings):
     # JWTs' default scopes (the token verifier says when they apply); in the environment space- or
     # comma-separated scope names.
     jwt_default_scopes: tuple[str, ...] = ()
-    # Per-subject limits (0 = unlimited); a token's `rpm`/`tpm` claims override them.
+    # Per-subject limits and budgets (0 = unlimited); a token's claims of the same names (`rpm`, `tpm`,
+    # `tokens_per_day`, `tokens_per_month`) override them. facade/limits/policy.py says what each means.
     rate_limit_rpm: NonNegativeInt = 0
     rate_limit_tpm: NonNegativeInt = 0
+    budget_tokens_per_day: NonNegativeInt = 0
+    budget_tokens_per_month: NonNegativeInt = 0
+    # Limits per subject and model, JSON: {"model-id": {"rpm": 10, "tpm": 20000, "tokens_per_day": ...}};
+    # a token's `model_limits` claim overrides them.
+    model_limits: dict[str, LimitClaims] = {}
+    # Completion tokens reserved per choice for a request that sets no max_tokens, while a token
+    # limit applies; such a request generates at least this many (the cap of its reservation).
+    limits_reserve_tokens: PositiveInt = 4096
+    # Where the limits' counters live: empty, in each façade process (one replica, or development);
+    # redis://host:6379/0 (rediss:// for TLS), shared by every replica. May hold a password.
+    redis_url: str = Field("", repr=False)
+    # While Redis cannot answer: fail_open (serve, count in this process) or fail_closed (503).
+    limits_fail_mode: Literal["fail_open", "fail_closed"] = "fail_open"
+    redis_timeout_s: Seconds = 0.25  # per limiter call; slower counts as an outage
+    redis_retry_s: Seconds = 1.0  # after an outage, how long before Redis is tried again
+    limits_local_max_keys: PositiveInt = 100_000  # counters the in-process store keeps at most (LRU)
     text_target: str = "127.0.0.1:50051"
     embeddings_target: str = "127.0.0.1:50052"
     images_target: str = "127.0.0.1:50053"
@@ -67,6 +85,13 @@ class Settings(EnvSettings):
     # removed every responses_sweep_interval_s.
     responses_retention_s: Seconds = 30 * 24 * 3600.0
     responses_sweep_interval_s: Seconds = 600.0
+    # The usage ledger (one record per API request, in the same database): how often its buffer is
+    # written (sooner when 500 records wait), and how many records it keeps while the database cannot
+    # be reached (beyond, the oldest are dropped and counted in hubmesh_usage_records_dropped_total).
+    usage_flush_interval_s: Seconds = 1.0
+    usage_buffer_records: PositiveInt = 100_000
+    # Subjects with their own label in hubmesh_subject_{requests,tokens}_total; later ones count as "other".
+    usage_metric_subjects: NonNegativeInt = 50
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -79,6 +104,11 @@ class Settings(EnvSettings):
     @classmethod
     def _default_database_url(cls, value: str) -> str:
         return value or default_database_url()  # Settings(...) built in code
+
+    @field_validator("model_limits", mode="before")
+    @classmethod
+    def _model_limits(cls, value: Any) -> Any:
+        return model_limits_from(value, "HUBMESH_MODEL_LIMITS")
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -21,6 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from facade.auth.tokens import issue_local_token
 from facade.settings import generate_secret
+from facade.store.database import redact
 from local import processes
 from local.triton import ROOT, TritonServer
 
@@ -294,24 +295,32 @@ class LocalStack:
             processes.stop(proc)
 
     def start_facade(self, timeout_s: float = 60.0) -> None:
+        self.facade = self.spawn_facade(self.config.http_port, "facade", timeout_s)
+
+    def spawn_facade(self, port: int, name: str, timeout_s: float = 60.0, **env: str):
+        """A façade process on `port` in front of this stack's services (more replicas: other
+        ports and names), with `env` over the stack's environment; returned once it answers. The
+        caller stops it (processes.stop: SIGTERM, a graceful shutdown)."""
         env = _python_env(
             self.config,
             HUBMESH_HTTP_HOST="127.0.0.1",
-            HUBMESH_HTTP_PORT=str(self.config.http_port),
+            HUBMESH_HTTP_PORT=str(port),
             HUBMESH_API_KEY=self.config.api_key,
             HUBMESH_JWT_SECRET=self.config.jwt_secret,
             OTEL_SERVICE_NAME="hubmesh-facade",
             **{f"HUBMESH_{m.env_prefix}_TARGET": self.config.service_target(m.name) for m in self.modalities},
+            **env,
         )
-        log_path = self.logs / "facade.log"
-        self.facade = processes.spawn([sys.executable, "-m", "facade"], env, log_path, cwd=ROOT)
+        log_path = self.logs / f"{name}.log"
+        proc = processes.spawn([sys.executable, "-m", "facade"], env, log_path, cwd=ROOT)
         auth = {"Authorization": f"Bearer {self.config.api_key}"}
-        ready = f"http://127.0.0.1:{self.config.http_port}/ready"
+        base = f"http://127.0.0.1:{port}"
         complete = len(self.modalities) == len(MODALITIES)  # /ready wants every service
         processes.wait_until(
-            lambda: (not complete or processes.http_ok(ready)) and processes.http_ok(f"{self.config.base_url}/models", auth),
-            timeout_s, "façade", self.facade, log_path,
+            lambda: (not complete or processes.http_ok(f"{base}/ready")) and processes.http_ok(f"{base}/v1/models", auth),
+            timeout_s, name, proc, log_path,
         )
+        return proc
 
     def crash_triton(self, modality: str, replica: int = 0) -> None:
         """Kills a Triton hard (SIGKILL to its process group), as a crashed node would."""
@@ -372,6 +381,10 @@ def describe(config: StackConfig) -> str:
             lines.append(f"  {name:<9}: gRPC service 127.0.0.1:{p['service']}; its {len(replicas)} Tritons:")
             lines += [f"{'':<13}replica {i}: {w}" for i, w in enumerate(where)]
     services = "\n".join(lines)
+    env = {**os.environ, **config.extra_env}
+    database = env.get("HUBMESH_DATABASE_URL") or "sqlite:///" + str(config.run_dir / "hubmesh.db")
+    limits = (f"shared in Redis ({redact(env['HUBMESH_REDIS_URL'])})" if env.get("HUBMESH_REDIS_URL")
+              else "counted in the façade process (HUBMESH_REDIS_URL=redis://... shares them between replicas)")
     body = json.dumps({"model": model, "messages": [{"role": "user", "content": "What is the capital of France?"}]})
     return f"""
 hubmesh is running.
@@ -381,6 +394,8 @@ hubmesh is running.
              (HS256, every scope, valid 30 days: either one works as the Bearer credential)
 {services}
   Logs     : {config.run_dir / 'logs'}
+  Database : {redact(database)} (Responses store, usage ledger)
+  Limits   : {limits}
 
 curl {config.base_url}/chat/completions \\
   -H "Authorization: Bearer {config.api_key}" -H "Content-Type: application/json" \\

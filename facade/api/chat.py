@@ -290,6 +290,7 @@ async def _stream(request: web.Request, body: ChatCompletionRequest, proto: pb.G
         {"index": i, "delta": {"role": "assistant", "content": content}, "logprobs": None, "finish_reason": None}
         for i in range(body.n or 1)
     ]
+    await tc.reserve_budget(request, proto)
     upstream = tc.GenerationStream(request, proto, input_param="messages")
     render = _render_with_logprobs if body.logprobs else _render
     return await tc.respond_with_stream(request, [(0, upstream)], base, body.include_usage, render, opening)

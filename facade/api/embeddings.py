@@ -11,6 +11,7 @@ from hubmesh.embeddings.v1 import embeddings_pb2 as pb
 from pydantic import BaseModel, ConfigDict, StrictStr
 
 from facade.api.responses import Embedding, EmbeddingList
+from facade.auth.middleware import reserve_tokens
 from facade.api.validation import TokenId, UInt32, parse_body, shows_limit
 from services.embeddings import limits
 from facade.clients import CLIENTS, caller, unary
@@ -55,9 +56,10 @@ async def create_embeddings(request: web.Request) -> web.Response:
     """Creates an embedding vector for each input."""
     body = await parse_body(request, EmbeddingRequest)
     clients = request.app[CLIENTS]
-    call = clients.embeddings.Embed(
-        body.to_proto(caller(request, body.user)), timeout=clients.timeout_s, metadata=clients.metadata
-    )
+    proto = body.to_proto(caller(request, body.user))
+    # input tokens never exceed the bytes of the input; what is used is settled when the call ends
+    await reserve_tokens(request, body.model, max(1, proto.ByteSize()))
+    call = clients.embeddings.Embed(proto, timeout=clients.timeout_s, metadata=clients.metadata)
     result = await unary(call, "embeddings", default_param="input")
     record_usage(request, result.prompt_tokens)
     data: list[Embedding] = [

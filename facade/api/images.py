@@ -17,6 +17,7 @@ from services.images import limits
 from facade.clients import CLIENTS, caller, unary
 from hubmesh.common.v1 import common_pb2 as common_pb
 from facade.jsonio import json_response
+from facade.observability import record_usage
 from facade.signed_urls import URL_SIGNER
 
 FILES_PREFIX = "/v1/images/files/"
@@ -81,6 +82,7 @@ async def create_image(request: web.Request) -> web.Response:
         body.to_proto(caller(request, body.user)), timeout=clients.timeout_s, metadata=clients.metadata
     )
     result = await unary(call, "images", default_param="prompt")
+    record_usage(request, 0, images=len(result.images))
     data: list[Image] = []
     for image in result.images:
         if body.response_format == "url":

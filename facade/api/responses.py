@@ -543,3 +543,34 @@ ResponseStreamEventType = (
     | ResponseTextDoneEvent | ResponseFunctionCallArgumentsDeltaEvent | ResponseFunctionCallArgumentsDoneEvent
     | ResponseErrorEvent
 )
+
+
+# -- usage (GET /v1/usage: a hubmesh extension, the admin scope's) ----------------------------------
+
+
+class UsageTotals(TypedDict):
+    """One group's totals: the group's values (the names of `group_by`), then its requests' totals."""
+
+    subject: NotRequired[str]  # the verified caller (jwt:<sub>, key:<hash>); "" for refused credentials
+    user: NotRequired[str]  # OpenAI's `user` field; "" when requests gave none
+    model: NotRequired[str]
+    day: NotRequired[str]  # YYYY-MM-DD, UTC
+    endpoint: NotRequired[str]  # the route's path, e.g. /v1/chat/completions
+    status: NotRequired[int]  # the HTTP status (499: the client went away)
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    total_tokens: int  # prompt_tokens + completion_tokens
+    images: int
+    errors: int  # requests answered with a status >= 400
+
+
+class UsageList(TypedDict):
+    """Usage totals over [start, end) (unix seconds), one item per group, ordered by the groups."""
+
+    object: Literal["list"]
+    data: list[UsageTotals]
+    has_more: bool  # more groups than `limit`
+    start: float
+    end: float

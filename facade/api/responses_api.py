@@ -679,6 +679,7 @@ async def _stream(request: web.Request, body: ResponseRequest, proto: pb.Generat
                   created: Created) -> web.StreamResponse:
     """The typed event stream; the first upstream message (or error) is read before any byte is
     sent, so errors such as an unknown model keep their HTTP status."""
+    await tc.reserve_budget(request, proto)
     upstream = tc.GenerationStream(request, proto, input_param="input")
     try:
         try:
@@ -704,7 +705,7 @@ async def _stream(request: web.Request, body: ResponseRequest, proto: pb.Generat
                 if message.HasField("usage"):
                     tc.add_usage(usage, message.usage)
             await output.finish_items()
-            record_usage(request, usage.prompt_tokens, usage.completion_tokens)
+            record_usage(request, usage.prompt_tokens, usage.completion_tokens, cached_tokens=tc.cached_of(usage))
             final = response_json(body, created.id, created.at, status=output.status, output=output.output,
                                   usage=usage_json(usage), model=model)
             await created.save(final)

@@ -28,9 +28,11 @@ from facade.api.responses import (
 )
 from facade.api import validation
 from facade.api.validation import Int64, UInt32
+from facade.auth.middleware import reserve_tokens
 from facade.clients import CLIENTS, unary
 from facade.errors import OpenAIError, from_grpc, invalid
 from facade.observability import MODEL, record_usage
+from facade.limits.meter import completion_bound, prompt_bound
 from facade.sse import EventStream
 from services.common.metrics import StreamTimer
 from services.text import limits
@@ -122,6 +124,11 @@ def usage_json(usage: pb.Usage) -> Usage:
     return body
 
 
+def cached_of(usage: pb.Usage) -> int:
+    """The prompt tokens the model server's prefix cache served (0 where it reports none)."""
+    return usage.cached_tokens if usage.HasField("cached_tokens") else 0
+
+
 def add_usage(total: pb.Usage, part: pb.Usage) -> None:
     """Adds one generation's usage to a request's (several prompts, or several streams)."""
     total.prompt_tokens += part.prompt_tokens
@@ -130,18 +137,33 @@ def add_usage(total: pb.Usage, part: pb.Usage) -> None:
         total.cached_tokens += part.cached_tokens
 
 
+async def reserve_budget(http: web.Request, request: pb.GenerateRequest) -> None:
+    """Reserves what the generation can cost against the caller's token limits, if any apply, and
+    sets what they grant as the request's token_budget (the text service keeps it within)."""
+    sampling = request.sampling
+    n = sampling.n if sampling.HasField("n") else 1
+    max_tokens = sampling.max_tokens if sampling.HasField("max_tokens") else None
+    granted = await reserve_tokens(
+        http, request.model,
+        lambda cap: prompt_bound(request.ByteSize()) + completion_bound(n, max_tokens, cap))
+    if granted is not None:
+        request.token_budget = granted
+
+
 async def generate(http: web.Request, request: pb.GenerateRequest, input_param: str) -> pb.GenerateResponse:
     """Unary Generate; gRPC failures become OpenAI errors. Cancelling the caller cancels the call."""
+    await reserve_budget(http, request)
     clients = http.app[CLIENTS]
     call = clients.text.Generate(request, timeout=clients.timeout_s, metadata=clients.metadata)
     result = await unary(call, "text", default_param=input_param)
-    record_usage(http, result.usage.prompt_tokens, result.usage.completion_tokens)
+    record_usage(http, result.usage.prompt_tokens, result.usage.completion_tokens, cached_tokens=cached_of(result.usage))
     return result
 
 
 class GenerationStream:
     """A GenerateStream call whose first message (or error) is read before any HTTP byte is sent,
-    so that errors such as an unknown model still get their own HTTP status."""
+    so that errors such as an unknown model still get their own HTTP status. The request's token
+    budget is reserved first (await reserve_budget(http, request) before making one)."""
 
     def __init__(self, http: web.Request, request: pb.GenerateRequest, input_param: str) -> None:
         clients = http.app[CLIENTS]
@@ -217,7 +239,7 @@ async def respond_with_stream(
                         await events.send({**base, "choices": choices})
                     if message.HasField("usage"):
                         add_usage(usage, message.usage)
-            record_usage(request, usage.prompt_tokens, usage.completion_tokens)
+            record_usage(request, usage.prompt_tokens, usage.completion_tokens, cached_tokens=cached_of(usage))
             if include_usage:
                 await events.send({**base, "choices": [], "usage": usage_json(usage)})
         except OpenAIError as err:

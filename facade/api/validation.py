@@ -1,4 +1,5 @@
-"""Reading a JSON body into a request model; every failure is a 400 that names the param.
+"""Reading a JSON body (or a query string) into a request model; every failure is a 400 that names
+the param.
 
 Unknown fields are accepted and ignored (as vLLM does), everywhere: OpenAI adds fields often,
 and an SDK sending a newer one should not break. Types are strict (no "1" for 1).
@@ -15,8 +16,8 @@ from pydantic import StrictInt
 from aiohttp import web
 
 from facade import jsonio
-from facade.auth.middleware import require_model
-from facade.errors import invalid
+from facade.auth.middleware import admit_model, require_model
+from facade.errors import OpenAIError, invalid
 from facade.observability import MODEL
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,22 @@ def _message(error: dict, param: str | None) -> str:
     return f"Invalid value for '{param}': {text}." if param else f"{text}."
 
 
+def _invalid(exc: pydantic.ValidationError) -> OpenAIError:
+    """The 400 of a failed validation: its first error, naming the param."""
+    first = exc.errors(include_url=False)[0]
+    param = param_path(first["loc"])
+    return invalid(_message(first, param), param=param)
+
+
+def parse_query(request: web.Request, model: type[Model]) -> Model:
+    """The validated query parameters (the first value of each; unknown ones ignored), or a 400
+    naming the param. The model's fields take the strings of the URL (lax types)."""
+    try:
+        return model.model_validate({name: request.query[name] for name in request.query})
+    except pydantic.ValidationError as exc:
+        raise _invalid(exc) from exc
+
+
 async def parse_body(request: web.Request, model: type[Model]) -> Model:
     """The validated request model, or an OpenAIError (400/413).
 
@@ -93,14 +110,13 @@ async def parse_body(request: web.Request, model: type[Model]) -> Model:
     try:
         parsed = model.model_validate(data)
     except pydantic.ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        param = param_path(first["loc"])
-        raise invalid(_message(first, param), param=param) from exc
+        raise _invalid(exc) from exc
     if "model" in model.model_fields:
         # the token's model allow-list, for every endpoint family; an omitted model (images: the
         # service's default) is allowed only to credentials that may use every model
         request[MODEL] = parsed.model or ""
         require_model(request, parsed.model or "")
+        await admit_model(request, parsed.model or "")
     if log.isEnabledFor(logging.DEBUG) and (ignored := set(data) - set(model.model_fields)):
         log.debug("ignoring unknown fields %s", sorted(ignored))
     return parsed

@@ -1,26 +1,27 @@
-"""The auth middleware: Bearer credential -> Principal -> scope check -> rate limit.
+"""The auth middleware: Bearer credential -> Principal -> scope check -> limits (facade/limits).
 
 401 (with `WWW-Authenticate: Bearer`) when the credential is missing or not acceptable, 403 when a
 verified caller lacks the endpoint family's scope or the model, 429 (with `Retry-After`) over the
-caller's limits. Messages never contain the credential.
+caller's limits or budgets. Messages never contain the credential. Every request it admits is
+settled with the limiter when it ends, however it ends.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
-from facade.auth.limits import RateLimiter
 from facade.auth.principal import FAMILIES, PRINCIPAL, Principal
 from facade.auth.tokens import InvalidToken, TokenVerifier
 from facade.errors import OpenAIError
+from facade.limits.meter import Meter, Metering
 from facade.routing import route_of
 
-LIMITER = web.AppKey("rate_limiter", RateLimiter)
+METERING = web.AppKey("metering", Metering)
+METER = web.RequestKey("meter", Meter)  # the request's limits, from admission to settlement
 VERIFIER = web.AppKey("token_verifier", TokenVerifier)
 
 
@@ -62,17 +63,19 @@ def auth_middleware(allow: Callable[[web.Request], bool] = lambda request: False
                 403, f"This credential lacks the '{family}' scope.{hint}", type="permission_error",
                 code="insufficient_scope",
             )
-        wait_s = request.app[LIMITER].admit(principal.subject, principal.rpm, principal.tpm)
-        if wait_s > 0:
-            raise OpenAIError(
-                429,
-                f"Rate limit reached for {principal.subject}. Please try again in {math.ceil(wait_s)}s.",
-                type="requests",
-                code="rate_limit_exceeded",
-                headers={"Retry-After": str(math.ceil(wait_s))},
-            )
         request[PRINCIPAL] = principal
-        return await handler(request)
+        meter = request[METER] = request.app[METERING].meter(
+            principal.subject, principal.limits, dict(principal.model_limits))
+        await meter.admit()
+        try:
+            return await handler(request)
+        except OpenAIError as err:
+            if err.code == "token_budget_exceeded":
+                raise meter.refused_for_budget(err) from None
+            raise
+        finally:
+            # shielded: a client that goes away cancels the handler, not the settlement
+            await asyncio.shield(meter.settle())
 
     return middleware
 
@@ -92,10 +95,26 @@ def allowed_models(request: web.Request, ids: list[str]) -> list[str]:
 
 
 def charge_tokens(request: web.Request, count: int) -> None:
-    """Counts tokens a finished request used against the caller's tokens-per-minute limit."""
-    principal = request.get(PRINCIPAL)
-    if principal is not None and count:
-        request.app[LIMITER].spend_tokens(principal.subject, count, principal.tpm)
+    """What a request used in all, settled against its reservations when it ends."""
+    meter = request.get(METER)
+    if meter is not None:
+        meter.use(count)
+
+
+async def admit_model(request: web.Request, model: str) -> None:
+    """The caller's limits for `model` (its request log), once the body names it."""
+    meter = request.get(METER)
+    if meter is not None:
+        await meter.admit_model(model)
+
+
+async def reserve_tokens(request: web.Request, model: str, want: int | Callable[[int], int]) -> int | None:
+    """Reserves up to `want` tokens (or want(reserve cap), computed only when a token limit
+    applies) for a model call: the tokens granted, or None when no token limit applies."""
+    meter = request.get(METER)
+    if meter is None or not meter.counts_tokens(model):
+        return None
+    return await meter.reserve(model, want(meter.reserve_cap) if callable(want) else want)
 
 
 def subject_of(request: web.Request) -> str:

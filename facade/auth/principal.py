@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
-FAMILIES = ("models", "chat", "completions", "embeddings", "images", "responses")
+from facade.limits.policy import LimitClaims
+
+# the scopes: one per endpoint family; "admin" is the operator's (GET /v1/usage: every subject's use)
+FAMILIES = ("models", "chat", "completions", "embeddings", "images", "responses", "admin")
 
 
 @dataclass(frozen=True)
@@ -16,8 +20,9 @@ class Principal:
     subject: str
     scopes: frozenset[str]
     models: frozenset[str] | None = None  # None: every model
-    rpm: int | None = None  # None: the configured default
-    tpm: int | None = None
+    # the token's own limits (None fields: the configured ones), overall and per model
+    limits: LimitClaims = LimitClaims()
+    model_limits: Mapping[str, LimitClaims] = field(default_factory=dict)
 
     def may_use(self, family: str) -> bool:
         return family in self.scopes or "*" in self.scopes

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import jwt
 
 from facade.auth.principal import FAMILIES, Principal
+from facade.limits.policy import LimitClaims, model_limits_from
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,8 @@ def _scopes(claims: Mapping) -> frozenset[str]:
 
 def principal_from_claims(claims: Mapping, default_scopes: Iterable[str] = ()) -> Principal:
     """Claims -> permissions: `scope` (space-separated) or `scp`/`scopes` (list), optional `models`
-    allow-list, optional per-subject `rpm` and `tpm` limits. A token whose scopes name none of
+    allow-list, optional limits (`rpm`, `tpm`, `tokens_per_day`, `tokens_per_month`, and per model
+    `model_limits`: facade/limits/policy.py). A token whose scopes name none of
     hubmesh's families (nor "*") gets `default_scopes` instead."""
     models = claims.get("models")
     scopes = _scopes(claims)
@@ -70,9 +72,26 @@ def principal_from_claims(claims: Mapping, default_scopes: Iterable[str] = ()) -
         subject=f"jwt:{claims.get('sub', '')}",
         scopes=scopes,
         models=frozenset(models) if isinstance(models, list) else None,
-        rpm=int(claims["rpm"]) if isinstance(claims.get("rpm"), int) else None,
-        tpm=int(claims["tpm"]) if isinstance(claims.get("tpm"), int) else None,
+        limits=LimitClaims(**{name: _count(claims.get(name)) for name in LIMIT_CLAIMS}),
+        model_limits=_model_limits(claims.get("model_limits")),
     )
+
+
+LIMIT_CLAIMS = ("rpm", "tpm", "tokens_per_day", "tokens_per_month")
+
+
+def _count(value) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def _model_limits(value) -> dict[str, LimitClaims]:
+    """The `model_limits` claim; a malformed one makes the token unacceptable (never: unlimited)."""
+    if value is None:
+        return {}
+    try:
+        return model_limits_from(value, "model_limits")
+    except (ValueError, TypeError) as err:
+        raise InvalidToken(f"The bearer token's model_limits claim is malformed: {err}.") from None
 
 
 class KeySet:

@@ -1,4 +1,5 @@
-"""The façade's database: the stored state of the Responses API (facade/api/responses_api.py).
+"""The façade's database: the stored state of the Responses API (facade/api/responses_api.py) and
+the usage ledger (facade/store/usage.py), one Database for both.
 
 `store_ctx(settings)` opens it with the app (and applies the schema migrations), sweeps expired
 responses while the app runs, and closes it at shutdown. A database that cannot be reached does not
@@ -16,7 +17,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from facade.store.database import StoreError, open_database, parse_url, redact
+from facade.store.database import Database, StoreError, open_database, parse_url, redact
 from facade.store.migrations import migrate
 from facade.store.responses import ResponsesStore
 
@@ -63,6 +64,11 @@ class StoreHolder:
         except StoreError as err:
             log.error("responses store unavailable: %s", err)
             raise
+
+    async def database(self) -> Database:
+        """The open database, shared by everything the façade stores (the usage ledger too): one
+        connection or pool per process. StoreError while it cannot be reached."""
+        return (await self.get()).db
 
     async def close(self) -> None:
         if self.store is not None:

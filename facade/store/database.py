@@ -22,7 +22,7 @@ import logging
 import os
 import re
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -60,6 +60,12 @@ class Executor(abc.ABC):
         rows = await self.fetch(sql, *args)
         return rows[0] if rows else None
 
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        """Runs one statement once per row of arguments (a batch insert); the drivers override it
+        with their own batch call (one trip to the database rather than one per row)."""
+        for args in rows:
+            await self.execute(sql, *args)
+
 
 class Database(Executor):
     """A connection (SQLite) or a pool (PostgreSQL), opened with open_database()."""
@@ -69,6 +75,11 @@ class Database(Executor):
     @abc.abstractmethod
     def transaction(self) -> contextlib.AbstractAsyncContextManager[Executor]:
         """A write transaction: committed when the block ends, rolled back when it raises."""
+
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        """Every row in one transaction: all of them are written, or none."""
+        async with self.transaction() as tx:
+            await tx.executemany(sql, rows)
 
     @abc.abstractmethod
     def migration_lock(self) -> contextlib.AbstractAsyncContextManager[Executor]:
@@ -144,6 +155,11 @@ class _SqliteExecutor(Executor):
             rows = await cursor.fetchall()
             await cursor.close()
             return [tuple(row) for row in rows]
+
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        async with _driver_errors():
+            # sqlite3's executemany: the whole batch in one call on the connection's thread
+            await self._conn.executemany(_PLACEHOLDER.sub(r"?\1", sql), [tuple(args) for args in rows])
 
 
 class SqliteDatabase(Database):
@@ -223,6 +239,11 @@ class _PostgresExecutor(Executor):
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
         async with _driver_errors():
             return [tuple(row) for row in await self._conn.fetch(sql, *args)]
+
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        async with _driver_errors():
+            # asyncpg prepares the statement once and pipelines every row's arguments
+            await self._conn.executemany(sql, [tuple(args) for args in rows])
 
 
 class PostgresDatabase(Database):

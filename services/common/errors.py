@@ -118,6 +118,13 @@ class AtCapacity(ServiceError):
     reason = common_pb.AT_CAPACITY
 
 
+class TokenBudgetExceeded(ServiceError):
+    """The prompt alone does not fit the request's token budget (the caller's limits)."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = common_pb.TOKEN_BUDGET_EXCEEDED
+
+
 class BackendUnavailable(ServiceError):
     """The model server is down or the model is not ready."""
 

@@ -23,6 +23,7 @@ from services.text.limits import (
 )
 from services.common.metrics import StreamTimer, count_tokens
 from services.common.telemetry import set_genai_attributes
+from services.text import budget
 from services.text.backend import GenerationChunk, TextBackend
 from services.text.catalog import ModelEntry
 from services.text.contract import TokenLogprob
@@ -121,6 +122,16 @@ class TextGenerationServicer(CatalogServicer[ModelEntry], pb_grpc.TextGeneration
         )
         return entry, prompt, sampling, plan
 
+    def _chunks(self, entry: ModelEntry, prompt: str, sampling: dict[str, Any], request: pb.GenerateRequest,
+                stream: bool) -> AsyncIterator[GenerationChunk]:
+        """The model's responses; within the request's token budget when it has one (streamed from
+        the model then, so that each choice can be stopped at its share)."""
+        if not request.HasField("token_budget"):
+            return self._backend.generate(entry.triton_model, prompt, sampling, stream=stream)
+        budget.clamp_sampling(sampling, request.token_budget)
+        chunks = self._backend.generate(entry.triton_model, prompt, sampling, stream=True)
+        return budget.within_budget(chunks, request.token_budget, sampling["n"])
+
     @abort_on_service_error
     async def Generate(self, request: pb.GenerateRequest, context) -> pb.GenerateResponse:
         entry, prompt, sampling, plan = self._prepare(request)
@@ -129,7 +140,7 @@ class TextGenerationServicer(CatalogServicer[ModelEntry], pb_grpc.TextGeneration
         reasons: list[str | None] = [None] * n
         tokens: list[list[TokenLogprob]] = [[] for _ in range(n)]
         usage = pb.Usage()
-        async for chunk in self._backend.generate(entry.triton_model, prompt, sampling, stream=False):
+        async for chunk in self._chunks(entry, prompt, sampling, request, stream=False):
             for i, text in enumerate(chunk.texts):
                 texts[i] += text
                 reasons[i] = chunk.finish_reasons[i] or reasons[i]
@@ -162,7 +173,7 @@ class TextGenerationServicer(CatalogServicer[ModelEntry], pb_grpc.TextGeneration
         top_k = sampling.get("logprobs")
         held: dict[int, list[pb.TokenLogprob]] = {}  # tokens whose choice had no delta to carry them yet
         timer = StreamTimer(entry.id)
-        async for chunk in self._backend.generate(entry.triton_model, prompt, sampling, stream=True):
+        async for chunk in self._chunks(entry, prompt, sampling, request, stream=True):
             _add_usage(usage, chunk)
             rounds: list[list[pb.ChoiceDelta]] = []  # one stream message per round
             for i, text in enumerate(chunk.texts):

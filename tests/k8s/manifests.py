@@ -19,6 +19,13 @@ GRPC_SERVICES = {
 TRITON_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
 METRICS_PORT = 9464
 FACADE_PORT = 8080
+REDIS_PORT = 6379
+# The official image of the façade's limit counters (base/redis) and its own non-root user
+REDIS_IMAGE = "redis:7-alpine"
+REDIS_UID = 999
+# Deployments that must never run more than one pod (no HorizontalPodAutoscaler, `replicas: 1`):
+# a second Redis behind its Service would split every subject's counters between two stores.
+SINGLETONS = ("redis",)
 WORKLOAD_KINDS = ("Deployment", "Job")
 
 
@@ -163,6 +170,36 @@ def plain_env(container: dict) -> dict[str, str]:
     """The env entries with a plain value, as the process sees them (valueFrom ones left out:
     secrets and the downward API, which no manifest test can know)."""
     return {name: entry["value"] for name, entry in env(container).items() if "value" in entry}
+
+
+def effective_env(manifests: Manifests, container: dict, secret_data: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment the kubelet gives a container (makeEnvironmentVariables, kubelet_pods.go):
+    the envFrom ConfigMaps first (an optional one that does not exist adds nothing), then `env`,
+    whose entries replace them. A secretKeyRef is read from `secret_data` (the keys its Secret is
+    assumed to hold); an optional key missing there is skipped, so an envFrom value of the same
+    name stays. Downward-API entries are left out."""
+    result: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        ref = source.get("configMapRef")
+        assert ref is not None, f"{container['name']}: envFrom other than a ConfigMap: {source}"
+        found = [c for c in manifests.of_kind("ConfigMap") if c["metadata"]["name"] == ref["name"]]
+        if not found:
+            assert ref.get("optional"), f"{container['name']}: no ConfigMap {ref['name']}"
+            continue
+        result.update({source.get("prefix", "") + k: v for k, v in found[0].get("data", {}).items()})
+    secret_data = secret_data or {}
+    for name, entry in env(container).items():
+        if "value" in entry:
+            result[name] = entry["value"]
+            continue
+        ref = entry.get("valueFrom", {}).get("secretKeyRef")
+        if ref is None:
+            continue
+        if ref["key"] in secret_data:
+            result[name] = secret_data[ref["key"]]
+        else:
+            assert ref.get("optional"), f"{container['name']}: {name} needs key {ref['key']}"
+    return result
 
 
 # The settings classes each app Deployment's process parses its environment with (module:class).

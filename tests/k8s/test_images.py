@@ -13,7 +13,7 @@ from pathlib import Path
 import dockerfile
 import pytest
 
-from tests.k8s.manifests import MODALITIES, all_containers
+from tests.k8s.manifests import MODALITIES, REDIS_IMAGE, REDIS_UID, all_containers
 from tests.k8s.render import ROOT
 
 DOCKER_DIR = ROOT / "docker"
@@ -150,6 +150,10 @@ def test_pods_run_as_the_user_their_image_declares(manifests):
     app_user = int(_first(_stages(APP, {"MODULE": "facade"})[-1], "USER")[0].value[0].split(":")[0])
     triton_user = int(_first(_stages(TRITON, {"MODALITY": "text"})[-1], "USER")[0].value[0].split(":")[0])
     for deployment in manifests.deployments:
+        if deployment.name == "redis":  # the official image's `redis` user (not root: its entrypoint then skips su-exec)
+            assert deployment.container()["image"] == REDIS_IMAGE
+            assert deployment.pod_spec["securityContext"]["runAsUser"] == REDIS_UID
+            continue
         expected = triton_user if deployment.name.startswith("triton-") else app_user
         assert deployment.pod_spec["securityContext"]["runAsUser"] == expected, deployment.name
 
@@ -171,7 +175,8 @@ def test_images_build_builds_every_image_the_overlays_run(tmp_path, cpu, gpu):
     run = {c["image"] for m in (cpu, gpu) for w in m.workloads for _, c in all_containers(w)}
     ours = {image for image in run if image.startswith("hubmesh/")}
     assert ours == built
-    assert run - ours == {"nvcr.io/nvidia/tritonserver:24.12-vllm-python-py3"}  # NVIDIA's own, unchanged
+    # NVIDIA's own, unchanged; the official Redis image for the limits' counters
+    assert run - ours == {"nvcr.io/nvidia/tritonserver:24.12-vllm-python-py3", REDIS_IMAGE}
 
 
 def test_images_build_without_a_docker_engine_says_so_and_succeeds(tmp_path):

@@ -7,6 +7,7 @@ from tests.k8s.manifests import (
     GRPC_PORTS,
     METRICS_PORT,
     MODALITIES,
+    REDIS_PORT,
     TRITON_PORTS,
     Manifests,
     env_value,
@@ -29,6 +30,8 @@ def expected_paths() -> set[tuple[str, str, int]]:
         paths.add((MONITORING, f"triton-{m}", TRITON_PORTS["metrics"]))
     # the text service reads each Triton pod's engine load (vLLM's gauges) for prefix routing
     paths.add(("text", "triton-text", TRITON_PORTS["metrics"]))
+    # the limits' counters (HUBMESH_REDIS_URL): only the façade reaches Redis, which has no password
+    paths.add(("facade", "redis", REDIS_PORT))
     return paths
 
 

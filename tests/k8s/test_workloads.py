@@ -8,6 +8,8 @@ import pytest
 from tests.k8s.manifests import (
     GRPC_PORTS,
     MODALITIES,
+    REDIS_PORT,
+    SINGLETONS,
     TRITON_PORTS,
     all_containers,
     quantity,
@@ -20,7 +22,7 @@ TRITON_DEPLOYMENTS = tuple(f"triton-{m}" for m in MODALITIES)
 
 
 def test_the_expected_deployments_exist(manifests):
-    assert sorted(d.name for d in manifests.deployments) == sorted(APP_DEPLOYMENTS + TRITON_DEPLOYMENTS)
+    assert sorted(d.name for d in manifests.deployments) == sorted(APP_DEPLOYMENTS + TRITON_DEPLOYMENTS + SINGLETONS)
 
 
 # -- resources -----------------------------------------------------------------------------------
@@ -151,11 +153,18 @@ def test_deployment_selectors_pick_their_own_pods_only(manifests):
 
 def test_every_deployment_has_one_hpa_that_targets_it(manifests):
     hpas = manifests.of_kind("HorizontalPodAutoscaler")
+    scaled = [d for d in manifests.deployments if d.name not in SINGLETONS]
     for deployment in manifests.deployments:
         mine = [
             h for h in hpas
             if h["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment.name}
         ]
+        if deployment.name in SINGLETONS:
+            # exactly one pod, never two at once (not even during a rollout), and nothing that scales it
+            assert not mine, f"{deployment.name}: a singleton with an HPA"
+            assert deployment.obj["spec"]["replicas"] == 1, deployment.name
+            assert deployment.obj["spec"]["strategy"] == {"type": "Recreate"}, deployment.name
+            continue
         assert len(mine) == 1, f"{deployment.name}: {len(mine)} HPAs"
         spec = mine[0]["spec"]
         assert 1 <= spec["minReplicas"] <= spec["maxReplicas"], deployment.name
@@ -163,7 +172,7 @@ def test_every_deployment_has_one_hpa_that_targets_it(manifests):
         assert cpu and cpu[0]["resource"]["target"]["type"] == "Utilization", deployment.name
         # the HPA owns the replica count: a `replicas` here would reset it on every apply
         assert "replicas" not in deployment.obj["spec"], deployment.name
-    assert len(hpas) == len(manifests.deployments)
+    assert len(hpas) == len(scaled)
 
 
 def test_every_deployment_has_one_pdb_that_selects_exactly_its_pods(manifests):
@@ -215,3 +224,11 @@ def test_the_facade_service_balances_per_request(manifests):
     service = manifests.service_for("facade")
     assert service["spec"].get("clusterIP") != "None"
     assert [p["port"] for p in service["spec"]["ports"]] == [8080]
+
+
+def test_the_limits_redis_is_one_clusterip_service_for_the_facade(manifests):
+    # one store, one virtual IP: every façade replica talks to the same Redis
+    service = manifests.service_for("redis")
+    assert service["metadata"]["name"] == "redis" and service["spec"]["type"] == "ClusterIP"
+    assert service["spec"].get("clusterIP") != "None"
+    assert [(p["name"], p["port"]) for p in service["spec"]["ports"]] == [("redis", REDIS_PORT)]

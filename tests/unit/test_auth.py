@@ -11,7 +11,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from facade.app import create_app
-from facade.auth.limits import RateLimiter
+from facade.limits.policy import Spec
+from facade.limits.stores import LocalStore
 from facade.auth.tokens import JwtSettings, TokenVerifier, issue_local_token
 from facade.settings import Settings
 from tests.fakes import FakeEmbeddingsBackend, FakeTextBackend, chunk
@@ -186,21 +187,26 @@ async def test_requests_per_minute_limit_under_concurrency(app_client):
 
 
 async def test_tokens_per_minute_limit_counts_usage(app_client):
-    token = signed(tpm=20)  # each chat call uses 10 + 5 tokens
+    token = signed(tpm=30)  # each chat call uses 10 + 5 tokens
     body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
     assert (await app_client.post("/v1/chat/completions", json=body, headers=bearer(token))).status == 200
     assert (await app_client.post("/v1/chat/completions", json=body, headers=bearer(token))).status == 200
     response = await app_client.post("/v1/chat/completions", json=body, headers=bearer(token))
     assert response.status == 429 and "Retry-After" in response.headers
+    error = (await response.json())["error"]
+    assert (error["type"], error["code"]) == ("tokens", "rate_limit_exceeded")
 
 
-def test_rate_limiter_refills_over_time():
+async def test_request_log_admits_again_as_the_window_slides():
     now = [0.0]
-    limiter = RateLimiter(default_rpm=60, clock=lambda: now[0])
-    assert all(limiter.admit("a") == 0 for _ in range(60))
-    assert limiter.admit("a") == pytest.approx(1.0)
-    now[0] += 1.0
-    assert limiter.admit("a") == 0
+    store = LocalStore(clock=lambda: now[0])
+    log = [Spec("a", "requests", 60, 60.0, "all models")]
+    for i in range(60):
+        now[0] = i * 0.5
+        assert await store.hit(log, str(i)) == 0
+    assert await store.hit(log, "x") == pytest.approx(30.5)  # the first request leaves the window at 60 s
+    now[0] = 60.0
+    assert await store.hit(log, "y") == 0
 
 
 def test_jwks_rotation_accepts_a_new_kid_after_refresh(jwks_file):

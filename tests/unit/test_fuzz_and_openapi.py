@@ -48,7 +48,8 @@ async def test_openapi_document_lists_the_five_families(client):
     doc = await response.json()
     assert set(doc["paths"]) == {"/v1/chat/completions", "/v1/completions", "/v1/embeddings",
                                  "/v1/images/generations", "/v1/models", "/v1/models/{model}", "/v1/responses",
-                                 "/v1/responses/{response_id}", "/v1/responses/{response_id}/input_items"}
+                                 "/v1/responses/{response_id}", "/v1/responses/{response_id}/input_items",
+                                 "/v1/usage"}  # the usage ledger's totals: a hubmesh extension
     chat = doc["components"]["schemas"]["CreateChatCompletionRequest"]
     assert {"model", "messages"} <= set(chat["required"])
     assert chat["properties"]["temperature"]["anyOf"][0]["type"] == "number"  # its range is the service's rule

@@ -98,6 +98,15 @@ FACADE_NAMES = {
     "jwt_default_scopes": "HUBMESH_JWT_DEFAULT_SCOPES",
     "rate_limit_rpm": "HUBMESH_RATE_LIMIT_RPM",
     "rate_limit_tpm": "HUBMESH_RATE_LIMIT_TPM",
+    "budget_tokens_per_day": "HUBMESH_BUDGET_TOKENS_PER_DAY",
+    "budget_tokens_per_month": "HUBMESH_BUDGET_TOKENS_PER_MONTH",
+    "model_limits": "HUBMESH_MODEL_LIMITS",
+    "limits_reserve_tokens": "HUBMESH_LIMITS_RESERVE_TOKENS",
+    "redis_url": "HUBMESH_REDIS_URL",
+    "limits_fail_mode": "HUBMESH_LIMITS_FAIL_MODE",
+    "redis_timeout_s": "HUBMESH_REDIS_TIMEOUT_S",
+    "redis_retry_s": "HUBMESH_REDIS_RETRY_S",
+    "limits_local_max_keys": "HUBMESH_LIMITS_LOCAL_MAX_KEYS",
     "text_target": "HUBMESH_TEXT_TARGET",
     "embeddings_target": "HUBMESH_EMBEDDINGS_TARGET",
     "images_target": "HUBMESH_IMAGES_TARGET",
@@ -113,6 +122,9 @@ FACADE_NAMES = {
     "database_pool_size": "HUBMESH_DATABASE_POOL_SIZE",
     "responses_retention_s": "HUBMESH_RESPONSES_RETENTION_S",
     "responses_sweep_interval_s": "HUBMESH_RESPONSES_SWEEP_INTERVAL_S",
+    "usage_flush_interval_s": "HUBMESH_USAGE_FLUSH_INTERVAL_S",
+    "usage_buffer_records": "HUBMESH_USAGE_BUFFER_RECORDS",
+    "usage_metric_subjects": "HUBMESH_USAGE_METRIC_SUBJECTS",
 }
 
 
@@ -125,6 +137,7 @@ def test_facade_names_and_defaults():
     assert (s.text_target, s.embeddings_target, s.images_target) == ("127.0.0.1:50051", "127.0.0.1:50052", "127.0.0.1:50053")
     assert (s.request_timeout_s, s.max_body_bytes, s.sse_ping_s, s.max_in_flight, s.grace_s) == (600.0, 8388608, 15.0, 256, 10.0)
     assert (s.database_pool_size, s.responses_retention_s, s.responses_sweep_interval_s) == (10, 30 * 24 * 3600.0, 600.0)
+    assert (s.usage_flush_interval_s, s.usage_buffer_records, s.usage_metric_subjects) == (1.0, 100_000, 50)
 
 
 def test_facade_database_defaults_to_sqlite_in_the_xdg_cache():

@@ -1,0 +1,163 @@
+"""One request's limits, from admission to settlement.
+
+1. `admit()`, in the auth middleware: the subject's request logs (rpm).
+2. `admit_model(model)`, when the body names the model (facade/api/validation.py): that model's logs.
+3. `reserve(model, want)`, before each model call: `want` is the most the call can cost (an upper
+   bound of its prompt tokens plus n × max_tokens, or n × the configured cap when the request sets no
+   max_tokens). It reserves min(want, what the tpm bucket and the budgets have left), taken from every
+   counter at once, so that concurrent requests cannot spend the same tokens twice. What it grants
+   goes to the text service as the call's `token_budget`: each choice stops at its share with finish
+   reason `length`. Nothing left: 429.
+4. `use(tokens)` (record_usage) and `settle()`, when the request has ended whichever way: the
+   unused part of each reservation goes back (a call that used more, an embedding, is charged the
+   rest). A request that ended before using anything gives everything back.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+
+from facade.errors import OpenAIError
+from facade.limits.limiter import Grant, Limiter, LimiterUnavailable
+from facade.limits.policy import LimitClaims, Limits, Policy, Spec, period_left_s, request_specs, token_specs
+
+_MEMBERS = itertools.count()
+_PROCESS = f"{os.getpid()}-{os.urandom(4).hex()}"
+
+
+def unavailable() -> OpenAIError:
+    return OpenAIError(503, "The rate limiter is unavailable; retry shortly.", type="server_error",
+                       code="limits_unavailable", headers={"Retry-After": "1"})
+
+
+def _retry_after(wait_s: float) -> dict[str, str]:
+    return {"Retry-After": str(max(1, math.ceil(wait_s)))}
+
+
+def limit_error(spec: Spec, subject: str, wait_s: float) -> OpenAIError:
+    """OpenAI's 429s: `requests`/`tokens` rate limits (rate_limit_exceeded), budgets (insufficient_quota)."""
+    if spec.is_budget:
+        wait_s = period_left_s(spec)
+        return OpenAIError(
+            429, f"You exceeded your {spec.scope} of {spec.limit} tokens; it is renewed in {math.ceil(wait_s)}s.",
+            type="insufficient_quota", code="insufficient_quota", headers=_retry_after(wait_s),
+        )
+    unit, per = ("requests", "rpm") if spec.kind == "requests" else ("tokens", "tpm")
+    return OpenAIError(
+        429,
+        f"Rate limit reached for {unit} ({per} {spec.limit}, {spec.scope}) for {subject}. "
+        f"Please try again in {math.ceil(wait_s)}s.",
+        type=unit, code="rate_limit_exceeded", headers=_retry_after(wait_s),
+    )
+
+
+class Meter:
+    def __init__(self, limiter: Limiter, policy: Policy, subject: str, claims: LimitClaims,
+                 model_claims: dict[str, LimitClaims], reserve_cap: int) -> None:
+        self.limiter = limiter
+        self.policy = policy
+        self.subject = subject
+        self.limits = policy.subject_limits(claims)
+        self.model_claims = model_claims
+        self.reserve_cap = reserve_cap
+        self.grants: list[Grant] = []
+        self._bound_by: list[Spec | None] = []  # each grant's binding counter (None: granted in full)
+        self.used: int | None = None
+        self._model_limits: dict[str, Limits] = {}
+
+    def _for_model(self, model: str) -> Limits:
+        if model not in self._model_limits:
+            self._model_limits[model] = self.policy.model_limits(model, self.model_claims)
+        return self._model_limits[model]
+
+    async def _hit(self, specs: list[Spec]) -> None:
+        if not specs:
+            return
+        try:
+            wait = await self.limiter.hit(specs, f"{_PROCESS}-{next(_MEMBERS)}")
+        except LimiterUnavailable:
+            raise unavailable() from None
+        if wait > 0:
+            raise limit_error(specs[0] if len(specs) == 1 else max(specs, key=lambda s: s.limit), self.subject, wait)
+
+    async def admit(self) -> None:
+        await self._hit(request_specs(self.subject, self.limits))
+
+    async def admit_model(self, model: str) -> None:
+        await self._hit(request_specs(self.subject, self._for_model(model), model))
+
+    def counts_tokens(self, model: str) -> bool:
+        return self.limits.counts_tokens or self._for_model(model).counts_tokens
+
+    async def reserve(self, model: str, want: int) -> int | None:
+        """Tokens granted to a model call (None: no token limit applies); 429 when none are left."""
+        specs = token_specs(self.subject, self.limits) + token_specs(self.subject, self._for_model(model), model)
+        if not specs:
+            return None
+        try:
+            grant, (granted, binding, wait) = await self.limiter.reserve(specs, max(1, want))
+        except LimiterUnavailable:
+            raise unavailable() from None
+        if grant is None:
+            raise limit_error(specs[binding], self.subject, wait)
+        self.grants.append(grant)
+        self._bound_by.append(specs[binding] if binding >= 0 else None)
+        return granted
+
+    def use(self, tokens: int) -> None:
+        """What the request really used, all its calls together (record_usage)."""
+        self.used = tokens
+
+    def refused_for_budget(self, err: OpenAIError) -> OpenAIError:
+        """The text service found a prompt larger than its grant: the grant is spent (the prompt
+        was read), and the error names the limit that bound it."""
+        self.used = sum(g.tokens for g in self.grants)
+        binding = self._bound_by[-1] if self._bound_by else None
+        if binding is None:  # granted in full: the prompt bound was wrong, the service's word stands
+            return err
+        grant = self.grants[-1]
+        if binding.is_budget:
+            return limit_error(binding, self.subject, 0)
+        return limit_error(binding, self.subject, grant.tokens * binding.ttl_s / binding.limit)
+
+    async def settle(self) -> None:
+        left = self.used or 0
+        for grant in self.grants:
+            used = min(left, grant.tokens) if grant is not self.grants[-1] else left
+            left -= used
+            await self.limiter.settle(grant, used)
+        self.grants, self._bound_by = [], []
+
+
+def completion_bound(n: int, max_tokens: int | None, cap: int) -> int:
+    """The most tokens n choices can generate."""
+    return max(1, n) * (max_tokens if max_tokens is not None else cap)
+
+
+# Prompt tokens never exceed the bytes of what is rendered into the prompt (byte-level tokenizers:
+# at most one token per byte); templates add markup and a default system prompt on top.
+TEMPLATE_ALLOWANCE = 64
+
+
+def prompt_bound(payload_bytes: int) -> int:
+    return payload_bytes + TEMPLATE_ALLOWANCE
+
+
+class Metering:
+    """The app's limits: the limiter, the configured policy, and a Meter for each request."""
+
+    def __init__(self, limiter: Limiter, policy: Policy, reserve_cap: int) -> None:
+        self.limiter = limiter
+        self.policy = policy
+        self.reserve_cap = reserve_cap
+
+    def meter(self, subject: str, claims: LimitClaims, model_claims: dict[str, LimitClaims]) -> Meter:
+        return Meter(self.limiter, self.policy, subject, claims, model_claims, self.reserve_cap)
+
+    def describe(self) -> str:
+        shared = self.limiter.shared
+        if shared is None:
+            return "limits: counted in this process (set HUBMESH_REDIS_URL to share them between replicas)"
+        return f"limits: shared in Redis ({self.limiter.fail_mode} while it cannot answer)"
