@@ -53,6 +53,7 @@ def auth_middleware(allow: Callable[[web.Request], bool] = lambda request: False
             principal = await request.app[VERIFIER].authenticate(credential.strip())
         except InvalidToken as err:
             raise _unauthorized(str(err), "invalid_api_key") from None
+        request[PRINCIPAL] = principal  # from here on, the ledger knows whom a refusal was for
         family = route.family if route is not None else None
         if family is not None and not principal.may_use(family):
             hint = "" if principal.scopes else (
@@ -63,7 +64,6 @@ def auth_middleware(allow: Callable[[web.Request], bool] = lambda request: False
                 403, f"This credential lacks the '{family}' scope.{hint}", type="permission_error",
                 code="insufficient_scope",
             )
-        request[PRINCIPAL] = principal
         meter = request[METER] = request.app[METERING].meter(
             principal.subject, principal.limits, dict(principal.model_limits))
         await meter.admit()

@@ -58,14 +58,56 @@ def add_flag(request: service_pb2.ModelInferRequest, name: str, value: bool) -> 
     request.raw_input_contents.append(b"\x01" if value else b"\x00")
 
 
+_LENGTH = struct.Struct("<I")
+# each numeric datatype's struct code (little-endian, standard sizes), for flat_outputs
+_CODES = {
+    "BOOL": "?", "INT8": "b", "INT16": "h", "INT32": "i", "INT64": "q", "UINT8": "B", "UINT16": "H",
+    "UINT32": "I", "UINT64": "Q", "FP16": "e", "FP32": "f", "FP64": "d",
+}
+_STRUCTS: dict[tuple[str, int], struct.Struct] = {}  # (datatype, element count) -> its Struct
+
+
 def _bytes_elements(raw: bytes) -> list[str]:
-    values, offset = [], 0
-    while offset < len(raw):
-        (size,) = struct.unpack_from("<I", raw, offset)
+    values, offset, end = [], 0, len(raw)
+    unpack = _LENGTH.unpack_from
+    while offset < end:
+        (size,) = unpack(raw, offset)
         offset += 4
         values.append(raw[offset:offset + size].decode("utf-8", errors="replace"))
         offset += size
     return values
+
+
+def _unpack(datatype: str, raw: bytes) -> list:
+    """A raw buffer of a numeric datatype as a flat list of Python numbers."""
+    code = _CODES[datatype]
+    count = len(raw) // struct.calcsize(code)
+    packer = _STRUCTS.get((datatype, count))
+    if packer is None:
+        if len(_STRUCTS) > 4096:  # counts vary with n and with tokens per response: stay small
+            _STRUCTS.clear()
+        packer = _STRUCTS[(datatype, count)] = struct.Struct(f"<{count}{code}")
+    return list(packer.unpack_from(raw))
+
+
+def flat_outputs(response: service_pb2.ModelInferResponse) -> dict[str, list]:
+    """Every output of a response by name as a flat Python list (row-major): BYTES as text, numbers
+    as ints, floats or bools. The same values as outputs(), without numpy: on the text path a
+    response carries a handful of elements, once per streamed token, and numpy's per-array cost is
+    most of its parsing. Shapes are the caller's to know (the tensor contract fixes them)."""
+    raws = response.raw_output_contents
+    result: dict[str, list] = {}
+    for i, output in enumerate(response.outputs):
+        datatype = output.datatype
+        if i < len(raws):
+            raw = raws[i]
+            result[output.name] = _bytes_elements(raw) if datatype == "BYTES" else _unpack(datatype, raw)
+        elif datatype == "BYTES":
+            result[output.name] = [v.decode("utf-8", errors="replace") for v in output.contents.bytes_contents]
+        else:
+            field = _NUMERIC[datatype][1]
+            result[output.name] = list(getattr(output.contents, field)) if field else []
+    return result
 
 
 def outputs(response: service_pb2.ModelInferResponse) -> dict[str, np.ndarray | list[str]]:

@@ -89,24 +89,26 @@ def generation_request(model: str, prompt: str, sampling: dict[str, Any], stream
 
 
 def parse_response(response) -> GenerationChunk:
-    """One ModelInferResponse of the contract as a chunk."""
-    values = triton_tensors.outputs(response)
+    """One ModelInferResponse of the contract as a chunk (once per streamed token: plain lists, no numpy)."""
+    values = triton_tensors.flat_outputs(response)
     texts = values.get("text_output", [])
-    reasons = [None if r in ("None", "") else r for r in values.get("finish_reason", [])]
+    reasons = [None if r in ("None", "") else r for r in values.get("finish_reason", ())]
     num_in = values.get("num_input_tokens")
-    num_out = values.get("num_output_tokens")
     num_cached = values.get("num_cached_tokens")
     ids = values.get("output_token_ids")
-    token_ids = None if ids is None else [[t for t in row if t >= 0] for row in ids.reshape(len(texts), -1).tolist()]
+    token_ids = None
+    if ids is not None:
+        width = len(ids) // len(texts) if texts else 0
+        token_ids = [[t for t in ids[i * width:(i + 1) * width] if t >= 0] for i in range(len(texts))]
     logprobs = values.get("logprobs")  # where a model always sends it, `null`s unless the request asked
     if logprobs is not None and all(text == "null" for text in logprobs):
         logprobs = None
     return GenerationChunk(
         texts=texts,
         finish_reasons=reasons or [None] * len(texts),
-        num_input_tokens=int(num_in.reshape(-1)[0]) if num_in is not None and num_in.size else None,
-        num_output_tokens=num_out.reshape(-1).tolist() if num_out is not None else [],
-        num_cached_tokens=int(num_cached.reshape(-1)[0]) if num_cached is not None and num_cached.size else None,
+        num_input_tokens=int(num_in[0]) if num_in else None,
+        num_output_tokens=values.get("num_output_tokens", []),
+        num_cached_tokens=int(num_cached[0]) if num_cached else None,
         token_ids=token_ids,
         logprobs=None if logprobs is None else [
             parse_logprobs(text, None if token_ids is None or i >= len(token_ids) else token_ids[i])

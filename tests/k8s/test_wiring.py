@@ -10,6 +10,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -24,11 +25,13 @@ from tests.k8s.manifests import (
     GRPC_SERVICES,
     METRICS_PORT,
     MODALITIES,
+    REDIS_PORT,
     SETTINGS_CLASSES,
     TRITON_PORTS,
     Manifests,
     Workload,
     dns_target,
+    effective_env,
     env,
     env_value,
     flag_values,
@@ -38,7 +41,7 @@ from tests.k8s.manifests import (
     service_settings,
     settings_classes,
 )
-from tests.k8s.render import K8S_DIR, ROOT
+from tests.k8s.render import K8S_DIR, KUBERNETES_VERSIONS, ROOT, kubectl, validate
 
 GPU_OVERLAY = K8S_DIR / "overlays" / "gpu"
 MONITORING = K8S_DIR / "components" / "monitoring"
@@ -472,6 +475,122 @@ def test_the_facade_database_is_a_secret_or_sqlite_on_a_volume_of_its_own(manife
     assert kind == "sqlite" and c["securityContext"]["readOnlyRootFilesystem"]
     volume = deployment.mounted_volume(c, os.path.dirname(path))
     assert volume is not None and "emptyDir" in volume and "sizeLimit" in volume["emptyDir"]
+
+
+# -- limits and budgets: the façade's counters in Redis -----------------------------------------
+
+MANAGED_REDIS_URL = "rediss://:PASSWORD@redis.example.com:6380/0"
+
+
+def _required_secret_keys(c: dict) -> dict[str, str]:
+    """A placeholder for each Secret key the container cannot start without."""
+    refs = [e["valueFrom"]["secretKeyRef"] for e in env(c).values() if "secretKeyRef" in e.get("valueFrom", {})]
+    return {ref["key"]: f"placeholder-{ref['key']}" for ref in refs if not ref.get("optional")}
+
+
+def _own_secret(manifests: Manifests) -> dict[str, str]:
+    """The keys of the overlay's own hubmesh-secrets, decoded ({} where it is made out of band)."""
+    import base64
+
+    secrets = [s for s in manifests.of_kind("Secret") if s["metadata"]["name"].startswith("hubmesh-secrets")]
+    data = {}
+    for secret in secrets:
+        data |= {k: base64.b64decode(v).decode() for k, v in secret.get("data", {}).items()}
+        data |= secret.get("stringData", {})
+    return data
+
+
+def _facade_settings(manifests: Manifests, secret_data: dict[str, str]):
+    from facade.settings import Settings as FacadeSettings
+
+    c = manifests.deployment("facade").container()
+    return FacadeSettings.from_env(effective_env(manifests, c, {**_required_secret_keys(c), **secret_data}))
+
+
+def test_the_facade_counts_in_the_in_cluster_redis_unless_the_secret_names_another(manifests):
+    """HUBMESH_REDIS_URL: the Secret's optional key redis-url (a managed Redis; its URL holds a
+    password), else the value of base/redis's ConfigMap through envFrom: an env entry whose optional
+    key is missing is skipped by the kubelet, leaving the envFrom value in place."""
+    c = manifests.deployment("facade").container()
+    ref = env(c)["HUBMESH_REDIS_URL"]["valueFrom"]["secretKeyRef"]
+    assert ref["name"].startswith("hubmesh-secrets") and (ref["key"], ref.get("optional")) == ("redis-url", True)
+    (source,) = c["envFrom"]
+    assert source["configMapRef"].get("optional") is True and not source.get("prefix")
+    config_map = manifests.get("ConfigMap", source["configMapRef"]["name"])
+    assert set(config_map["data"]) == {"HUBMESH_REDIS_URL"} and set(config_map["data"]) <= _settings_variables()
+    # it goes with the Redis: the label that selects base/redis's objects selects it too
+    assert config_map["metadata"]["labels"]["app.kubernetes.io/name"] == "redis"
+
+    # no redis-url in the Secret: the in-cluster Redis, through its Service, on the port its pod listens on
+    default = _facade_settings(manifests, {})
+    url = urlsplit(default.redis_url)
+    service = manifests.service_for("redis")
+    service_port = {p["name"]: p["port"] for p in service["spec"]["ports"]}["redis"]
+    assert url.scheme == "redis" and url.path == "/0" and not url.password
+    assert url.hostname == service["metadata"]["name"]  # a short name: the façade's own namespace
+    assert url.port == service_port == manifests.deployment("redis").port("redis") == REDIS_PORT
+    # the Secret's key, where present, wins
+    assert _facade_settings(manifests, {"redis-url": MANAGED_REDIS_URL}).redis_url == MANAGED_REDIS_URL
+    # the overlay's own Secret (cpu: secrets.env) leaves it to the in-cluster Redis
+    assert _facade_settings(manifests, _own_secret(manifests)).redis_url == default.redis_url
+    # set, not left to the default: what happens while Redis is away is a decision of its own
+    assert env_value(c, "HUBMESH_LIMITS_FAIL_MODE") == default.limits_fail_mode == "fail_open"
+
+
+def test_redis_keeps_only_expiring_counters_in_memory(manifests):
+    deployment = manifests.deployment("redis")
+    c = deployment.container()
+    args = c["args"]
+    assert all(a.startswith("--") for a in args[::2]) and len(args) % 2 == 0, args
+    options = dict(zip(args[::2], args[1::2]))
+    wanted = {"--save": "", "--appendonly": "no", "--maxmemory": "256mb", "--maxmemory-policy": "volatile-ttl"}
+    assert options.items() >= wanted.items(), options
+    # volatile-ttl evicts only keys with a TTL, soonest-expiring first: the limiter gives every counter one
+    assert "PEXPIRE" in _source("facade/limits")
+    # maxmemory counts the data only: leave room for the process, client buffers and fragmentation
+    maxmemory = int(options["--maxmemory"].removesuffix("mb")) * 2**20
+    assert maxmemory <= quantity(c["resources"]["limits"]["memory"]) * 3 / 4
+    # nothing persistent, and the root filesystem read-only: its working directory is an emptyDir
+    assert not any("persistentVolumeClaim" in v for v in deployment.pod_spec["volumes"])
+    assert "emptyDir" in deployment.mounted_volume(c, "/data")
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def _readme_block(marker: str) -> str:
+    """The one ```yaml block of k8s/README.md that contains `marker`."""
+    blocks = re.findall(r"^```yaml\n(.*?)^```", (K8S_DIR / "README.md").read_text(), re.M | re.S)
+    (block,) = [b for b in blocks if marker in b]
+    return block
+
+
+def _build(directory: Path) -> Manifests:
+    result = subprocess.run([kubectl(), "kustomize", str(directory)], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    return Manifests([doc for doc in yaml.safe_load_all(result.stdout) if doc])
+
+
+def test_a_managed_redis_replaces_the_in_cluster_one_with_the_readme_snippet(manifests, overlay, tmp_path):
+    """The README's overlay for a managed Redis, on top of each overlay: base/redis gone, every other
+    object as it was, and the façade's environment unchanged (the Secret's redis-url is the URL)."""
+    kustomization = yaml.safe_load(_readme_block("$patch: delete"))
+    kustomization["resources"] = [os.path.relpath(K8S_DIR / "overlays" / overlay, tmp_path)]
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    managed = _build(tmp_path)
+
+    def names(m: Manifests) -> set[tuple[str, str]]:
+        return {(o["kind"], o["metadata"]["name"]) for o in m.objects}
+
+    redis = {
+        (o["kind"], o["metadata"]["name"]) for o in manifests.objects
+        if o["metadata"].get("labels", {}).get("app.kubernetes.io/name") == "redis"
+    }
+    assert {kind for kind, _ in redis} == {"Deployment", "Service", "ServiceAccount", "PodDisruptionBudget", "NetworkPolicy", "ConfigMap"}
+    assert names(managed) == names(manifests) - redis
+    c = managed.deployment("facade").container()
+    assert env(c)["HUBMESH_REDIS_URL"] == env(manifests.deployment("facade").container())["HUBMESH_REDIS_URL"]
+    assert _facade_settings(managed, {"redis-url": MANAGED_REDIS_URL}).redis_url == MANAGED_REDIS_URL
+    assert _facade_settings(managed, {}).redis_url == ""  # no key: each pod counts alone (README)
+    assert [e for obj in managed.objects for e in validate(obj, KUBERNETES_VERSIONS[0])] == []
 
 
 # -- secrets, tracing, metrics -------------------------------------------------------------------
