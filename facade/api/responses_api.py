@@ -43,7 +43,7 @@ from facade.auth.middleware import subject_of
 from facade.clients import caller
 from facade.errors import OpenAIError, invalid
 from facade.jsonio import json_response
-from facade.observability import MODEL, record_usage
+from facade.observability import MODEL
 from facade.sse import EventStream
 from facade.store import RESPONSES_STORE, ResponsesStore, StoreError
 from facade.store.responses import UnknownItem
@@ -695,17 +695,17 @@ async def _stream(request: web.Request, body: ResponseRequest, proto: pb.Generat
         await events.send("response.created", response=snapshot)
         await events.send("response.in_progress", response=snapshot)
         output = _StreamedOutput(events, StreamTimer(request.get(MODEL, "")))
-        usage = pb.Usage()
+        used = tc.StreamUsage()
+        usage = used.total
         try:
             async for message in upstream.messages():
                 model = message.model or model
+                used.see(message)
                 for delta in message.deltas:
                     if delta.index == 0:  # n is always 1 here
                         await output.add(delta)
-                if message.HasField("usage"):
-                    tc.add_usage(usage, message.usage)
             await output.finish_items()
-            record_usage(request, usage.prompt_tokens, usage.completion_tokens, cached_tokens=tc.cached_of(usage))
+            used.record(request)
             final = response_json(body, created.id, created.at, status=output.status, output=output.output,
                                   usage=usage_json(usage), model=model)
             await created.save(final)
@@ -721,6 +721,8 @@ async def _stream(request: web.Request, body: ResponseRequest, proto: pb.Generat
                     await created.save(failed)
                 except OpenAIError:
                     pass  # logged by _stored; the stream has said what failed
+        finally:
+            used.record(request)  # a stream cut short: what it had shown
         return await stream.close()
     finally:
         upstream.cancel()

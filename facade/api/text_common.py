@@ -129,6 +129,36 @@ def cached_of(usage: pb.Usage) -> int:
     return usage.cached_tokens if usage.HasField("cached_tokens") else 0
 
 
+class StreamUsage:
+    """What generation streams used: the totals their last messages report, and for a stream cut
+    before its last message (the client gone, a failure), what it had shown — its prompt's tokens
+    (the first message says) and one completion token per text or tool-call delta — so that the
+    limits and the usage ledger still see it."""
+
+    def __init__(self) -> None:
+        self.total = pb.Usage()
+        self._prompt = 0  # of the stream not finished yet
+        self._deltas = 0
+        self._recorded = False
+
+    def see(self, message: pb.GenerateStreamResponse) -> None:
+        if message.HasField("prompt_tokens"):
+            self._prompt = message.prompt_tokens
+        for delta in message.deltas:
+            if delta.text or delta.tool_calls:
+                self._deltas += 1
+        if message.HasField("usage"):
+            add_usage(self.total, message.usage)
+            self._prompt = self._deltas = 0
+
+    def record(self, http: web.Request) -> None:
+        """record_usage, once: the totals, plus what an unfinished stream showed."""
+        if not self._recorded:
+            self._recorded = True
+            record_usage(http, self.total.prompt_tokens + self._prompt, self.total.completion_tokens + self._deltas,
+                         cached_tokens=cached_of(self.total))
+
+
 def add_usage(total: pb.Usage, part: pb.Usage) -> None:
     """Adds one generation's usage to a request's (several prompts, or several streams)."""
     total.prompt_tokens += part.prompt_tokens
@@ -226,24 +256,25 @@ async def respond_with_stream(
             base = {**base, "usage": None}
         if opening:
             await events.send({**base, "choices": opening})
-        usage = pb.Usage()
+        used = StreamUsage()
         timer = StreamTimer(request.get(MODEL, ""))
         try:
             for position, (offset, upstream) in enumerate(upstreams):
                 if position:
                     await upstream.start()
                 async for message in upstream.messages():
+                    used.see(message)
                     choices = [c for delta in message.deltas for c in render(delta, offset)]
                     if choices:
                         timer.chunk()
                         await events.send({**base, "choices": choices})
-                    if message.HasField("usage"):
-                        add_usage(usage, message.usage)
-            record_usage(request, usage.prompt_tokens, usage.completion_tokens, cached_tokens=cached_of(usage))
+            used.record(request)
             if include_usage:
-                await events.send({**base, "choices": [], "usage": usage_json(usage)})
+                await events.send({**base, "choices": [], "usage": usage_json(used.total)})
         except OpenAIError as err:
             await events.send_error(err)
+        finally:
+            used.record(request)  # a stream cut short: what it had shown
         return await events.close()
     finally:
         for _, upstream in upstreams:

@@ -173,6 +173,7 @@ class TextGenerationServicer(CatalogServicer[ModelEntry], pb_grpc.TextGeneration
         top_k = sampling.get("logprobs")
         held: dict[int, list[pb.TokenLogprob]] = {}  # tokens whose choice had no delta to carry them yet
         timer = StreamTimer(entry.id)
+        told_prompt = False  # whether a message carried prompt_tokens yet
         async for chunk in self._chunks(entry, prompt, sampling, request, stream=True):
             _add_usage(usage, chunk)
             rounds: list[list[pb.ChoiceDelta]] = []  # one stream message per round
@@ -193,7 +194,10 @@ class TextGenerationServicer(CatalogServicer[ModelEntry], pb_grpc.TextGeneration
                     _in_round(rounds, position).append(delta)
             for deltas in rounds:
                 timer.chunk()
-                yield pb.GenerateStreamResponse(model=entry.id, deltas=deltas)
+                message = pb.GenerateStreamResponse(model=entry.id, deltas=deltas)
+                if not told_prompt and usage.prompt_tokens:
+                    message.prompt_tokens, told_prompt = usage.prompt_tokens, True
+                yield message
         if held:  # tokens after the last delta of their choice (a model that never finished it)
             yield pb.GenerateStreamResponse(model=entry.id, deltas=[
                 pb.ChoiceDelta(index=i, logprobs=tokens) for i, tokens in sorted(held.items())

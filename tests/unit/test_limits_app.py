@@ -4,6 +4,7 @@ fail_closed without Redis is a 503, never a 500."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -11,6 +12,8 @@ import jwt
 import pytest
 
 from facade.app import create_app
+from facade.auth.middleware import METERING
+from facade.limits.policy import Limits, token_specs
 from facade.settings import Settings
 from local import processes
 from tests.fakes import FakeTextBackend, chunk
@@ -80,3 +83,36 @@ async def test_fail_closed_without_redis_is_503_and_unlimited_requests_are_serve
     error = (await limited.json())["error"]
     assert limited.status == 503 and error["code"] == "limits_unavailable" and limited.headers["Retry-After"]
     assert (await client.get("/v1/models", headers=bearer())).status == 200  # no counter, no Redis needed
+
+
+@pytest.fixture
+async def hanging_client(aiohttp_client):
+    # a model that writes 5 one-token chunks for a 10-token prompt, then hangs
+    steps = [chunk([f" w{i}"], [None], n_in=10, n_out=[1]) for i in range(40)]
+    async with running_text_service(FakeTextBackend(steps, hang_after=5)) as text:
+        settings = Settings(jwt_secret=SECRET, text_target=text, embeddings_target=text, images_target=text,
+                            database_url="sqlite:///:memory:")
+        yield await aiohttp_client(create_app(settings))
+
+
+async def test_a_stream_the_client_cuts_is_charged_what_it_showed(hanging_client):
+    headers = bearer(sub="dave", tokens_per_day=1000)
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 30, "stream": True}
+    async with hanging_client.post("/v1/chat/completions", json=body, headers=headers) as response:
+        seen = 0
+        async for line in response.content:
+            seen += line.startswith(b"data: {") and b'"content":" w' in line
+            if seen == 5:
+                break  # ...and the client goes away
+    limiter = hanging_client.app[METERING].limiter
+    specs = token_specs("jwt:dave", Limits(tokens_per_day=1000))
+
+    async def charged() -> bool:
+        granted, _, _ = await limiter.local.reserve(specs, 1000)
+        await limiter.local.adjust(specs, granted)  # only looking
+        return granted == 1000 - (10 + 5)
+
+    deadline = time.monotonic() + 10
+    while not await charged():  # the façade notices the client is gone, then settles
+        assert time.monotonic() < deadline, "the cut stream was not charged"
+        await asyncio.sleep(0.02)
