@@ -36,8 +36,17 @@ $(GEN)/.stamp: $(PROTOS) | $(VENV)/.installed
 run: setup
 	$(PY) -m local
 
-test: setup
+test: setup redis-server
 	$(PY) -m pytest
+
+# The limits' tests start private redis-servers (to stop and start them); Debian's package where the
+# machine lacks one. Only the binary is needed: nothing is started here.
+.PHONY: redis-server
+redis-server:
+	@command -v redis-server >/dev/null || { \
+		echo "redis-server is missing: installing Debian's redis-server (the limits' tests start private ones)"; \
+		{ apt-get update -qq && apt-get install -y -qq --no-install-recommends redis-server; } \
+		|| echo "could not install redis-server: the tests that need a private Redis will fail and say so"; }
 
 unit: setup
 	$(PY) -m pytest -m 'not e2e'
