@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from prometheus_client import Counter
+from redis.exceptions import RedisError, ResponseError
 
 from facade.limits.policy import Spec
 from facade.limits.stores import LocalStore, RedisStore, Reserved, Store
@@ -33,6 +34,9 @@ log = logging.getLogger(__name__)
 
 FAIL_MODES = ("fail_open", "fail_closed")
 MAX_OWED = 100_000  # adjustments kept for Redis while it is down
+# whatever Redis or the way to it does wrong is an outage of the shared limiter, handled by the fail
+# mode, never a 500: unreachable, timed out, restarted (LOADING), out of memory, read-only replica
+REDIS_FAILURES = (RedisError, OSError, TimeoutError)
 LIMITER_FAILURES = Counter("hubmesh_limiter_redis_failures", "Limiter calls Redis failed or did not answer in time")
 
 
@@ -72,7 +76,9 @@ class Limiter:
 
     def _failed(self, err: BaseException) -> None:
         if self.clock() >= self._down_until:
-            log.warning("Redis limiter unavailable (%s: %s); %s for %.1f s", err.__class__.__name__, err,
+            # an answer Redis gave (OOM, READONLY after a failover, a script refused) is logged louder
+            # than silence: it will not go away by waiting
+            (log.error if isinstance(err, ResponseError) else log.warning)("Redis limiter unavailable (%s: %s); %s for %.1f s", err.__class__.__name__, err,
                         "serving with this process's counters" if self.fail_mode == "fail_open" else "refusing",
                         self.retry_s)
         LIMITER_FAILURES.inc()
@@ -90,11 +96,7 @@ class Limiter:
         if self._usable():
             try:
                 result = await getattr(self.shared, operation)(*args)
-            except (OSError, TimeoutError, asyncio.TimeoutError, ConnectionError) as err:
-                self._failed(err)
-            except Exception as err:  # redis.exceptions.ConnectionError/TimeoutError/BusyLoadingError...
-                if not _is_redis_outage(err):
-                    raise
+            except REDIS_FAILURES as err:
                 self._failed(err)
             else:
                 if self._owed and self._replay is None:
@@ -128,9 +130,7 @@ class Limiter:
             return
         try:
             await self.shared.adjust(grant.specs, delta)
-        except Exception as err:
-            if not _is_redis_outage(err):
-                raise
+        except REDIS_FAILURES as err:
             self._failed(err)
             self._owed.append((grant.specs, delta))
 
@@ -140,11 +140,7 @@ class Limiter:
                 specs, delta = self._owed[0]
                 try:
                     await self.shared.adjust(specs, delta)
-                except Exception as err:
-                    if not _is_redis_outage(err):
-                        log.exception("dropping a limiter adjustment Redis refused")
-                        self._owed.popleft()
-                        continue
+                except REDIS_FAILURES as err:
                     self._failed(err)
                     return
                 self._owed.popleft()
@@ -156,12 +152,6 @@ class Limiter:
             self._replay.cancel()
         if self.shared is not None:
             await self.shared.close()
-
-
-def _is_redis_outage(err: BaseException) -> bool:
-    import redis.exceptions as rexc
-
-    return isinstance(err, (rexc.ConnectionError, rexc.TimeoutError, rexc.BusyLoadingError, OSError, TimeoutError))
 
 
 def create_limiter(redis_url: str = "", fail_mode: str = "fail_open", timeout_s: float = 0.25,

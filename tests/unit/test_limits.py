@@ -309,3 +309,19 @@ async def test_local_store_memory_is_bounded_with_100k_subjects():
     assert len(store) == 20_000
     assert after < at_cap * 1.2  # 80,000 more subjects, no more memory
     assert after < 25 * 2**20
+
+
+async def test_a_redis_that_refuses_writes_is_an_outage_not_a_500(tmp_path):
+    server = RedisServer(tmp_path / "redis.log").start()
+    limiter = create_limiter(server.url, "fail_open", timeout_s=0.25, retry_s=0.2)
+    admin = redis.asyncio.Redis.from_url(server.url)
+    try:
+        await admin.config_set("maxmemory-policy", "noeviction")
+        await admin.config_set("maxmemory", "1")  # every write: OOM command not allowed
+        assert await limiter.hit([log(5)], "a") == 0  # served, counted in this process
+        assert len(limiter.local) == 1
+        await admin.config_set("maxmemory", "0")
+    finally:
+        await admin.aclose()
+        await limiter.close()
+        server.stop()
