@@ -17,6 +17,7 @@ from facade.limits.limiter import Limiter, LimiterUnavailable, create_limiter
 from facade.limits.meter import Meter, completion_bound
 from facade.limits.policy import LimitClaims, Limits, Policy, Spec, model_limits_from, request_specs, token_specs
 from facade.limits.stores import LocalStore, RedisStore
+from local import processes
 from local.redis import RedisServer
 
 
@@ -316,11 +317,11 @@ async def test_a_redis_that_refuses_writes_is_an_outage_not_a_500(tmp_path):
     limiter = create_limiter(server.url, "fail_open", timeout_s=0.25, retry_s=0.2)
     admin = redis.asyncio.Redis.from_url(server.url)
     try:
-        await admin.config_set("maxmemory-policy", "noeviction")
-        await admin.config_set("maxmemory", "1")  # every write: OOM command not allowed
+        # a read-only replica (as after a failover that went wrong): every write is refused
+        await admin.execute_command("REPLICAOF", "127.0.0.1", str(processes.free_port()))
         assert await limiter.hit([log(5)], "a") == 0  # served, counted in this process
         assert len(limiter.local) == 1
-        await admin.config_set("maxmemory", "0")
+        await admin.execute_command("REPLICAOF", "NO", "ONE")
     finally:
         await admin.aclose()
         await limiter.close()
