@@ -19,4 +19,6 @@ def bench_config(api_key: str) -> StackConfig:
     config = StackConfig.with_free_ports(api_key=api_key, run_dir=Path(tempfile.mkdtemp(prefix=f"hubmesh-{api_key}-")))
     config.extra_models["text"] = ["echo", "sim"]
     config.extra_env["HUBMESH_TEXT_CATALOG"] = str(BENCH_CATALOG)
+    # bench/token_rate.py streams 128 at once: above the services' default admission limit (64)
+    config.extra_env["HUBMESH_MAX_IN_FLIGHT"] = "512"
     return config

@@ -3,6 +3,9 @@ stop it. Writes build/bench/report.{json,md,png}.
 
 - overhead: minimal requests (1-token chat on the echo model, a tiny embedding) and echo streams at
   1/16/64 through the façade vs straight to Triton over gRPC;
+- token_rate: the mesh's CPU per streamed token at GPU-like token rates (64 and 128 streams of the
+  engine simulator, `sim`, at a time_scale its CPU keeps up with), tokens/s one mesh core carries,
+  mesh cores per H200 (bench/token_rate.py);
 - text_streaming: SmolLM2 streamed tokens/s, façade vs Triton;
 - embeddings: sentences/s at concurrency 32 vs the model in-process in batches of 32;
 - images: seconds per image by size, façade vs Triton;
@@ -18,6 +21,7 @@ import os
 
 from bench import (
     bench_config, cpu, embeddings_throughput, images_latency, overhead, peer_litellm, report, routing, text_stream,
+    token_rate,
 )
 from local.stack import ROOT, LocalStack
 
@@ -32,6 +36,7 @@ def main() -> None:
                 "façade and service processes": "1 each",
             },
             "overhead": asyncio.run(overhead.measure(stack)),
+            "token_rate": asyncio.run(token_rate.measure(stack)),
             "text_streaming": asyncio.run(text_stream.measure(stack, tokens=256, rounds=3)),
             "embeddings": embeddings_throughput.measure(stack, n=640, rounds=3),
             "images": asyncio.run(images_latency.measure(stack, rounds=2)),

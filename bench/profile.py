@@ -1,4 +1,4 @@
-"""`make profile WORKLOAD=chat|stream|embeddings`: py-spy samples the façade and the service under load.
+"""`make profile WORKLOAD=chat|stream|sim|embeddings`: py-spy samples the façade and the service under load.
 
 Starts the stack (with the `echo` benchmark model), drives one workload from this process for a fixed
 time while py-spy records both Python processes, then writes their collapsed stacks to
@@ -32,7 +32,12 @@ WORKLOADS = {
                 "stream": True}, True),
     "embeddings": ("embeddings", 64, "/embeddings", {"model": EMBEDDER, "input": "hi", "encoding_format": "base64"},
                    False),
+    # the engine simulator at a GPU-like token rate (bench/token_rate.py's first run: ~22 ms between tokens)
+    "sim": ("text", 64, "/chat/completions",
+            {"model": "hubmesh/sim-llama-3-8b", "messages": [{"role": "user", "content": "one two three"}],
+             "max_tokens": 256, "stream": True}, True),
 }
+SIM_TIME_SCALE = 4.0
 
 
 async def drive(stack: LocalStack, path: str, body: dict, concurrency: int, streamed: bool, seconds: float) -> int:
@@ -76,6 +81,10 @@ def main(workload: str) -> None:
     out = ROOT / "build" / "bench"
     out.mkdir(parents=True, exist_ok=True)
     with LocalStack(config, modalities=tuple(m for m in MODALITIES if m.name == service)) as stack:
+        if workload == "sim":
+            from bench.token_rate import reload_sim
+
+            reload_sim(stack, SIM_TIME_SCALE)
         asyncio.run(drive(stack, path, body, concurrency, streamed, 2))  # warm
         targets = {"facade": stack.facade.pid, service: stack.services[service].pid}
         files = {name: out / f"profile-{workload}-{name}.txt" for name in targets}

@@ -57,6 +57,36 @@ def _cpu_rows(report: dict) -> list[str]:
     return lines
 
 
+def token_rate_rows(report: dict) -> list[str]:
+    """bench/token_rate.py: the mesh's CPU per streamed token, simulator runs then echo runs, and what
+    it means for one H200 (the simulator's calibrated engine)."""
+    rate = report.get("token_rate")
+    if not rate:
+        return []
+    engine = rate.get("calibrated_engine", {})
+    lines = ["| model, streams (time_scale) | inter-token p50 / p99 | tokens/s | façade / text service µs per token | "
+             "**mesh µs per token** | tokens/s per mesh core | mesh cores per H200 | simulator late |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for model, runs in (("sim", rate.get("sim", {})), ("echo", rate.get("echo", {}))):
+        for r in runs.values():
+            us = r["cpu_us_per_token"]
+            scale = f" (x{r['time_scale']:g})" if "time_scale" in r else ""
+            cores = r.get("mesh_cores_per_h200", "")
+            late = f"{r['sim_late_s']} s" if "sim_late_s" in r else ""
+            lines.append(
+                f"| {model}, {r['streams']}{scale} | {r['inter_token_ms_p50']} / {r['inter_token_ms_p99']} ms | "
+                f"{r['tokens_per_s']} | {us.get('facade', 0)} / {us.get('text', 0)} | **{r['mesh_cpu_us_per_token']}** "
+                f"({' / '.join(str(v) for v in r['mesh_cpu_us_per_token_rounds'])}) | "
+                f"{r['tokens_per_s_per_mesh_core']} | {cores} | {late} |")
+    lines += ["", f"Mesh = the façade and the text service (CPU from /proc, every thread); per round in brackets. "
+              f"Mesh cores per H200: the simulator's calibrated engine (Llama-3-8B, batch {engine.get('batch')}, "
+              f"{engine.get('context_tokens')} tokens of context each: {engine.get('step_ms')} ms a step, "
+              f"{engine.get('tokens_per_s')} tokens/s) times the mesh's CPU per token. With time_scale x, a stream's "
+              f"tokens come x times slower than on the GPU; the simulator's own CPU (Triton's, not in the mesh) "
+              f"is what bounds the rate on these cores."]
+    return lines
+
+
 def _peer_rows(peer: dict) -> list[str]:
     """hubmesh vs LiteLLM's proxy, figure by figure (what could be measured)."""
     lines = ["| measurement | hubmesh | LiteLLM | hubmesh / LiteLLM |", "| --- | --- | --- | --- |"]
@@ -129,6 +159,8 @@ def write(report: dict, directory: Path) -> list[Path]:
         md += ["Configuration: " + ", ".join(f"{k}: {v}" for k, v in report["configuration"].items()) + ".", ""]
     md += _rows(report)
     md += _cpu_rows(report)
+    if report.get("token_rate"):
+        md += ["", "## Mesh CPU per streamed token (engine simulator at GPU-like rates)", "", *token_rate_rows(report)]
     routing = report.get("routing")
     if routing is not None:
         md += ["", "## Routing over Triton replicas (engine simulator)", "", *_routing_rows(routing)]

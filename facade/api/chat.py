@@ -293,7 +293,8 @@ async def _stream(request: web.Request, body: ChatCompletionRequest, proto: pb.G
     await tc.reserve_budget(request, proto)
     upstream = tc.GenerationStream(request, proto, input_param="messages")
     render = _render_with_logprobs if body.logprobs else _render
-    return await tc.respond_with_stream(request, [(0, upstream)], base, body.include_usage, render, opening)
+    return await tc.respond_with_stream(request, [(0, upstream)], base, body.include_usage, render, opening,
+                                        text_choice=None if body.logprobs else _text_choice)
 
 
 def _tool_call_delta(call: pb.ToolCallDelta) -> ChatCompletionToolCallDelta:
@@ -304,10 +305,16 @@ def _tool_call_delta(call: pb.ToolCallDelta) -> ChatCompletionToolCallDelta:
     return {"index": call.index, "function": {"arguments": call.arguments}}
 
 
+def _text_choice(index: int, text: str) -> ChatCompletionChunkChoice:
+    """The chunk choice of a delta with text only (also the template of tc.respond_with_stream's
+    encoded text chunks)."""
+    return {"index": index, "delta": {"content": text}, "logprobs": None, "finish_reason": None}
+
+
 def _render(delta: pb.ChoiceDelta, offset: int) -> list[ChatCompletionChunkChoice]:
     choices: list[ChatCompletionChunkChoice] = []
     if delta.text:
-        choices.append({"index": delta.index, "delta": {"content": delta.text}, "logprobs": None, "finish_reason": None})
+        choices.append(_text_choice(delta.index, delta.text))
     if delta.tool_calls:
         choices.append({"index": delta.index, "delta": {"tool_calls": [_tool_call_delta(c) for c in delta.tool_calls]},
                         "logprobs": None, "finish_reason": None})

@@ -88,6 +88,12 @@ def logprobs_json(tokens, start: int = 0) -> tuple[CompletionLogprobs, int]:
     return {"tokens": texts, "token_logprobs": values, "top_logprobs": tops, "text_offset": offsets}, start
 
 
+def _text_choice(index: int, text: str) -> CompletionChoice:
+    """A streamed choice with text only: what render() makes of a delta with nothing but text when
+    there is neither echo nor logprobs."""
+    return {"index": index, "text": text, "logprobs": None, "finish_reason": None}
+
+
 async def create_completion(request: web.Request) -> web.StreamResponse:
     """Creates a completion for the provided prompt(s) (JSON or SSE)."""
     body = await parse_body(request, CompletionRequest)
@@ -115,7 +121,9 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
                 logprobs, offsets[index] = logprobs_json(delta.logprobs, offsets.get(index, 0))
             return [{"index": index, "text": text, "logprobs": logprobs, "finish_reason": reason}]
 
-        return await tc.respond_with_stream(request, upstreams, base, body.include_usage, render)
+        # without echo and logprobs, a text delta is a fixed choice around its text: encoded from a template
+        plain = None if body.echo or with_logprobs else _text_choice
+        return await tc.respond_with_stream(request, upstreams, base, body.include_usage, render, text_choice=plain)
 
     results = await asyncio.gather(*(tc.generate(request, p, input_param="prompt") for p in protos))
     choices: list[CompletionChoice] = []

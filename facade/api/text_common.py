@@ -33,7 +33,7 @@ from facade.clients import CLIENTS, unary
 from facade.errors import OpenAIError, from_grpc, invalid
 from facade.observability import MODEL, record_usage
 from facade.limits.meter import completion_bound, prompt_bound
-from facade.sse import EventStream
+from facade.sse import ChunkEncoder, EventStream
 from services.common.metrics import StreamTimer
 from services.text import limits
 
@@ -240,13 +240,17 @@ async def respond_with_stream(
     include_usage: bool,
     render: Callable[[pb.ChoiceDelta, int], Sequence[ChunkChoice]],
     opening: list[ChatCompletionChunkChoice] | None = None,
+    text_choice: Callable[[int, str], ChunkChoice] | None = None,
 ) -> web.StreamResponse:
     """Relays generation streams as OpenAI SSE chunks; the first stream's errors keep their HTTP status.
 
     Each event is a StreamChunk, `{**base, "choices": [...]}` (`base`: every field but choices).
     `upstreams` pairs each stream with the offset added to its choice indices (completions with
-    several prompts); `render` turns one delta into chunk choices. Every upstream call is cancelled
-    when the response ends for any reason, the client going away included.
+    several prompts); `render` turns one delta into chunk choices. `text_choice(index, text)`, where
+    given, is what `render` makes of a delta with nothing but text (at index `offset + delta.index`):
+    messages of such deltas, most of a stream, are encoded from templates (sse.ChunkEncoder), the same
+    bytes. Every upstream call is cancelled when the response ends for any reason, the client going
+    away included.
     """
     try:
         await upstreams[0][1].start()
@@ -254,6 +258,7 @@ async def respond_with_stream(
         await events.open()
         if include_usage:
             base = {**base, "usage": None}
+        encoder = ChunkEncoder(base, text_choice)
         if opening:
             await events.send({**base, "choices": opening})
         used = StreamUsage()
@@ -264,10 +269,15 @@ async def respond_with_stream(
                     await upstream.start()
                 async for message in upstream.messages():
                     used.see(message)
-                    choices = [c for delta in message.deltas for c in render(delta, offset)]
-                    if choices:
+                    deltas = message.deltas
+                    texts = _texts_only(deltas, offset) if text_choice is not None else None
+                    event = encoder.texts(texts) if texts else None
+                    if event is None:
+                        choices = [c for delta in deltas for c in render(delta, offset)]
+                        event = encoder.chunk(choices) if choices else None
+                    if event is not None:
                         timer.chunk()
-                        await events.send({**base, "choices": choices})
+                        await events.send_bytes(event)
             used.record(request)
             if include_usage:
                 await events.send({**base, "choices": [], "usage": usage_json(used.total)})
@@ -279,3 +289,14 @@ async def respond_with_stream(
     finally:
         for _, upstream in upstreams:
             upstream.cancel()
+
+
+def _texts_only(deltas: Sequence[pb.ChoiceDelta], offset: int) -> list[tuple[int, str]] | None:
+    """(index, text) of each delta when every one carries text and nothing else; else None."""
+    items = []
+    for delta in deltas:
+        text = delta.text
+        if not text or delta.finish_reason or delta.tool_calls or delta.logprobs:
+            return None
+        items.append((offset + delta.index, text))
+    return items

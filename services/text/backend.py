@@ -13,11 +13,13 @@ import asyncio
 import contextlib
 import logging
 import time
+import weakref
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 import grpc
 from opentelemetry import trace
+from tritonclient.grpc import service_pb2
 
 from services.common.channels import CALL_NOTES, TritonBackend
 from services.common.metrics import MIGRATION_SECONDS, MIGRATIONS
@@ -28,6 +30,8 @@ from services.text.contract import GenerationChunk, generation_request, parse_re
 __all__ = ["GenerationChunk", "TextBackend", "TritonTextBackend", "parse_response"]
 
 log = logging.getLogger(__name__)
+
+MODEL_STREAM_INFER = "/inference.GRPCInferenceService/ModelStreamInfer"
 
 
 class TextBackend(Protocol):
@@ -57,6 +61,7 @@ class TritonTextBackend(TritonBackend):
     def __init__(self, replicas, timeout_s: float, picker=None, max_attempts: int = 3, max_migrations: int = 3) -> None:
         super().__init__(replicas, timeout_s, picker, max_attempts)
         self._max_migrations = max_migrations
+        self._calls: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # replica -> ModelStreamInfer
 
     async def generate(
         self, model: str, prompt: str, sampling: dict[str, Any], stream: bool
@@ -140,9 +145,24 @@ class TritonTextBackend(TritonBackend):
             })
         log.info("generation moved off Triton replica %s after %d tokens", decision.replica.address, progress.tokens)
 
+    def _generation_call(self, replica):
+        """Triton's ModelStreamInfer on `replica`, called as a server-streaming RPC: one request and
+        the half-close go out in one batch, then the responses come (the same bytes on the wire as
+        the bidirectional stub sends for one request). The bidirectional call takes a separate
+        operation for each of them and a task to feed its request iterator: ~0.15 ms more of this
+        process's CPU per generation (measured on a 1-token call to the echo model: 0.63 vs 0.48 ms)."""
+        call = self._calls.get(replica)
+        if call is None:
+            replica.stub  # noqa: B018 - opens the replica's channel
+            call = self._calls[replica] = replica.channel.unary_stream(
+                MODEL_STREAM_INFER, request_serializer=service_pb2.ModelInferRequest.SerializeToString,
+                response_deserializer=service_pb2.ModelStreamInferResponse.FromString,
+            )
+        return call
+
     async def _stream(self, replica, request) -> AsyncIterator[GenerationChunk]:
         """The responses of one ModelStreamInfer call on `replica`; _Gone when the call fails."""
-        call = replica.stub.ModelStreamInfer(iter((request,)), timeout=self._call_timeout())
+        call = self._generation_call(replica)(request, timeout=self._call_timeout())
         exhausted = False
         try:
             while True:

@@ -112,3 +112,55 @@ def test_float_matrices_come_back_in_shape():
     values = triton_tensors.outputs(response)
     np.testing.assert_array_equal(values["embedding"], triton.InferResult(response).as_numpy("embedding"))
     assert values["embedding"].shape == (2, 3) and values["num_tokens"].reshape(-1).tolist() == [4, 9]
+
+
+NUMERIC = {"BOOL": np.bool_, "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
+           "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64, "FP16": np.float16,
+           "FP32": np.float32, "FP64": np.float64}
+TYPED = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
+         "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
+         "UINT64": "uint64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents"}
+
+
+@pytest.mark.parametrize("datatype", list(NUMERIC))
+@pytest.mark.parametrize("shape", [[1], [3], [2, 3], [0]])
+def test_flat_outputs_are_outputs_flattened(datatype, shape):
+    """The numpy-free reader of the per-token path gives exactly what outputs() gives, flattened."""
+    rng = np.random.default_rng(len(shape) + shape[0])
+    dtype = NUMERIC[datatype]
+    if dtype is np.bool_:
+        array = rng.integers(0, 2, shape).astype(np.bool_)
+    elif np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        array = rng.integers(info.min, info.max, shape, dtype=dtype, endpoint=True)
+    else:
+        array = (rng.standard_normal(shape) * 1e3).astype(dtype)
+    raw = service_pb2.ModelInferResponse(model_name="m")
+    raw.outputs.add(name="x", datatype=datatype, shape=shape)
+    raw.raw_output_contents.append(array.astype(array.dtype.newbyteorder("<")).tobytes())
+    raw.outputs.add(name="t", datatype="BYTES", shape=[2])
+    raw.raw_output_contents.append(_bytes_raw(["é中", ""]))
+    flat = triton_tensors.flat_outputs(raw)
+    assert flat["x"] == triton_tensors.outputs(raw)["x"].reshape(-1).tolist() == array.reshape(-1).tolist()
+    assert flat["t"] == ["é中", ""]
+    if datatype in TYPED:
+        typed = service_pb2.ModelInferResponse(model_name="m")
+        getattr(typed.outputs.add(name="x", datatype=datatype, shape=shape).contents, TYPED[datatype]).extend(
+            array.reshape(-1).tolist())
+        typed.outputs.add(name="t", datatype="BYTES").contents.bytes_contents.extend(["é中".encode(), b""])
+        assert triton_tensors.flat_outputs(typed) == flat
+
+
+def test_token_ids_rows_and_logprobs_of_a_response():
+    """output_token_ids [n, k], -1 padded, come back as each choice's ids; all-null logprobs as None."""
+    response = _raw_response([" a", " bc"], ["None", "stop"], 12, [1, 2])
+    response.outputs.add(name="output_token_ids", datatype="INT32", shape=[2, 2])
+    response.raw_output_contents.append(np.array([[5, -1], [7, 8]], "<i4").tobytes())
+    response.outputs.add(name="num_cached_tokens", datatype="UINT32", shape=[1])
+    response.raw_output_contents.append(np.array([8], "<u4").tobytes())
+    response.outputs.add(name="logprobs", datatype="BYTES", shape=[2])
+    response.raw_output_contents.append(_bytes_raw(["null", "null"]))
+    chunk = parse_response(response)
+    assert chunk.token_ids == [[5], [7, 8]] and chunk.num_cached_tokens == 8 and chunk.logprobs is None
+    assert (chunk.texts, chunk.finish_reasons, chunk.num_input_tokens, chunk.num_output_tokens) == (
+        [" a", " bc"], [None, "stop"], 12, [1, 2])
