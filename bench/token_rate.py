@@ -89,7 +89,7 @@ async def _streams(stack: LocalStack, model: str, streams: int, tokens: int) -> 
 
         async def one() -> None:
             nonlocal delivered
-            start = last = time.perf_counter()
+            last = time.perf_counter()  # the first gap is the time to first token
             first = True
             async with http.post(stack.config.base_url + "/chat/completions", json=body) as response:
                 response.raise_for_status()
