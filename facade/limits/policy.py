@@ -37,12 +37,17 @@ class Limits:
     tokens_per_month: int = 0
 
     def over(self, base: Limits) -> Limits:
-        """These limits where set (not None), `base`'s elsewhere."""
-        return replace(base, **{f.name: v for f in fields(self) if (v := getattr(self, f.name)) is not None})
+        """These limits where set (not None), `base`'s elsewhere (`base` itself when none is set:
+        the usual case, made on every request)."""
+        changes = {name: v for name in LIMIT_NAMES if (v := getattr(self, name)) is not None}
+        return replace(base, **changes) if changes else base
 
     @property
     def counts_tokens(self) -> bool:
         return bool(self.tpm or self.tokens_per_day or self.tokens_per_month)
+
+
+LIMIT_NAMES = tuple(f.name for f in fields(Limits))
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,10 @@ class LimitClaims:
     tokens_per_month: int | None = None
 
     over = Limits.over
+
+
+NO_LIMITS = Limits()
+NO_CLAIMS = LimitClaims()
 
 
 def limits_from(value: Any, where: str) -> LimitClaims:
@@ -155,5 +164,5 @@ class Policy:
         return claims.over(self.default)
 
     def model_limits(self, model: str, claims: Mapping[str, LimitClaims]) -> Limits:
-        configured = (self.per_model or {}).get(model, LimitClaims())
-        return claims.get(model, LimitClaims()).over(configured.over(Limits()))
+        configured = (self.per_model or {}).get(model, NO_CLAIMS)
+        return claims.get(model, NO_CLAIMS).over(configured.over(NO_LIMITS))
