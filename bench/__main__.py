@@ -12,7 +12,9 @@ stop it. Writes build/bench/report.{json,md,png}.
 - peer: the same Triton behind LiteLLM's proxy vs behind hubmesh (needs `make peer-venv`);
 - routing: 4 simulated Tritons behind the text service, round_robin / least_request / prefix (and
   prefix with 2 pickers) at the same offered load, on a shared-prefix and a no-shared-prefix workload
-  (bench/routing.py, its own stack, started once the main one is stopped).
+  (bench/routing.py, its own stack, started once the main one is stopped);
+- limits: the limiter's memory and cost per request with 100k subjects, in-process and in Redis
+  (bench/limits.py).
 """
 
 import asyncio
@@ -20,8 +22,8 @@ import json
 import os
 
 from bench import (
-    bench_config, cpu, embeddings_throughput, images_latency, overhead, peer_litellm, report, routing, text_stream,
-    token_rate,
+    bench_config, cpu, embeddings_throughput, images_latency, limits, overhead, peer_litellm, report, routing,
+    text_stream, token_rate,
 )
 from local.stack import ROOT, LocalStack
 
@@ -47,6 +49,7 @@ def main() -> None:
         results["routing"] = routing.measure()
     except Exception as err:  # noqa: BLE001 - the other figures are still written
         results["routing"] = {"error": f"{type(err).__name__}: {err}"}
+    results["limits"] = limits.measure()  # no stack: the limiter's stores alone (a private redis-server)
     written = report.write(results, ROOT / "build" / "bench")
     print(json.dumps(results, indent=2))
     print("written:", ", ".join(str(p) for p in written))
