@@ -74,8 +74,8 @@ def auth_middleware(allow: Callable[[web.Request], bool] = lambda request: False
                 raise meter.refused_for_budget(err) from None
             raise
         finally:
-            # shielded: a client that goes away cancels the handler, not the settlement
-            await asyncio.shield(meter.settle())
+            if meter.grants:  # shielded: a client that goes away cancels the handler, not the settlement
+                await asyncio.shield(meter.settle())
 
     return middleware
 
