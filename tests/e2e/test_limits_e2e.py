@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
 import time
 import uuid
@@ -36,7 +37,7 @@ pytestmark = pytest.mark.e2e
 SIM = "hubmesh/sim-llama-3-8b"
 KEY = "limits-key"
 REPORT = ROOT / "build" / "limits.json"
-POSTGRES_URL = "postgresql://127.0.0.1:5432/test"
+POSTGRES_URL = os.environ.get("HUBMESH_TEST_POSTGRES_URL", "postgresql://127.0.0.1:5432/test")
 
 
 @pytest.fixture(scope="module")
@@ -317,7 +318,7 @@ async def ledger_url(request, tmp_path):
     schema = f"hm_ledger_{uuid.uuid4().hex[:12]}"
     await admin.execute(f'CREATE SCHEMA "{schema}"')
     try:
-        yield f"{POSTGRES_URL}?search_path={schema}"
+        yield f"{POSTGRES_URL}{'&' if '?' in POSTGRES_URL else '?'}search_path={schema}"
     finally:
         await admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
         await admin.close()
