@@ -93,13 +93,8 @@ class EventStream:
         # written as is: JSON has no raw newlines to split into several `data:` lines. A stalled
         # client is still cut off: the ping task's writes time out and abort the connection.
         # `event` names the event (`event:` line), as the Responses API's typed events do.
-        if not self._ended:
-            head = b"event: " + event.encode() + b"\n" if event else b""
-            try:
-                await self._response.write(head + b"data: " + jsonio.dumps(payload) + b"\n\n")
-            except ConnectionResetError:
-                self._response.stop_streaming()
-                raise
+        head = b"event: " + event.encode() + b"\n" if event else b""
+        await self.send_bytes(head + b"data: " + jsonio.dumps(payload) + b"\n\n")
 
     async def send_bytes(self, event: bytes) -> None:
         """One or more whole events, already encoded (ChunkEncoder), in one write."""

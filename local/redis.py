@@ -58,7 +58,8 @@ class RedisServer:
         self.proc.send_signal(signal.SIGSTOP)
 
     def resume(self) -> None:
-        self.proc.send_signal(signal.SIGCONT)
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGCONT)
 
     def stop(self) -> None:
         if self.proc is not None:

@@ -262,6 +262,7 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
     """Creates a model response for the given chat conversation (JSON or SSE)."""
     body = await parse_body(request, ChatCompletionRequest)
     proto = body.to_proto(caller(request, body.user))
+    await tc.reserve_budget(request, proto)
     if body.stream:
         return await _stream(request, body, proto)
     result = await tc.generate(request, proto, input_param="messages")
@@ -290,7 +291,6 @@ async def _stream(request: web.Request, body: ChatCompletionRequest, proto: pb.G
         {"index": i, "delta": {"role": "assistant", "content": content}, "logprobs": None, "finish_reason": None}
         for i in range(body.n or 1)
     ]
-    await tc.reserve_budget(request, proto)
     upstream = tc.GenerationStream(request, proto, input_param="messages")
     render = _render_with_logprobs if body.logprobs else _render
     return await tc.respond_with_stream(request, [(0, upstream)], base, body.include_usage, render, opening,

@@ -101,9 +101,9 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
     n = body.n or 1
     base = {"id": tc.new_id("cmpl"), "object": "text_completion", "created": tc.now(), "model": body.model}
     prompts = body.prompts
+    for proto in protos:  # every reservation before any call starts: a refusal leaves nothing running
+        await tc.reserve_budget(request, proto)
     if body.stream:
-        for proto in protos:
-            await tc.reserve_budget(request, proto)
         upstreams = [(i * n, tc.GenerationStream(request, p, input_param="prompt")) for i, p in enumerate(protos)]
 
         echoed: set[int] = set()  # with echo, each choice's first chunk starts with its prompt

@@ -58,7 +58,7 @@ async def create_embeddings(request: web.Request) -> web.Response:
     clients = request.app[CLIENTS]
     proto = body.to_proto(caller(request, body.user))
     # input tokens never exceed the bytes of the input; what is used is settled when the call ends
-    await reserve_tokens(request, body.model, max(1, proto.ByteSize()))
+    await reserve_tokens(request, body.model, proto.ByteSize())
     call = clients.embeddings.Embed(proto, timeout=clients.timeout_s, metadata=clients.metadata)
     result = await unary(call, "embeddings", default_param="input")
     record_usage(request, result.prompt_tokens)

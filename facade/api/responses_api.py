@@ -547,6 +547,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     items = conversation(prior, new_items)
     proto = to_proto(body, items, request)
     created = Created(store if body.stores else None, subject, items)
+    await tc.reserve_budget(request, proto)
     if body.stream:
         return await _stream(request, body, proto, created)
     try:
@@ -679,7 +680,6 @@ async def _stream(request: web.Request, body: ResponseRequest, proto: pb.Generat
                   created: Created) -> web.StreamResponse:
     """The typed event stream; the first upstream message (or error) is read before any byte is
     sent, so errors such as an unknown model keep their HTTP status."""
-    await tc.reserve_budget(request, proto)
     upstream = tc.GenerationStream(request, proto, input_param="input")
     try:
         try:

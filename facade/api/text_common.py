@@ -32,7 +32,6 @@ from facade.auth.middleware import reserve_tokens
 from facade.clients import CLIENTS, unary
 from facade.errors import OpenAIError, from_grpc, invalid
 from facade.observability import MODEL, record_usage
-from facade.limits.meter import completion_bound, prompt_bound
 from facade.sse import ChunkEncoder, EventStream
 from services.common.metrics import StreamTimer
 from services.text import limits
@@ -169,20 +168,19 @@ def add_usage(total: pb.Usage, part: pb.Usage) -> None:
 
 async def reserve_budget(http: web.Request, request: pb.GenerateRequest) -> None:
     """Reserves what the generation can cost against the caller's token limits, if any apply, and
-    sets what they grant as the request's token_budget (the text service keeps it within)."""
+    sets what they grant as the request's token_budget (the text service keeps it within). Each
+    handler reserves every generation of its request before it starts any."""
     sampling = request.sampling
-    n = sampling.n if sampling.HasField("n") else 1
-    max_tokens = sampling.max_tokens if sampling.HasField("max_tokens") else None
     granted = await reserve_tokens(
-        http, request.model,
-        lambda cap: prompt_bound(request.ByteSize()) + completion_bound(n, max_tokens, cap))
+        http, request.model, request.ByteSize(), choices=sampling.n if sampling.HasField("n") else 1,
+        max_tokens=sampling.max_tokens if sampling.HasField("max_tokens") else None)
     if granted is not None:
         request.token_budget = granted
 
 
 async def generate(http: web.Request, request: pb.GenerateRequest, input_param: str) -> pb.GenerateResponse:
-    """Unary Generate; gRPC failures become OpenAI errors. Cancelling the caller cancels the call."""
-    await reserve_budget(http, request)
+    """Unary Generate; gRPC failures become OpenAI errors. Cancelling the caller cancels the call.
+    The request's token budget is reserved first (reserve_budget)."""
     clients = http.app[CLIENTS]
     call = clients.text.Generate(request, timeout=clients.timeout_s, metadata=clients.metadata)
     result = await unary(call, "text", default_param=input_param)
@@ -193,7 +191,8 @@ async def generate(http: web.Request, request: pb.GenerateRequest, input_param: 
 class GenerationStream:
     """A GenerateStream call whose first message (or error) is read before any HTTP byte is sent,
     so that errors such as an unknown model still get their own HTTP status. The request's token
-    budget is reserved first (await reserve_budget(http, request) before making one)."""
+    budget is reserved first (await reserve_budget(http, request) before making one: every
+    reservation of a request before any of its calls starts, so that a refusal leaves none running)."""
 
     def __init__(self, http: web.Request, request: pb.GenerateRequest, input_param: str) -> None:
         clients = http.app[CLIENTS]

@@ -108,13 +108,14 @@ async def admit_model(request: web.Request, model: str) -> None:
         await meter.admit_model(model)
 
 
-async def reserve_tokens(request: web.Request, model: str, want: int | Callable[[int], int]) -> int | None:
-    """Reserves up to `want` tokens (or want(reserve cap), computed only when a token limit
-    applies) for a model call: the tokens granted, or None when no token limit applies."""
+async def reserve_tokens(request: web.Request, model: str, input_bytes: int, choices: int = 0,
+                         max_tokens: int | None = None) -> int | None:
+    """Reserves what a model call can cost (Meter.cost_bound) against the caller's token limits:
+    the tokens granted, or None when no token limit applies."""
     meter = request.get(METER)
     if meter is None or not meter.counts_tokens(model):
         return None
-    return await meter.reserve(model, want(meter.reserve_cap) if callable(want) else want)
+    return await meter.reserve(model, meter.cost_bound(input_bytes, choices, max_tokens))
 
 
 def subject_of(request: web.Request) -> str:

@@ -67,10 +67,6 @@ class Limiter:
         self._owed: deque[tuple[Sequence[Spec], int]] = deque(maxlen=MAX_OWED)
         self._replay: asyncio.Task | None = None
 
-    @property
-    def backend(self) -> str:
-        return "redis" if self.shared is not None else "local"
-
     def _usable(self) -> bool:
         return self.shared is not None and self.clock() >= self._down_until
 

@@ -106,6 +106,13 @@ class Meter:
         self._bound_by.append(specs[binding] if binding >= 0 else None)
         return granted
 
+    def cost_bound(self, input_bytes: int, choices: int = 0, max_tokens: int | None = None) -> int:
+        """The most a call can cost: its input's tokens (never more than its bytes; a generation's
+        prompt also gets its template, prompt_bound) plus what `choices` can generate."""
+        if not choices:
+            return max(1, input_bytes)
+        return prompt_bound(input_bytes) + completion_bound(choices, max_tokens, self.reserve_cap)
+
     def use(self, tokens: int) -> None:
         """What the request really used, all its calls together (record_usage)."""
         self.used = tokens

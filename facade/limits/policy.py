@@ -21,7 +21,7 @@ import hashlib
 import json
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 WINDOW_S = 60.0  # rpm's window and tpm's refill period
@@ -158,11 +158,11 @@ class Policy:
     """The configured limits: a default for every subject, and per model."""
 
     default: Limits = Limits()
-    per_model: Mapping[str, LimitClaims] = None  # type: ignore[assignment]
+    per_model: Mapping[str, LimitClaims] = field(default_factory=dict)
 
     def subject_limits(self, claims: LimitClaims) -> Limits:
         return claims.over(self.default)
 
     def model_limits(self, model: str, claims: Mapping[str, LimitClaims]) -> Limits:
-        configured = (self.per_model or {}).get(model, NO_CLAIMS)
+        configured = self.per_model.get(model, NO_CLAIMS)
         return claims.get(model, NO_CLAIMS).over(configured.over(NO_LIMITS))

@@ -8,6 +8,7 @@ import json
 import aiohttp
 
 from local.stack import MODALITIES, ROOT, LocalStack, StackConfig, prometheus_sum
+from tests.e2e.figures import record as figures_record
 
 KEY = "migration-key"
 REPORT = ROOT / "build" / "migration.json"
@@ -15,10 +16,7 @@ TEXT_ONLY = tuple(m for m in MODALITIES if m.name == "text")
 
 
 def record(name: str, figures: dict) -> None:
-    REPORT.parent.mkdir(parents=True, exist_ok=True)
-    report = json.loads(REPORT.read_text()) if REPORT.exists() else {}
-    report[name] = figures
-    REPORT.write_text(json.dumps(report, indent=2))
+    figures_record(REPORT, name, figures)
 
 
 def text_stack(tmp_path_factory, name: str, replicas: int, sim: bool) -> LocalStack:

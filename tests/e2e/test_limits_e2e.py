@@ -32,6 +32,7 @@ from local import processes
 from local.redis import RedisServer
 from local.stack import ROOT, LocalStack, StackConfig
 from tests.e2e.migration_support import TEXT_ONLY
+from tests.e2e.figures import record as figures_record
 
 pytestmark = pytest.mark.e2e
 SIM = "hubmesh/sim-llama-3-8b"
@@ -62,10 +63,7 @@ def redis_server(stack):
 
 
 def record(name: str, figures: dict) -> None:
-    REPORT.parent.mkdir(parents=True, exist_ok=True)
-    report = json.loads(REPORT.read_text()) if REPORT.exists() else {}
-    report[name] = figures
-    REPORT.write_text(json.dumps(report, indent=2))
+    figures_record(REPORT, name, figures)
 
 
 class Facades:

@@ -17,6 +17,7 @@ import pytest
 
 from local.stack import MODALITIES, ROOT, LocalStack, StackConfig
 from tests.e2e.conftest import wait_for
+from tests.e2e.figures import record as figures_record
 
 pytestmark = pytest.mark.e2e
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -39,10 +40,7 @@ def stack(tmp_path_factory):
 
 
 def record(name: str, figures: dict) -> None:
-    REPORT.parent.mkdir(parents=True, exist_ok=True)
-    report = json.loads(REPORT.read_text()) if REPORT.exists() else {}
-    report[name] = figures
-    REPORT.write_text(json.dumps(report, indent=2))
+    figures_record(REPORT, name, figures)
 
 
 def requests_mix(i: int) -> tuple[str, dict]:

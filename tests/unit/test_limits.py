@@ -5,6 +5,7 @@ and the memory bound of the in-process store."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import tracemalloc
 import uuid
@@ -209,12 +210,23 @@ async def _until(check, timeout_s: float = 10.0) -> None:
         await asyncio.sleep(0.05)
 
 
+@contextlib.asynccontextmanager
+async def private_limiter(tmp_path, mode: str, timeout_s: float = 0.25, retry_s: float = 0.2):
+    """A limiter on a private redis-server of its own, which the test may kill, pause or restart."""
+    server = RedisServer(tmp_path / "redis.log").start()
+    limiter = create_limiter(server.url, mode, timeout_s=timeout_s, retry_s=retry_s)
+    try:
+        yield server, limiter
+    finally:
+        server.resume()  # a paused server stops as any other
+        await limiter.close()
+        server.stop()
+
+
 @pytest.mark.parametrize("mode", ["fail_open", "fail_closed"])
 async def test_redis_down_then_back(tmp_path, mode):
-    server = RedisServer(tmp_path / "redis.log").start()
-    limiter = create_limiter(server.url, mode, timeout_s=0.25, retry_s=0.3)
     spec = [log(1000)]
-    try:
+    async with private_limiter(tmp_path, mode, retry_s=0.3) as (server, limiter):
         assert await limiter.hit(spec, "a") == 0
         assert await limiter.shared.client.zcard(spec[0].key) == 1
         server.kill()
@@ -238,16 +250,11 @@ async def test_redis_down_then_back(tmp_path, mode):
             return await limiter.shared.client.zcard(spec[0].key) > 0
 
         await _until(counted_in_redis)  # recovers by itself (a restarted Redis has lost its counters)
-    finally:
-        await limiter.close()
-        server.stop()
 
 
 async def test_settlements_owed_to_redis_are_replayed(tmp_path):
-    server = RedisServer(tmp_path / "redis.log").start()
-    limiter = create_limiter(server.url, "fail_open", timeout_s=0.25, retry_s=0.2)
     day = budget(1000)
-    try:
+    async with private_limiter(tmp_path, "fail_open") as (server, limiter):
         grant, _ = await limiter.reserve([day], 600)
         server.kill()
         await limiter.settle(grant, 100)  # 500 to give back; Redis is gone
@@ -260,15 +267,10 @@ async def test_settlements_owed_to_redis_are_replayed(tmp_path):
             return int(await limiter.shared.client.get(day.key)) == 100
 
         await _until(repaid)
-    finally:
-        await limiter.close()
-        server.stop()
 
 
 async def test_a_hung_redis_counts_as_down(tmp_path):
-    server = RedisServer(tmp_path / "redis.log").start()
-    limiter = create_limiter(server.url, "fail_closed", timeout_s=0.1, retry_s=0.2)
-    try:
+    async with private_limiter(tmp_path, "fail_closed", timeout_s=0.1) as (server, limiter):
         assert await limiter.hit([log(10)], "a") == 0
         server.pause()
         started = time.monotonic()
@@ -284,10 +286,6 @@ async def test_a_hung_redis_counts_as_down(tmp_path):
                 return False
 
         await _until(answers)
-    finally:
-        server.resume()
-        await limiter.close()
-        server.stop()
 
 
 # -- memory ---------------------------------------------------------------------------------------------------
@@ -313,16 +311,13 @@ async def test_local_store_memory_is_bounded_with_100k_subjects():
 
 
 async def test_a_redis_that_refuses_writes_is_an_outage_not_a_500(tmp_path):
-    server = RedisServer(tmp_path / "redis.log").start()
-    limiter = create_limiter(server.url, "fail_open", timeout_s=0.25, retry_s=0.2)
-    admin = redis.asyncio.Redis.from_url(server.url)
-    try:
-        # a read-only replica (as after a failover that went wrong): every write is refused
-        await admin.execute_command("REPLICAOF", "127.0.0.1", str(processes.free_port()))
-        assert await limiter.hit([log(5)], "a") == 0  # served, counted in this process
-        assert len(limiter.local) == 1
-        await admin.execute_command("REPLICAOF", "NO", "ONE")
-    finally:
-        await admin.aclose()
-        await limiter.close()
-        server.stop()
+    async with private_limiter(tmp_path, "fail_open") as (server, limiter):
+        admin = redis.asyncio.Redis.from_url(server.url)
+        try:
+            # a read-only replica (as after a failover that went wrong): every write is refused
+            await admin.execute_command("REPLICAOF", "127.0.0.1", str(processes.free_port()))
+            assert await limiter.hit([log(5)], "a") == 0  # served, counted in this process
+            assert len(limiter.local) == 1
+            await admin.execute_command("REPLICAOF", "NO", "ONE")
+        finally:
+            await admin.aclose()
