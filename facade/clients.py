@@ -16,6 +16,7 @@ from facade.auth.middleware import subject_of
 from facade.errors import from_grpc
 from facade.observability import USER
 from facade.settings import Settings
+from facade.text_streams import TextStreams
 from hubmesh.common.v1 import common_pb2 as common_pb
 from hubmesh.embeddings.v1 import embeddings_pb2_grpc as embeddings_grpc
 from hubmesh.images.v1 import images_pb2_grpc as images_grpc
@@ -49,9 +50,10 @@ SERVICE_NAMES = {
 
 @dataclass
 class Clients:
-    """One stub per modality service."""
+    """One stub per modality service; generation streams go over `text_streams`."""
 
     text: text_grpc.TextGenerationStub
+    text_streams: TextStreams
     embeddings: embeddings_grpc.EmbeddingsStub
     images: images_grpc.ImagesStub
     health: dict[str, health_pb2_grpc.HealthStub]
@@ -62,7 +64,11 @@ class Clients:
     def metadata(self) -> tuple[tuple[str, str], ...]:
         """gRPC metadata of every call to the services: the internal secret, nothing else. Who the
         call is for travels in the request message (`caller`), where any Unicode is fine."""
-        return ((SECRET_METADATA_KEY, self.internal_secret),) if self.internal_secret else ()
+        return service_metadata(self.internal_secret)
+
+
+def service_metadata(internal_secret: str) -> tuple[tuple[str, str], ...]:
+    return ((SECRET_METADATA_KEY, internal_secret),) if internal_secret else ()
 
 
 def caller(request: web.Request, user: str | None = None) -> common_pb.Caller:
@@ -91,8 +97,11 @@ def clients_ctx(settings: Settings):
                 ("images", settings.images_target),
             )
         }
+        text = text_grpc.TextGenerationStub(channels["text"])
+        metadata = service_metadata(settings.internal_secret)
         app[CLIENTS] = Clients(
-            text=text_grpc.TextGenerationStub(channels["text"]),
+            text=text,
+            text_streams=TextStreams(text, metadata, settings.text_links, settings.text_link_max_age_s),
             embeddings=embeddings_grpc.EmbeddingsStub(channels["embeddings"]),
             images=images_grpc.ImagesStub(channels["images"]),
             health={name: health_pb2_grpc.HealthStub(channel) for name, channel in channels.items()},
@@ -100,6 +109,7 @@ def clients_ctx(settings: Settings):
             internal_secret=settings.internal_secret,
         )
         yield
+        await app[CLIENTS].text_streams.close()
         for channel in channels.values():
             await channel.close(grace=None)
 

@@ -58,6 +58,11 @@ class Settings(EnvSettings):
     redis_retry_s: Seconds = 1.0  # after an outage, how long before Redis is tried again
     limits_local_max_keys: PositiveInt = 100_000  # counters the in-process store keeps at most (LRU)
     text_target: str = "127.0.0.1:50051"
+    # Generation streams ride on this many long-lived GenerateMany calls to the text service
+    # (facade/text_streams.py; at least its replica count, so that every replica gets streams), each
+    # retired after text_link_max_age_s so that they follow replicas added or removed.
+    text_links: PositiveInt = 4
+    text_link_max_age_s: Seconds = 60.0
     embeddings_target: str = "127.0.0.1:50052"
     images_target: str = "127.0.0.1:50053"
     # Shared secret the services require on every call (HUBMESH_INTERNAL_SECRET on both sides).

@@ -196,7 +196,7 @@ class GenerationStream:
 
     def __init__(self, http: web.Request, request: pb.GenerateRequest, input_param: str) -> None:
         clients = http.app[CLIENTS]
-        self._call = clients.text.GenerateStream(request, timeout=clients.timeout_s, metadata=clients.metadata)
+        self._call = clients.text_streams.open(request, clients.timeout_s)
         self._input_param = input_param
         self._first: pb.GenerateStreamResponse | None = None
 

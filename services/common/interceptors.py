@@ -1,8 +1,14 @@
-"""Server interceptors that wrap each call of a service: admission control, call metrics, the access log."""
+"""Server interceptors that wrap each call of a service: admission control, call metrics, the access log.
+
+A multiplexing call (a bidirectional one carrying many calls, services.text.multiplex) is not a call
+of its own to them: each interceptor adds its `around` to SUBCALL_AROUNDS for it instead, and the
+multiplexer enters them around each call it carries, in the same order.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -19,6 +25,9 @@ from services.common.metrics import IN_FLIGHT, LATENCY, REQUESTS
 access_log = logging.getLogger("hubmesh.access")
 
 Around = Callable[[str, Any, grpc.aio.ServicerContext], contextlib.AbstractAsyncContextManager]
+
+# Inside a multiplexing call: what to enter around each call it carries, outermost first.
+SUBCALL_AROUNDS: contextvars.ContextVar[tuple[Around, ...]] = contextvars.ContextVar("subcall_arounds", default=())
 
 
 def wrap_handler(handler: grpc.RpcMethodHandler, endpoint: str, around: Around) -> grpc.RpcMethodHandler:
@@ -40,6 +49,17 @@ def wrap_handler(handler: grpc.RpcMethodHandler, endpoint: str, around: Around) 
                     yield item
 
         return grpc.unary_stream_rpc_method_handler(stream, handler.request_deserializer, handler.response_serializer)
+    if handler.stream_stream:  # a multiplexing call: `around` goes around each call it carries
+        inner_mux = handler.stream_stream
+
+        async def mux(requests, context):
+            token = SUBCALL_AROUNDS.set((*SUBCALL_AROUNDS.get(), around))
+            try:
+                return await inner_mux(requests, context)
+            finally:
+                SUBCALL_AROUNDS.reset(token)
+
+        return grpc.stream_stream_rpc_method_handler(mux, handler.request_deserializer, handler.response_serializer)
     return handler
 
 

@@ -45,6 +45,13 @@ def _denying_like(handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandle
         await abort(context, status)
         yield  # pragma: no cover - makes this an async generator
 
+    async def bidi(requests, context):
+        await abort(context, status)
+
+    if handler is not None and handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(
+            bidi, handler.request_deserializer, handler.response_serializer
+        )
     if handler is not None and handler.response_streaming:
         return grpc.unary_stream_rpc_method_handler(
             stream, handler.request_deserializer, handler.response_serializer

@@ -108,8 +108,10 @@ async def serve(
     is_ready: Callable[[], Awaitable[bool]],
     options: ServeOptions,
     on_stop: Callable[[], Awaitable[None]] | None = None,
+    on_drain: Callable[[], None] | None = None,
 ) -> None:
-    """Serves until SIGTERM/SIGINT; then NOT_SERVING, drain for `options.grace_s`, stop."""
+    """Serves until SIGTERM/SIGINT; then NOT_SERVING, `on_drain()` (multiplexing callers are told to
+    open no more streams here), drain for `options.grace_s`, stop."""
     if options.metrics_port:
         start_http_server(options.metrics_port, addr=listen.rsplit(":", 1)[0].strip("[]") or "0.0.0.0")
     interceptors = telemetry.server_interceptors() if telemetry.tracing_enabled() else []
@@ -141,6 +143,8 @@ async def serve(
     log.info("stopping: NOT_SERVING, draining for up to %.0f s", grace_s)
     await watcher
     await _set_health(health_servicer, service_names, NOT_SERVING)
+    if on_drain is not None:
+        on_drain()
     await server.stop(grace_s)
     if on_stop is not None:
         await on_stop()
@@ -222,6 +226,7 @@ def run_modality_service(
                 [service_name],
                 servicer.is_ready,
                 options,
+                on_drain=getattr(servicer, "drain", None),
             )
         finally:
             for task in wiring.tasks:

@@ -98,11 +98,24 @@ class _MetadataSetter:
         carrier[key] = value
 
 
+# Multiplexing calls (GenerateMany) live for minutes and carry many calls: each carried call gets a
+# span of its own (services.text.multiplex on the server, facade.text_streams on the client), the
+# carrying call none.
+MULTIPLEXING_METHODS = ("GenerateMany",)
+
+
+def _not_multiplexing():
+    from opentelemetry.instrumentation.grpc import filters
+
+    return filters.negate(filters.any_of(*(filters.method_name(m) for m in MULTIPLEXING_METHODS)))
+
+
 def client_interceptors() -> list:
     """Tracing for the façade's channels: OpenTelemetry's stream interceptors, our unary one."""
     from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
-    kept = [i for i in aio_client_interceptors() if not isinstance(i, grpc.aio.UnaryUnaryClientInterceptor)]
+    kept = [i for i in aio_client_interceptors(filter_=_not_multiplexing())
+            if not isinstance(i, grpc.aio.UnaryUnaryClientInterceptor)]
     return [TracingUnaryInterceptor(), *kept]
 
 
@@ -110,7 +123,7 @@ def server_interceptors() -> list:
     """The OpenTelemetry grpc.aio server interceptor (a no-op when tracing is not configured)."""
     from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
-    return [aio_server_interceptor()]
+    return [aio_server_interceptor(filter_=_not_multiplexing())]
 
 
 def set_genai_attributes(**attributes) -> None:

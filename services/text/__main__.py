@@ -17,7 +17,8 @@ if __name__ == "__main__":
             replicas, settings.triton_timeout_s, make_picker(settings.routing, **settings.picker_options()),
             max_migrations=settings.max_migrations,
         ),
-        lambda wiring: TextGenerationServicer(wiring.backend, wiring.catalog),
+        lambda wiring: TextGenerationServicer(wiring.backend, wiring.catalog,
+                                              flush_interval_s=wiring.settings.stream_flush_ms / 1000),
         pb_grpc.add_TextGenerationServicer_to_server,
         "hubmesh.text.v1.TextGeneration",
     )

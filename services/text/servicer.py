@@ -27,6 +27,7 @@ from services.text import budget
 from services.text.backend import GenerationChunk, TextBackend
 from services.text.catalog import ModelEntry
 from services.text.contract import TokenLogprob
+from services.text.multiplex import Multiplexer
 from services.text.structured import Mode, OutputPlan, plan_output
 from services.text.tool_calls import CallStart, Content, Event, ToolCallParser
 
@@ -91,6 +92,12 @@ class TextGenerationServicer(CatalogServicer[ModelEntry], pb_grpc.TextGeneration
     """Chat and completion generation in front of a TextBackend (Triton in production)."""
 
     _backend: TextBackend
+
+    def __init__(self, backend: TextBackend, catalog, flush_interval_s: float = 0.0) -> None:
+        super().__init__(backend, catalog)
+        self.flush_interval_s = flush_interval_s  # of GenerateMany's writes (services.text.multiplex)
+        self._multiplexers: set[Multiplexer] = set()
+        self._draining = False
 
     def details(self, entry: ModelEntry) -> dict[str, Any]:
         return {"text": common_pb.TextModelDetails(context_length=entry.context_length)}
@@ -204,6 +211,24 @@ class TextGenerationServicer(CatalogServicer[ModelEntry], pb_grpc.TextGeneration
             ])
         _report(entry.id, usage, [_reason_name(finished[i]) for i in sorted(finished)])
         yield pb.GenerateStreamResponse(model=entry.id, usage=usage)
+
+
+    async def GenerateMany(self, requests: AsyncIterator[pb.GenerateManyRequest], context) -> None:
+        """GenerateStream calls carried by one call (services.text.multiplex)."""
+        mux = Multiplexer(self.GenerateStream, "GenerateStream", context, self.flush_interval_s)
+        self._multiplexers.add(mux)
+        if self._draining:
+            mux.drain()
+        try:
+            await mux.run(requests)
+        finally:
+            self._multiplexers.discard(mux)
+
+    def drain(self) -> None:
+        """The service is stopping: every GenerateMany caller is told to open no more streams on it."""
+        self._draining = True
+        for mux in self._multiplexers:
+            mux.drain()
 
 
 def _render_chat(entry: ModelEntry, request: pb.GenerateRequest, plan: OutputPlan) -> str:

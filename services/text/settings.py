@@ -43,6 +43,10 @@ class Settings(ServiceSettings):
     max_migrations: int = Field(3, ge=0)
     # how often each replica's engine load is read from its metrics port
     triton_scrape_interval_s: Seconds = 0.5
+    # GenerateMany (the façade's streams): least time between two writes of one call, so that under
+    # load more tokens share a message (less CPU per token, up to this much more inter-token
+    # latency); 0: every write as soon as there is something to send
+    stream_flush_ms: float = Field(0.0, ge=0, le=50)
 
     def replica_options(self) -> dict:
         # the prefix picker weighs the engines' own queues: read them

@@ -8,7 +8,8 @@ from hubmesh.common.v1 import common_pb2 as common_pb
 from services.common.errors import reason_and_field
 from hubmesh.text.v1 import text_generation_pb2 as pb
 from hubmesh.text.v1 import text_generation_pb2_grpc as pb_grpc
-from facade.clients import Clients
+from facade.clients import service_metadata
+from facade.text_streams import TextStreams
 from services.common.internal_auth import RequireSecret
 from services.text.servicer import TextGenerationServicer
 from tests.fakes import FakeTextBackend, chunk
@@ -41,6 +42,15 @@ async def test_calls_without_the_secret_are_unauthenticated(target):
             async for _ in stub.GenerateStream(REQUEST):
                 pass
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(grpc.aio.AioRpcError) as err:  # the multiplexing call too: none of its streams start
+            async for _ in stub.GenerateMany(iter([pb.GenerateManyRequest(open=[pb.StreamOpen(id=1, request=REQUEST)])])):
+                pass
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        streams = TextStreams(stub, ())
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await streams.open(REQUEST, 5.0).read()
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        await streams.close()
         # the kubelet's probes need no secret
         reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""))
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
@@ -48,8 +58,7 @@ async def test_calls_without_the_secret_are_unauthenticated(target):
 
 def _facade_metadata(secret: str) -> tuple[tuple[str, str], ...]:
     """What the façade sends with every call (its Clients carry the configured secret)."""
-    clients = Clients(text=None, embeddings=None, images=None, health={}, timeout_s=5.0, internal_secret=secret)
-    return clients.metadata
+    return service_metadata(secret)
 
 
 async def test_wrong_secret_rejected_and_right_secret_accepted(target):
@@ -63,4 +72,10 @@ async def test_wrong_secret_rejected_and_right_secret_accepted(target):
         assert metadata == (("hubmesh-internal-secret", "internal-s3cret"),)  # who the call is for: in the message
         assert (await stub.Generate(REQUEST, metadata=metadata)).choices[0].text == "ok"
         assert [m async for m in stub.GenerateStream(REQUEST, metadata=metadata)][-1].HasField("usage")
+        streams = TextStreams(stub, metadata)
+        stream, messages = streams.open(REQUEST, 5.0), []
+        while (message := await stream.read()) is not grpc.aio.EOF:
+            messages.append(message)
+        assert messages[-1].HasField("usage") and messages[0].deltas[0].text == "ok"
+        await streams.close()
         assert (await stub.ListModels(common_pb.ListModelsRequest(), metadata=metadata)).models

@@ -108,6 +108,8 @@ FACADE_NAMES = {
     "redis_retry_s": "HUBMESH_REDIS_RETRY_S",
     "limits_local_max_keys": "HUBMESH_LIMITS_LOCAL_MAX_KEYS",
     "text_target": "HUBMESH_TEXT_TARGET",
+    "text_links": "HUBMESH_TEXT_LINKS",
+    "text_link_max_age_s": "HUBMESH_TEXT_LINK_MAX_AGE_S",
     "embeddings_target": "HUBMESH_EMBEDDINGS_TARGET",
     "images_target": "HUBMESH_IMAGES_TARGET",
     "internal_secret": "HUBMESH_INTERNAL_SECRET",

@@ -1,0 +1,255 @@
+"""Generation streams to the text service, carried by a few long-lived GenerateMany calls ("links").
+
+A streamed token would otherwise cost a gRPC message of its own on this hop, about half of what the
+façade spends per token; over a link, every token the service produced in one turn of its event loop,
+of whichever streams, arrives in one message (services.text.multiplex). A stream read from here
+behaves as its GenerateStream call did: the same messages, and the same grpc.aio.AioRpcError
+(code, message, status details) when it fails, so that callers map errors one way (facade.errors).
+
+Links spread over the service's replicas as calls do (the channel's round_robin policy gives each
+new call the next replica): a stream goes to the link with the fewest open streams. A link retires —
+takes no new streams and closes once its own have ended — when it is `max_age_s` old (so that links
+follow replicas added or removed, as the server's connection age would make calls do) or when its
+replica says it is stopping; the next stream opens a link in its place. A link that breaks (its
+replica gone) fails its open streams with UNAVAILABLE, as their calls would have.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import logging
+import time
+
+import grpc
+from google.rpc import status_pb2
+from opentelemetry import propagate, trace
+
+from hubmesh.text.v1 import text_generation_pb2 as pb
+from hubmesh.text.v1 import text_generation_pb2_grpc as text_grpc
+from services.common.telemetry import tracing_enabled
+
+log = logging.getLogger(__name__)
+
+METHOD = "/hubmesh.text.v1.TextGeneration/GenerateStream"  # what each carried stream is, and its span's name
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
+CODES = {code.value[0]: code for code in grpc.StatusCode}
+DEADLINE_GRACE_S = 1.0  # past a stream's deadline, the façade gives up waiting for the service's own word
+
+
+def status_error(status_bytes: bytes) -> grpc.aio.AioRpcError:
+    """The error a GenerateStream call ending with this google.rpc.Status would have raised."""
+    status = status_pb2.Status.FromString(status_bytes)
+    trailing = grpc.aio.Metadata((STATUS_DETAILS_KEY, status_bytes)) if status.details else grpc.aio.Metadata()
+    return grpc.aio.AioRpcError(CODES.get(status.code, grpc.StatusCode.UNKNOWN), grpc.aio.Metadata(), trailing,
+                                details=status.message)
+
+
+def _unavailable(details: str) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details)
+
+
+class TextStream:
+    """One generation stream on a link: read() its messages, cancel() it."""
+
+    __slots__ = ("_link", "id", "_messages", "_waiter", "_error", "_ended", "_timer", "_span")
+
+    def __init__(self, link: _Link, stream_id: int, timeout_s: float | None, span) -> None:
+        self._link = link
+        self.id = stream_id
+        self._messages: collections.deque[pb.GenerateStreamResponse] = collections.deque()
+        self._waiter: asyncio.Future | None = None
+        self._error: grpc.aio.AioRpcError | None = None
+        self._ended = False
+        self._span = span
+        self._timer = None if timeout_s is None else asyncio.get_running_loop().call_later(
+            timeout_s + DEADLINE_GRACE_S, self._overdue)
+
+    async def read(self) -> pb.GenerateStreamResponse | object:
+        """The next message, grpc.aio.EOF after the last; raises grpc.aio.AioRpcError if the stream failed."""
+        while not self._messages:
+            if self._ended:
+                if self._error is not None:
+                    raise self._error
+                return grpc.aio.EOF
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._messages.popleft()
+
+    def done(self) -> bool:
+        return self._ended
+
+    def cancel(self) -> None:
+        """Stops the stream upstream, unless it has ended."""
+        if not self._ended:
+            self._end(grpc.aio.AioRpcError(grpc.StatusCode.CANCELLED, grpc.aio.Metadata(), grpc.aio.Metadata(),
+                                           details="Locally cancelled by application!"))
+            self._link.cancel(self.id)
+
+    # called by the link
+    def _push(self, message: pb.GenerateStreamResponse) -> None:
+        self._messages.append(message)
+        self._wake()
+
+    def _end(self, error: grpc.aio.AioRpcError | None) -> None:
+        if self._ended:
+            return
+        self._ended, self._error = True, error
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._span is not None:
+            self._span.set_attribute("rpc.grpc.status_code", (error.code() if error else grpc.StatusCode.OK).value[0])
+            self._span.end()
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _overdue(self) -> None:
+        self._timer = None
+        if not self._ended:
+            self._end(grpc.aio.AioRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, grpc.aio.Metadata(),
+                                           grpc.aio.Metadata(), details="Deadline Exceeded"))
+            self._link.cancel(self.id)
+
+
+class _Link:
+    """One GenerateMany call: a writer sends opens and cancels (all that queued up, in one message),
+    a reader hands each frame to its stream."""
+
+    def __init__(self, stub: text_grpc.TextGenerationStub, metadata) -> None:
+        self._call = stub.GenerateMany(metadata=metadata)
+        self.streams: dict[int, TextStream] = {}
+        self._ids = itertools.count(1)
+        self._opens: list[pb.StreamOpen] = []
+        self._cancels: list[int] = []
+        self._wake = asyncio.Event()
+        self.born = time.monotonic()
+        self.retiring = False
+        self.broken = False
+        self._reader = asyncio.create_task(self._read())
+        self._writer = asyncio.create_task(self._write())
+
+    @property
+    def usable(self) -> bool:
+        return not (self.retiring or self.broken)
+
+    def open(self, request: pb.GenerateRequest, timeout_s: float | None) -> TextStream:
+        stream_id = next(self._ids)
+        opened = pb.StreamOpen(id=stream_id, request=request)
+        if timeout_s is not None:
+            opened.timeout_s = timeout_s
+        span = None
+        if tracing_enabled():  # the client span its GenerateStream call would have had
+            span = trace.get_tracer(__name__).start_span(METHOD.lstrip("/"), kind=trace.SpanKind.CLIENT, attributes={
+                "rpc.system": "grpc", "rpc.service": "hubmesh.text.v1.TextGeneration", "rpc.method": "GenerateStream"})
+            propagate.inject(opened.trace_context, context=trace.set_span_in_context(span))
+        stream = self.streams[stream_id] = TextStream(self, stream_id, timeout_s, span)
+        self._opens.append(opened)
+        self._wake.set()
+        return stream
+
+    def cancel(self, stream_id: int) -> None:
+        if self.streams.pop(stream_id, None) is not None and not self.broken:
+            self._cancels.append(stream_id)
+            self._wake.set()
+
+    def retire(self) -> None:
+        self.retiring = True
+        self._wake.set()
+
+    async def _write(self) -> None:
+        try:
+            while not self.broken:
+                await self._wake.wait()
+                self._wake.clear()
+                if self._opens or self._cancels:
+                    message = pb.GenerateManyRequest(open=self._opens, cancel=self._cancels)
+                    self._opens, self._cancels = [], []
+                    await self._call.write(message)
+                if self.retiring and not self.streams:
+                    await self._call.done_writing()
+                    return
+        except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError) as err:
+            log.debug("GenerateMany link: write failed: %s", err)  # the reader sees why
+
+    async def _read(self) -> None:
+        error: grpc.aio.AioRpcError | None = None
+        try:
+            while True:
+                response = await self._call.read()
+                if response is grpc.aio.EOF:
+                    break
+                streams = self.streams
+                for frame in response.frames:
+                    stream = streams.get(frame.id)
+                    if stream is None:
+                        continue  # cancelled here since
+                    if frame.HasField("message"):
+                        stream._push(frame.message)
+                    else:
+                        del streams[frame.id]
+                        stream._end(status_error(frame.end) if frame.end else None)
+                if response.draining:
+                    self.retire()
+        except grpc.aio.AioRpcError as err:
+            error = err
+        finally:
+            self.broken = True
+            self._wake.set()
+            if self.streams:
+                if error is None or error.code() == grpc.StatusCode.CANCELLED:
+                    error = _unavailable("the text service ended the stream")
+                else:
+                    log.warning("GenerateMany link failed with %d streams open: %s %s", len(self.streams),
+                                error.code(), error.details())
+                for stream in self.streams.values():
+                    stream._end(error)
+                self.streams.clear()
+
+    async def close(self) -> None:
+        self._call.cancel()
+        for task in (self._reader, self._writer):
+            task.cancel()
+        await asyncio.gather(self._reader, self._writer, return_exceptions=True)
+
+
+class TextStreams:
+    """Opens generation streams on up to `links` links of the text service's channel."""
+
+    def __init__(self, stub: text_grpc.TextGenerationStub, metadata, links: int = 4, max_age_s: float = 60.0) -> None:
+        self._stub = stub
+        self._metadata = metadata
+        self._max_links = links
+        self._max_age_s = max_age_s
+        self._links: list[_Link] = []
+
+    def open(self, request: pb.GenerateRequest, timeout_s: float | None) -> TextStream:
+        """Starts the generation `request` (as GenerateStream would, with this deadline)."""
+        return self._link().open(request, timeout_s)
+
+    def _link(self) -> _Link:
+        now = time.monotonic()
+        live = []
+        for link in self._links:
+            if link.usable and now - link.born > self._max_age_s:
+                link.retire()
+            if link.broken or (link.retiring and not link.streams):
+                continue  # gone, or its writer is closing it
+            live.append(link)
+        self._links = live
+        usable = [link for link in live if link.usable]
+        if len(usable) < self._max_links:
+            link = _Link(self._stub, self._metadata)
+            self._links.append(link)
+            return link
+        return min(usable, key=lambda link: len(link.streams))
+
+    async def close(self) -> None:
+        links, self._links = self._links, []
+        await asyncio.gather(*(link.close() for link in links), return_exceptions=True)
