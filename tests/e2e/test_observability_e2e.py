@@ -71,6 +71,37 @@ def test_one_request_is_one_trace_across_every_hop(stack, otlp):
     assert SECRET_PROMPT.encode() not in raw and KEY.encode() not in raw
 
 
+def test_a_streamed_request_is_one_trace_too(stack, otlp):
+    """Streams ride on a long-lived GenerateMany call (facade/text_streams.py): each still gets its own
+    client and server GenerateStream span, linked into the request's trace; the carrying call none."""
+    trace_id, caller_span = os.urandom(16).hex(), os.urandom(8).hex()
+    with httpx.stream(
+        "POST", f"{stack.config.base_url}/chat/completions",
+        headers={"Authorization": f"Bearer {KEY}", "traceparent": f"00-{trace_id}-{caller_span}-01"},
+        json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "stream": True},
+        timeout=120,
+    ) as response:
+        assert response.status_code == 200
+        assert response.read().endswith(b"data: [DONE]\n\n")
+
+    def complete():
+        spans = otlp.trace(trace_id)
+        ids = {s.span_id for s in spans}
+        return (all(s.parent_id in ids or s.parent_id == caller_span for s in spans)
+                and {"hubmesh-facade", "hubmesh-text", "triton-text"} <= {s.service for s in spans})
+
+    wait_for(complete, 60, "spans of the streamed request from every hop, all linked")
+    spans = otlp.trace(trace_id)
+    by_id = {s.span_id: s for s in spans}
+    server = next(s for s in spans if s.service == "hubmesh-text" and s.name.endswith("/GenerateStream"))
+    client_span = by_id[server.parent_id]
+    assert client_span.service == "hubmesh-facade" and client_span.name.endswith("GenerateStream")
+    assert server.attributes["gen_ai.usage.output_tokens"] == 3
+    assert server.attributes["hubmesh.subject"].startswith("key:")
+    assert any(s.service == "triton-text" and by_id.get(s.parent_id, s).service == "hubmesh-text" for s in spans)
+    assert not any("GenerateMany" in s.name for s in otlp.spans if s.service in ("hubmesh-facade", "hubmesh-text"))
+
+
 def test_prometheus_metrics_on_facade_and_services(stack, client):
     client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2,
                                    stream=True).response.read()
