@@ -12,9 +12,10 @@ mesh cores.
 On this project's 2-core machine the simulator itself costs ~160 µs of CPU a response (its README,
 "Limits"), so the bench reloads it with a `time_scale` that keeps it within its timeline: the
 inter-token time is the GPU's times `time_scale` (measured, and reported, as is the time the
-simulator ran late). CPU per token depends little on the rate: at any rate each token is one message
-on every hop (at higher rates a few more of them share a wakeup, so these figures err high). What a GPU
-node would see is the rate times `time_scale`.
+simulator ran late). CPU per token falls as the rate rises: each token is one message from Triton,
+but the tokens the text service has ready together share one GenerateMany message to the façade, and
+at higher rates more of them share a wakeup, so these figures err high. What a GPU node would see is
+the rate times `time_scale`.
 
     PYTHONPATH=.:build/gen .venv/bin/python -m bench.token_rate [--runs 64x4,128x8] [--echo 64]
 

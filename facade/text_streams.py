@@ -1,10 +1,11 @@
-"""Generation streams to the text service, carried by a few long-lived GenerateMany calls ("links").
+"""Generations on the text service, carried by a few long-lived GenerateMany calls ("links").
 
 A streamed token would otherwise cost a gRPC message of its own on this hop, about half of what the
-façade spends per token; over a link, every token the service produced in one turn of its event loop,
-of whichever streams, arrives in one message (services.text.multiplex). A stream read from here
-behaves as its GenerateStream call did: the same messages, and the same grpc.aio.AioRpcError
-(code, message, status details) when it fails, so that callers map errors one way (facade.errors).
+façade spends per token, and every generation a call of its own; over a link, every token the service
+produced in one turn of its event loop, of whichever streams, arrives in one message
+(services.text.multiplex). A stream read from here behaves as its GenerateStream call did, and
+generate() as Generate: the same messages, and the same grpc.aio.AioRpcError (code, message, status
+details) when it fails, so that callers map errors one way (facade.errors).
 
 Links spread over the service's replicas as calls do (the channel's round_robin policy gives each
 new call the next replica): a stream goes to the link with the fewest open streams. A link retires —
@@ -32,7 +33,7 @@ from services.common.telemetry import tracing_enabled
 
 log = logging.getLogger(__name__)
 
-METHOD = "/hubmesh.text.v1.TextGeneration/GenerateStream"  # what each carried stream is, and its span's name
+SERVICE = "hubmesh.text.v1.TextGeneration"
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 CODES = {code.value[0]: code for code in grpc.StatusCode}
 DEADLINE_GRACE_S = 1.0  # past a stream's deadline, the façade gives up waiting for the service's own word
@@ -139,15 +140,16 @@ class _Link:
     def usable(self) -> bool:
         return not (self.retiring or self.broken)
 
-    def open(self, request: pb.GenerateRequest, timeout_s: float | None) -> TextStream:
+    def open(self, request: pb.GenerateRequest, timeout_s: float | None, unary: bool = False) -> TextStream:
         stream_id = next(self._ids)
-        opened = pb.StreamOpen(id=stream_id, request=request)
+        opened = pb.StreamOpen(id=stream_id, request=request, unary=unary)
         if timeout_s is not None:
             opened.timeout_s = timeout_s
         span = None
-        if tracing_enabled():  # the client span its GenerateStream call would have had
-            span = trace.get_tracer(__name__).start_span(METHOD.lstrip("/"), kind=trace.SpanKind.CLIENT, attributes={
-                "rpc.system": "grpc", "rpc.service": "hubmesh.text.v1.TextGeneration", "rpc.method": "GenerateStream"})
+        if tracing_enabled():  # the client span its call would have had
+            method = "Generate" if unary else "GenerateStream"
+            span = trace.get_tracer(__name__).start_span(f"{SERVICE}/{method}", kind=trace.SpanKind.CLIENT, attributes={
+                "rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": method})
             propagate.inject(opened.trace_context, context=trace.set_span_in_context(span))
         stream = self.streams[stream_id] = TextStream(self, stream_id, timeout_s, span)
         self._opens.append(opened)
@@ -192,6 +194,10 @@ class _Link:
                         continue  # cancelled here since
                     if frame.HasField("message"):
                         stream._push(frame.message)
+                    elif frame.HasField("response"):  # a unary stream's answer: it is over
+                        del streams[frame.id]
+                        stream._push(frame.response)
+                        stream._end(None)
                     else:
                         del streams[frame.id]
                         stream._end(status_error(frame.end) if frame.end else None)
@@ -232,6 +238,14 @@ class TextStreams:
     def open(self, request: pb.GenerateRequest, timeout_s: float | None) -> TextStream:
         """Starts the generation `request` (as GenerateStream would, with this deadline)."""
         return self._link().open(request, timeout_s)
+
+    async def generate(self, request: pb.GenerateRequest, timeout_s: float | None) -> pb.GenerateResponse:
+        """What Generate would answer (or raise); cancelling the caller cancels the generation."""
+        stream = self._link().open(request, timeout_s, unary=True)
+        try:
+            return await stream.read()
+        finally:
+            stream.cancel()  # a no-op once answered
 
     def _link(self) -> _Link:
         now = time.monotonic()

@@ -29,7 +29,7 @@ from facade.api.responses import (
 from facade.api import validation
 from facade.api.validation import Int64, UInt32
 from facade.auth.middleware import reserve_tokens
-from facade.clients import CLIENTS, unary
+from facade.clients import CLIENTS
 from facade.errors import OpenAIError, from_grpc, invalid
 from facade.observability import MODEL, record_usage
 from facade.sse import ChunkEncoder, EventStream
@@ -182,8 +182,10 @@ async def generate(http: web.Request, request: pb.GenerateRequest, input_param: 
     """Unary Generate; gRPC failures become OpenAI errors. Cancelling the caller cancels the call.
     The request's token budget is reserved first (reserve_budget)."""
     clients = http.app[CLIENTS]
-    call = clients.text.Generate(request, timeout=clients.timeout_s, metadata=clients.metadata)
-    result = await unary(call, "text", default_param=input_param)
+    try:
+        result = await clients.text_streams.generate(request, clients.timeout_s)
+    except grpc.aio.AioRpcError as err:
+        raise from_grpc(err, "text", default_param=input_param) from err
     record_usage(http, result.usage.prompt_tokens, result.usage.completion_tokens, cached_tokens=cached_of(result.usage))
     return result
 

@@ -1,6 +1,8 @@
-"""GenerateMany: many GenerateStream calls carried by one long-lived call (the proto says what it is for).
+"""GenerateMany: many GenerateStream and Generate calls carried by one long-lived call (the proto says
+what it is for).
 
-Each stream the caller opens runs the servicer's own GenerateStream as a task of its own, with a
+Each stream the caller opens runs the servicer's own GenerateStream (Generate, for a unary one) as
+a task of its own, with a
 SubContext in place of a gRPC call's context, inside what the server's interceptors put around any
 call (SUBCALL_AROUNDS: admission, metrics, the access log) and, when tracing is on, a server span of
 its own continuing the caller's trace. So a stream is served, refused, counted, logged and traced
@@ -19,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 from google.rpc import status_pb2
@@ -37,6 +39,7 @@ STATUS_DETAILS_KEY = "grpc-status-details-bin"
 SERVICE = "hubmesh.text.v1.TextGeneration"
 
 StreamMethod = Callable[[pb.GenerateRequest, "SubContext"], AsyncIterator[pb.GenerateStreamResponse]]
+UnaryMethod = Callable[[pb.GenerateRequest, "SubContext"], Awaitable[pb.GenerateResponse]]
 
 
 class SubAbort(grpc.aio.AbortError):
@@ -103,13 +106,14 @@ INTERNAL = dict(status_of(grpc.StatusCode.INTERNAL, "internal error in the servi
 
 
 class Multiplexer:
-    """Serves one GenerateMany call: `method` (the servicer's GenerateStream) for each stream opened."""
+    """Serves one GenerateMany call: the servicer's GenerateStream for each stream opened, its
+    Generate for each unary one."""
 
-    def __init__(self, method: StreamMethod, endpoint: str, context: grpc.aio.ServicerContext,
+    def __init__(self, stream: StreamMethod, unary: UnaryMethod, context: grpc.aio.ServicerContext,
                  interval_s: float = 0.0) -> None:
         self._interval_s = interval_s
-        self._method = method
-        self._endpoint = endpoint
+        self._stream = stream
+        self._unary = unary
         self._context = context
         self._arounds = SUBCALL_AROUNDS.get()
         self._tasks: dict[int, asyncio.Task] = {}
@@ -177,27 +181,35 @@ class Multiplexer:
     async def _serve(self, opened: pb.StreamOpen) -> None:
         stream_id = opened.id
         sub = SubContext(self._context, opened.timeout_s if opened.HasField("timeout_s") else None)
+        endpoint = "Generate" if opened.unary else "GenerateStream"
         try:
-            with self._span(opened) as span:
-                end = await self._run(opened.request, sub, stream_id)
+            with self._span(opened, endpoint) as span:
+                end = await self._run(opened, sub, endpoint)
                 if span is not None:
                     span.set_attribute("rpc.grpc.status_code", (sub.code() or grpc.StatusCode.OK).value[0])
         except asyncio.CancelledError:
             return  # the caller cancelled it (and reads it no more), or the whole call is ending
         finally:
             self._tasks.pop(stream_id, None)
-        self._emit(pb.StreamFrame(id=stream_id, end=end))
+        if end is not None:
+            self._emit(pb.StreamFrame(id=stream_id, end=end))
 
-    async def _run(self, request: pb.GenerateRequest, sub: SubContext, stream_id: int) -> bytes:
-        """Runs one stream under the arounds; the serialized status it ended with."""
+    async def _run(self, opened: pb.StreamOpen, sub: SubContext, endpoint: str) -> bytes | None:
+        """Runs one stream under the arounds; the serialized status it ended with (None: a unary
+        stream's answer, which says it ended, is out)."""
+        request, stream_id = opened.request, opened.id
         remaining = sub.time_remaining()
         try:
             async with contextlib.AsyncExitStack() as stack:
                 for around in self._arounds:
-                    await stack.enter_async_context(around(self._endpoint, request, sub))
+                    await stack.enter_async_context(around(endpoint, request, sub))
                 try:
                     async with asyncio.timeout(remaining):
-                        async for message in self._method(request, sub):
+                        if opened.unary:
+                            response = await self._unary(request, sub)
+                            self._emit(pb.StreamFrame(id=stream_id, response=response))
+                            return None
+                        async for message in self._stream(request, sub):
                             self._emit(pb.StreamFrame(id=stream_id, message=message))
                 except TimeoutError:
                     sub.set_code(grpc.StatusCode.DEADLINE_EXCEEDED)
@@ -215,15 +227,15 @@ class Multiplexer:
         return b""
 
     @contextlib.contextmanager
-    def _span(self, opened: pb.StreamOpen):
+    def _span(self, opened: pb.StreamOpen, endpoint: str):
         """The stream's server span, as OpenTelemetry's gRPC instrumentation makes for a call."""
         if not self._traced:
             yield None
             return
-        method = f"/{SERVICE}/{self._endpoint}"
+        method = f"/{SERVICE}/{endpoint}"
         parent = propagate.extract(dict(opened.trace_context))
         with trace.get_tracer(__name__).start_as_current_span(
             method, context=parent, kind=trace.SpanKind.SERVER,
-            attributes={"rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": self._endpoint},
+            attributes={"rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": endpoint},
         ) as span:
             yield span

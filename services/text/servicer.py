@@ -214,8 +214,8 @@ class TextGenerationServicer(CatalogServicer[ModelEntry], pb_grpc.TextGeneration
 
 
     async def GenerateMany(self, requests: AsyncIterator[pb.GenerateManyRequest], context) -> None:
-        """GenerateStream calls carried by one call (services.text.multiplex)."""
-        mux = Multiplexer(self.GenerateStream, "GenerateStream", context, self.flush_interval_s)
+        """GenerateStream and Generate calls carried by one call (services.text.multiplex)."""
+        mux = Multiplexer(self.GenerateStream, self.Generate, context, self.flush_interval_s)
         self._multiplexers.add(mux)
         if self._draining:
             mux.drain()

@@ -195,3 +195,30 @@ async def test_a_flush_interval_changes_no_message(service):
             carried = await asyncio.gather(*(read_all(streams.open(request(p), 5.0)) for p in prompts))
             await streams.close()
     assert carried == [[m async for m in stub.GenerateStream(request(p))] for p in prompts]
+
+
+async def test_generate_answers_and_fails_as_its_own_call_would(service, caplog):
+    stub, servicer = service
+    backend: ScriptedBackend = servicer._backend
+    streams = TextStreams(stub, (), links=1)
+    caplog.set_level(logging.INFO, logger="hubmesh.access")
+    try:
+        prompts = [f"words:{i} one two" for i in range(4)]  # admission admits 4
+        answers = await asyncio.gather(*(streams.generate(request(p), 5.0) for p in prompts))
+        assert answers == [await stub.Generate(request(p)) for p in prompts]
+        with pytest.raises(grpc.aio.AioRpcError) as direct:
+            await stub.Generate(request("words:a", model="no/such-model"))
+        with pytest.raises(grpc.aio.AioRpcError) as carried:
+            await streams.generate(request("words:a", model="no/such-model"), 5.0)
+        assert (carried.value.code(), carried.value.details()) == (direct.value.code(), direct.value.details())
+        assert reason_and_field(carried.value) == reason_and_field(direct.value)
+        # a caller that goes away stops the generation
+        waiting = asyncio.create_task(streams.generate(request("hang"), 5.0))
+        await asyncio.sleep(0.1)
+        waiting.cancel()
+        await asyncio.wait_for(backend.closed.wait(), 5)
+        assert not streams._links[0].streams
+    finally:
+        await streams.close()
+    carried_lines = [r for r in caplog.records if getattr(r, "endpoint", None) == "Generate"]
+    assert [r.status for r in carried_lines].count("OK") == 8  # 4 carried, 4 direct
