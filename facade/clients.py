@@ -50,7 +50,7 @@ SERVICE_NAMES = {
 
 @dataclass
 class Clients:
-    """One stub per modality service; generation streams go over `text_streams`."""
+    """One stub per modality service; generations (streamed or not) go over `text_streams`."""
 
     text: text_grpc.TextGenerationStub
     text_streams: TextStreams

@@ -58,7 +58,7 @@ class Settings(EnvSettings):
     redis_retry_s: Seconds = 1.0  # after an outage, how long before Redis is tried again
     limits_local_max_keys: PositiveInt = 100_000  # counters the in-process store keeps at most (LRU)
     text_target: str = "127.0.0.1:50051"
-    # Generation streams ride on this many long-lived GenerateMany calls to the text service
+    # Generations (streamed or not) ride on this many long-lived GenerateMany calls to the text service
     # (facade/text_streams.py; at least its replica count, so that every replica gets streams), each
     # retired after text_link_max_age_s so that they follow replicas added or removed.
     text_links: PositiveInt = 4

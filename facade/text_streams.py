@@ -29,26 +29,25 @@ from opentelemetry import propagate, trace
 
 from hubmesh.text.v1 import text_generation_pb2 as pb
 from hubmesh.text.v1 import text_generation_pb2_grpc as text_grpc
+from services.common.errors import STATUS_DETAILS_KEY
 from services.common.telemetry import tracing_enabled
 
 log = logging.getLogger(__name__)
 
-SERVICE = "hubmesh.text.v1.TextGeneration"
-STATUS_DETAILS_KEY = "grpc-status-details-bin"
+SERVICE = pb.DESCRIPTOR.services_by_name["TextGeneration"].full_name
 CODES = {code.value[0]: code for code in grpc.StatusCode}
 DEADLINE_GRACE_S = 1.0  # past a stream's deadline, the façade gives up waiting for the service's own word
+
+
+def _error(code: grpc.StatusCode, details: str, *trailing: tuple[str, bytes]) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(*trailing), details=details)
 
 
 def status_error(status_bytes: bytes) -> grpc.aio.AioRpcError:
     """The error a GenerateStream call ending with this google.rpc.Status would have raised."""
     status = status_pb2.Status.FromString(status_bytes)
-    trailing = grpc.aio.Metadata((STATUS_DETAILS_KEY, status_bytes)) if status.details else grpc.aio.Metadata()
-    return grpc.aio.AioRpcError(CODES.get(status.code, grpc.StatusCode.UNKNOWN), grpc.aio.Metadata(), trailing,
-                                details=status.message)
-
-
-def _unavailable(details: str) -> grpc.aio.AioRpcError:
-    return grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details)
+    trailing = [(STATUS_DETAILS_KEY, status_bytes)] if status.details else []
+    return _error(CODES.get(status.code, grpc.StatusCode.UNKNOWN), status.message, *trailing)
 
 
 class TextStream:
@@ -86,9 +85,11 @@ class TextStream:
 
     def cancel(self) -> None:
         """Stops the stream upstream, unless it has ended."""
+        self._stop(_error(grpc.StatusCode.CANCELLED, "Locally cancelled by application!"))
+
+    def _stop(self, error: grpc.aio.AioRpcError) -> None:
         if not self._ended:
-            self._end(grpc.aio.AioRpcError(grpc.StatusCode.CANCELLED, grpc.aio.Metadata(), grpc.aio.Metadata(),
-                                           details="Locally cancelled by application!"))
+            self._end(error)
             self._link.cancel(self.id)
 
     # called by the link
@@ -113,10 +114,7 @@ class TextStream:
 
     def _overdue(self) -> None:
         self._timer = None
-        if not self._ended:
-            self._end(grpc.aio.AioRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, grpc.aio.Metadata(),
-                                           grpc.aio.Metadata(), details="Deadline Exceeded"))
-            self._link.cancel(self.id)
+        self._stop(_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"))
 
 
 class _Link:
@@ -210,7 +208,7 @@ class _Link:
             self._wake.set()
             if self.streams:
                 if error is None or error.code() == grpc.StatusCode.CANCELLED:
-                    error = _unavailable("the text service ended the stream")
+                    error = _error(grpc.StatusCode.UNAVAILABLE, "the text service ended the stream")
                 else:
                     log.warning("GenerateMany link failed with %d streams open: %s %s", len(self.streams),
                                 error.code(), error.details())

@@ -17,6 +17,8 @@ from grpc_status import rpc_status
 from hubmesh.common.v1 import common_pb2 as common_pb
 
 DOMAIN = "hubmesh"
+# the trailer that carries a failed call's google.rpc.Status (grpcio-status reads and writes it)
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
 # A message travels three times in a status's trailers (grpc-message, and the Status message and field
 # violation inside grpc-status-details-bin), percent- or base64-encoded; bounded, it stays far below
 # gRPC's 8 KiB metadata limit whatever the caller sent (a 20 000-character model id, say).

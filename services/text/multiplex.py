@@ -2,9 +2,8 @@
 what it is for).
 
 Each stream the caller opens runs the servicer's own GenerateStream (Generate, for a unary one) as
-a task of its own, with a
-SubContext in place of a gRPC call's context, inside what the server's interceptors put around any
-call (SUBCALL_AROUNDS: admission, metrics, the access log) and, when tracing is on, a server span of
+a task of its own, with a SubContext in place of a gRPC call's context, inside what the server's
+interceptors put around any call (SUBCALL_AROUNDS: admission, metrics, the access log) and, when tracing is on, a server span of
 its own continuing the caller's trace. So a stream is served, refused, counted, logged and traced
 exactly as its GenerateStream call would be, and ends with the same status and details.
 
@@ -29,14 +28,13 @@ from opentelemetry import propagate, trace
 
 from hubmesh.common.v1 import common_pb2 as common_pb
 from hubmesh.text.v1 import text_generation_pb2 as pb
-from services.common.errors import status_of
+from services.common.errors import STATUS_DETAILS_KEY, status_of
 from services.common.interceptors import SUBCALL_AROUNDS
 from services.common.telemetry import tracing_enabled
 
 log = logging.getLogger(__name__)
 
-STATUS_DETAILS_KEY = "grpc-status-details-bin"
-SERVICE = "hubmesh.text.v1.TextGeneration"
+SERVICE = pb.DESCRIPTOR.services_by_name["TextGeneration"].full_name
 
 StreamMethod = Callable[[pb.GenerateRequest, "SubContext"], AsyncIterator[pb.GenerateStreamResponse]]
 UnaryMethod = Callable[[pb.GenerateRequest, "SubContext"], Awaitable[pb.GenerateResponse]]
@@ -56,7 +54,7 @@ class SubAbort(grpc.aio.AbortError):
         for key, value in self.trailing_metadata:
             if key == STATUS_DETAILS_KEY:
                 return value
-        return status_pb2.Status(code=self.code.value[0], message=self.details).SerializeToString()
+        return _status(self.code, self.details)
 
 
 class SubContext:

@@ -212,7 +212,6 @@ class TextGenerationServicer(CatalogServicer[ModelEntry], pb_grpc.TextGeneration
         _report(entry.id, usage, [_reason_name(finished[i]) for i in sorted(finished)])
         yield pb.GenerateStreamResponse(model=entry.id, usage=usage)
 
-
     async def GenerateMany(self, requests: AsyncIterator[pb.GenerateManyRequest], context) -> None:
         """GenerateStream and Generate calls carried by one call (services.text.multiplex)."""
         mux = Multiplexer(self.GenerateStream, self.Generate, context, self.flush_interval_s)
