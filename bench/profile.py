@@ -1,4 +1,4 @@
-"""`make profile WORKLOAD=chat|stream|sim|embeddings`: py-spy samples the façade and the service under load.
+"""`make profile WORKLOAD=chat|chat1|stream|sim|embeddings`: py-spy samples the façade and the service under load.
 
 Starts the stack (with the `echo` benchmark model), drives one workload from this process for a fixed
 time while py-spy records both Python processes, then writes their collapsed stacks to
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import os
 import subprocess
 import sys
 import time
@@ -27,6 +28,9 @@ WORKLOADS = {
     # name: (service profiled, concurrency, path, body, streamed)
     "chat": ("text", 64, "/chat/completions",
              {"model": ECHO, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}, False),
+    # one request at a time: where the latency the mesh adds goes
+    "chat1": ("text", 1, "/chat/completions",
+              {"model": ECHO, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}, False),
     "stream": ("text", 16, "/chat/completions",
                {"model": ECHO, "messages": [{"role": "user", "content": "one two three"}], "max_tokens": 256,
                 "stream": True}, True),
@@ -38,6 +42,7 @@ WORKLOADS = {
              "max_tokens": 256, "stream": True}, True),
 }
 SIM_TIME_SCALE = 4.0
+PYSPY_EXTRA = [a for a in os.environ.get("PYSPY_EXTRA", "").split() if a]
 
 
 async def drive(stack: LocalStack, path: str, body: dict, concurrency: int, streamed: bool, seconds: float) -> int:
@@ -90,7 +95,7 @@ def main(workload: str) -> None:
         files = {name: out / f"profile-{workload}-{name}.txt" for name in targets}
         recorders = [
             subprocess.Popen([str(py_spy), "record", "--pid", str(pid), "--duration", str(SECONDS), "--rate", "200",
-                              "--format", "raw", "--nonblocking", "-o", str(files[name])],
+                              *PYSPY_EXTRA, "--format", "raw", "--nonblocking", "-o", str(files[name])],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             for name, pid in targets.items()
         ]

@@ -7,7 +7,7 @@ import signal
 
 from aiohttp import web
 
-from facade.admission import GRACE_OVER, IN_FLIGHT
+from facade.admission import IN_FLIGHT
 from facade.app import create_app
 from facade.settings import Settings
 from services.common import event_loop, logs, telemetry
@@ -45,7 +45,7 @@ async def drain(app: web.Application, site: web.TCPSite, grace_s: float) -> None
         await asyncio.wait_for(in_flight.drained.wait(), timeout=grace_s)
     except TimeoutError:
         log.warning("grace period over: ending %d requests early", in_flight.count)
-        app[GRACE_OVER].set()  # streams get a final error event, the others a 503
+        in_flight.interrupt()  # streams get a final error event, the others a 503
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(in_flight.drained.wait(), timeout=5.0)
 

@@ -6,7 +6,6 @@ error event, requests that have not answered yet with a 503."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 from aiohttp import web
 
@@ -16,29 +15,47 @@ from facade.sse import EVENT_STREAM, SHUTDOWN_ERROR
 
 
 class InFlight:
-    """Counts admitted requests; `drained` is set whenever none is left."""
+    """Counts admitted requests; `drained` is set whenever none is left. interrupt() ends the ones
+    still running (the grace period is over): each request's own task is cancelled and answers as
+    admission_middleware says, so that no request needs a watcher of its own."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.count = 0
         self.drained = asyncio.Event()
         self.drained.set()
+        self._tasks: set[asyncio.Task] = set()
+        self._interrupted: set[asyncio.Task] = set()
 
-    def enter(self) -> bool:
+    def enter(self, task: asyncio.Task | None = None) -> bool:
         if self.limit and self.count >= self.limit:
             return False
         self.count += 1
         self.drained.clear()
+        if task is not None:
+            self._tasks.add(task)
         return True
 
-    def leave(self) -> None:
+    def leave(self, task: asyncio.Task | None = None) -> None:
         self.count -= 1
+        self._tasks.discard(task)
+        self._interrupted.discard(task)
         if self.count == 0:
             self.drained.set()
 
+    def interrupt(self) -> int:
+        """Cancels every request still in flight; how many there were."""
+        for task in self._tasks - self._interrupted:
+            self._interrupted.add(task)
+            task.cancel()
+        return len(self._interrupted)
+
+    def interrupted(self, task: asyncio.Task | None) -> bool:
+        """Whether `task` was cancelled by interrupt() (and not, say, by its client going away)."""
+        return task in self._interrupted
+
 
 IN_FLIGHT = web.AppKey("in_flight", InFlight)
-GRACE_OVER = web.AppKey("grace_over", asyncio.Event)  # set when shutdown stops waiting for requests
 
 
 @web.middleware
@@ -47,7 +64,8 @@ async def admission_middleware(request: web.Request, handler) -> web.StreamRespo
     if route is None or not route.admitted:  # probes, metrics, the document; unknown URLs
         return await handler(request)
     in_flight = request.app[IN_FLIGHT]
-    if not in_flight.enter():
+    task = asyncio.current_task()
+    if not in_flight.enter(task):
         raise OpenAIError(
             429,
             "The server is at capacity (too many requests in flight). Retry shortly.",
@@ -56,28 +74,14 @@ async def admission_middleware(request: web.Request, handler) -> web.StreamRespo
             headers={"Retry-After": "1"},
         )
     try:
-        return await _until_grace_over(request, handler)
+        return await handler(request)
+    except asyncio.CancelledError:
+        if not in_flight.interrupted(task):
+            raise  # the client went away: the work (and its gRPC call) stopped with it
+        task.uncancel()  # the grace period is over: the request answers, as below
+        stream = request.get(EVENT_STREAM)
+        if stream is None:
+            raise SHUTDOWN_ERROR from None
+        return await stream.interrupt()
     finally:
-        in_flight.leave()
-
-
-async def _until_grace_over(request: web.Request, handler) -> web.StreamResponse:
-    work = asyncio.ensure_future(handler(request))
-    grace_over = asyncio.ensure_future(request.app[GRACE_OVER].wait())
-    try:
-        await asyncio.wait({work, grace_over}, return_when=asyncio.FIRST_COMPLETED)
-    except asyncio.CancelledError:  # the client went away: stop the work (and its gRPC call) too
-        work.cancel()
-        raise
-    finally:
-        grace_over.cancel()
-    if work.done():
-        return work.result()
-    stream = request.get(EVENT_STREAM)
-    response = await stream.interrupt() if stream is not None else None
-    work.cancel()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await work
-    if response is None:
-        raise SHUTDOWN_ERROR
-    return response
+        in_flight.leave(task)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 
 from aiohttp import web
 from opentelemetry.instrumentation.aiohttp_server import AioHttpServerInstrumentor
 
-from facade.admission import GRACE_OVER, IN_FLIGHT, InFlight, admission_middleware
+from facade.admission import IN_FLIGHT, InFlight, admission_middleware
 from facade.api import images
 from facade.auth.middleware import METERING, VERIFIER, auth_middleware, jwks_refresher
 from facade.auth.tokens import JwtSettings, TokenVerifier
@@ -45,7 +44,6 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SSE_PING_S] = settings.sse_ping_s
     app[IN_FLIGHT] = InFlight(settings.max_in_flight)
-    app[GRACE_OVER] = asyncio.Event()
     app[VERIFIER] = TokenVerifier(
         settings.api_keys,
         JwtSettings(

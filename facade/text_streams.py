@@ -68,17 +68,30 @@ class TextStream:
 
     async def read(self) -> pb.GenerateStreamResponse | object:
         """The next message, grpc.aio.EOF after the last; raises grpc.aio.AioRpcError if the stream failed."""
+        return self._messages.popleft() if await self._arrived() else grpc.aio.EOF
+
+    async def read_arrived(self) -> list[pb.GenerateStreamResponse]:
+        """Every message that has arrived and not been read, in order: at least one, or [] after the
+        last; raises as read() does (once the messages before the failure are read)."""
+        if not await self._arrived():
+            return []
+        messages = list(self._messages)
+        self._messages.clear()
+        return messages
+
+    async def _arrived(self) -> bool:
+        """Waits for a message; False when the stream ended without more, the error if it failed."""
         while not self._messages:
             if self._ended:
                 if self._error is not None:
                     raise self._error
-                return grpc.aio.EOF
+                return False
             self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._waiter
             finally:
                 self._waiter = None
-        return self._messages.popleft()
+        return True
 
     def done(self) -> bool:
         return self._ended
@@ -131,6 +144,7 @@ class _Link:
         self.born = time.monotonic()
         self.retiring = False
         self.broken = False
+        self._traced = tracing_enabled()  # asked once: OpenTelemetry's answer reads the environment
         self._reader = asyncio.create_task(self._read())
         self._writer = asyncio.create_task(self._write())
 
@@ -144,7 +158,7 @@ class _Link:
         if timeout_s is not None:
             opened.timeout_s = timeout_s
         span = None
-        if tracing_enabled():  # the client span its call would have had
+        if self._traced:  # the client span its call would have had
             method = "Generate" if unary else "GenerateStream"
             span = trace.get_tracer(__name__).start_span(f"{SERVICE}/{method}", kind=trace.SpanKind.CLIENT, attributes={
                 "rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": method})

@@ -36,6 +36,8 @@ class ChatTemplate:
         env.globals["raise_exception"] = _raise_exception
         env.filters["tojson"] = _tojson
         self._template = env.from_string(source)
+        # a plain dict, not Jinja's ChainMap over the environment's: every render copies it
+        self._template.globals = dict(self._template.globals)
 
     def render(
         self,
