@@ -32,7 +32,6 @@ __all__ = ["GenerationChunk", "TextBackend", "TritonTextBackend", "parse_respons
 log = logging.getLogger(__name__)
 
 MODEL_STREAM_INFER = "/inference.GRPCInferenceService/ModelStreamInfer"
-FINAL_RESPONSE = "triton_final_response"  # the response parameter marking a request's last response
 
 
 class TextBackend(Protocol):
@@ -63,7 +62,6 @@ class TritonTextBackend(TritonBackend):
         super().__init__(replicas, timeout_s, picker, max_attempts)
         self._max_migrations = max_migrations
         self._calls: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # replica -> ModelStreamInfer
-        self._ending: set = set()  # calls whose final response is read, until their status comes
 
     async def generate(
         self, model: str, prompt: str, sampling: dict[str, Any], stream: bool
@@ -178,17 +176,9 @@ class TritonTextBackend(TritonBackend):
                     break
                 if response.error_message:
                     raise classify_triton_error(response.error_message)
-                infer = response.infer_response
-                chunk = parse_response(infer)
+                chunk = parse_response(response.infer_response)
                 if chunk.texts or chunk.num_input_tokens is not None:
                     yield chunk
-                if None not in chunk.finish_reasons and _is_final(infer):
-                    # Triton's last response of the request: the call's end (its status) is on its
-                    # way and nothing follows, so the generation ends now rather than a read later
-                    exhausted = True
-                    self._ending.add(call)  # until its status is in (it is never cancelled)
-                    call.add_done_callback(self._ending.discard)
-                    return
         finally:
             if not exhausted:
                 # The consumer went away (client disconnect, deadline) or the model failed: stop the
@@ -196,12 +186,6 @@ class TritonTextBackend(TritonBackend):
                 call.cancel()
                 with contextlib.suppress(Exception, asyncio.CancelledError):
                     await call.read()
-
-
-def _is_final(response) -> bool:
-    """Whether this is the request's last response (Triton marks it on decoupled models' responses)."""
-    final = response.parameters.get(FINAL_RESPONSE)
-    return final is not None and final.bool_param
 
 
 class _Gone(Exception):
