@@ -1,6 +1,7 @@
 """Admission control: a bounded number in flight, then immediate rejections (never a queue or a hang)."""
 
 import asyncio
+import json
 
 import grpc
 import pytest
@@ -123,3 +124,49 @@ async def test_idempotent_calls_retry_once_and_generation_never(aiohttp_client):
         assert response.status == 503 and servicer.calls["Generate"] == 1
     finally:
         await server.stop(None)
+
+
+async def test_the_grace_period_over_ends_what_is_still_running(aiohttp_client, services):
+    """Past a graceful stop's grace period (facade/__main__.py drain): a request not answered yet
+    gets a 503, an open stream a final error event and [DONE]; the generations stop upstream."""
+    from facade.admission import IN_FLIGHT
+
+    backend = FakeTextBackend([chunk(["a"]), chunk(["b"], ["stop"])], hang_after=1)  # both hang after "a"
+    app = create_app(Settings(api_keys=("k",), text_target=await services(backend)))
+    client = await aiohttp_client(app)
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+    headers = {"Authorization": "Bearer k"}
+    unary = asyncio.create_task(client.post("/v1/chat/completions", json=body, headers=headers))
+    stream = await client.post("/v1/chat/completions", json={**body, "stream": True}, headers=headers)
+    assert stream.status == 200
+    assert b'"content":"a"' in await stream.content.readuntil(b"\n\n") + await stream.content.readuntil(b"\n\n")
+    while len(backend.calls) < 2:  # the unary request reached the model too
+        await asyncio.sleep(0.01)
+
+    assert app[IN_FLIGHT].interrupt() == 2
+    refused = await unary
+    assert refused.status == 503 and (await refused.json())["error"]["code"] == "server_shutdown"
+    events = (await stream.read()).decode().split("\n\n")
+    assert events[-2:] == ["data: [DONE]", ""]
+    assert json.loads(events[-3].removeprefix("data: "))["error"]["code"] == "server_shutdown"
+    assert app[IN_FLIGHT].count == 0
+    await asyncio.wait_for(backend.closed_early.wait(), 5)  # the generations were stopped
+
+
+async def test_a_client_going_away_is_not_taken_for_the_grace_period(aiohttp_client, services):
+    """A request cancelled by anything but interrupt() stays cancelled (no 503 written for it)."""
+    from facade.admission import IN_FLIGHT
+
+    backend = FakeTextBackend([chunk(["a"])], hang_after=0)
+    app = create_app(Settings(api_keys=("k",), text_target=await services(backend)))
+    client = await aiohttp_client(app, server_kwargs={"handler_cancellation": True})  # as facade/__main__.py
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+    request = asyncio.create_task(client.post("/v1/chat/completions", json=body, headers={"Authorization": "Bearer k"}))
+    while not backend.calls:
+        await asyncio.sleep(0.01)
+    request.cancel()  # the client goes away
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    await asyncio.wait_for(backend.closed_early.wait(), 5)
+    while app[IN_FLIGHT].count:
+        await asyncio.sleep(0.01)
