@@ -76,3 +76,42 @@ class CpuMeter:
     def per_unit(before: dict[str, float], after: dict[str, float], units: float) -> dict[str, float]:
         used = {name: after[name] - before[name] for name in after}
         return {name: round(seconds * 1000 / units, 3) for name, seconds in used.items() if seconds > 0}
+
+
+# what each thread of a mesh process is, by its kernel name (Python's threads all share the
+# interpreter's; the event loop's is the process's first)
+EVENT_LOOP = "event loop"
+GRPC_ENGINE = "gRPC EventEngine"
+OTHER_THREADS = "other threads (grpc.aio poller, ...)"
+
+
+def thread_cpu_s(pid: int) -> dict[str, tuple[float, float]]:
+    """(user, kernel) CPU seconds of one process's threads, grouped as EVENT_LOOP, GRPC_ENGINE and
+    OTHER_THREADS (threads that ended in between are lost: the mesh's live as long as their process)."""
+    groups: dict[str, list[float]] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return {}
+    for tid in tids:
+        try:
+            comm = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+            fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        group = EVENT_LOOP if int(tid) == pid else GRPC_ENGINE if comm == "event_engine" else OTHER_THREADS
+        totals = groups.setdefault(group, [0.0, 0.0])
+        totals[0] += int(fields[11]) * TICK_S
+        totals[1] += int(fields[12]) * TICK_S
+    return {group: (user, kernel) for group, (user, kernel) in groups.items()}
+
+
+def thread_us_per_unit(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]],
+                       units: float) -> dict[str, dict[str, float]]:
+    """µs of user and kernel CPU per unit (token, request) of each thread group, between two thread_cpu_s()."""
+    out = {}
+    for group, (user, kernel) in sorted(after.items()):
+        was_user, was_kernel = before.get(group, (0.0, 0.0))
+        out[group] = {"user": round(1e6 * (user - was_user) / units, 1),
+                      "kernel": round(1e6 * (kernel - was_kernel) / units, 1)}
+    return out

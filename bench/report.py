@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from bench.cpu import EVENT_LOOP, GRPC_ENGINE, OTHER_THREADS
+
 
 def _rows(report: dict) -> list[str]:
     lines = ["| measurement | hubmesh | direct Triton | ratio / added |", "| --- | --- | --- | --- |"]
@@ -57,6 +59,9 @@ def _cpu_rows(report: dict) -> list[str]:
     return lines
 
 
+THREAD_GROUPS = (EVENT_LOOP, GRPC_ENGINE, OTHER_THREADS)
+
+
 def token_rate_rows(report: dict) -> list[str]:
     """bench/token_rate.py: the mesh's CPU per streamed token, simulator runs then echo runs, and what
     it means for one H200 (the simulator's calibrated engine)."""
@@ -78,12 +83,21 @@ def token_rate_rows(report: dict) -> list[str]:
                 f"{r['tokens_per_s']} | {us.get('facade', 0)} / {us.get('text', 0)} | **{r['mesh_cpu_us_per_token']}** "
                 f"({' / '.join(str(v) for v in r['mesh_cpu_us_per_token_rounds'])}) | "
                 f"{r['tokens_per_s_per_mesh_core']} | {cores} | {late} |")
+    lines += ["", "| model, streams | process | " + " | ".join(f"{g} user / kernel" for g in THREAD_GROUPS) + " |",
+              "| --- | --- |" + " --- |" * len(THREAD_GROUPS)]
+    for model, runs in (("sim", rate.get("sim", {})), ("echo", rate.get("echo", {}))):
+        for r in runs.values():
+            for process, groups in r.get("cpu_us_per_token_by_thread", {}).items():
+                cells = [f"{groups[g]['user']} / {groups[g]['kernel']}" if g in groups else "" for g in THREAD_GROUPS]
+                lines.append(f"| {model}, {r['streams']} | {process} | " + " | ".join(cells) + " |")
     lines += ["", f"Mesh = the façade and the text service (CPU from /proc, every thread); per round in brackets. "
               f"Mesh cores per H200: the simulator's calibrated engine (Llama-3-8B, batch {engine.get('batch')}, "
               f"{engine.get('context_tokens')} tokens of context each: {engine.get('step_ms')} ms a step, "
               f"{engine.get('tokens_per_s')} tokens/s) times the mesh's CPU per token. With time_scale x, a stream's "
               f"tokens come x times slower than on the GPU; the simulator's own CPU (Triton's, not in the mesh) "
-              f"is what bounds the rate on these cores."]
+              f"is what bounds the rate on these cores. The second table splits each mesh process's µs per "
+              f"token by thread: the event loop's (where the Python runs), gRPC's EventEngine threads (its I/O), "
+              f"the rest (grpc.aio's poller)."]
     return lines
 
 

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import aiohttp
 
-from bench.cpu import CpuMeter
+from bench.cpu import CpuMeter, thread_cpu_s, thread_us_per_unit
 from local.stack import MODALITIES, ROOT, LocalStack, StackConfig
 
 SIM = "hubmesh/sim-llama-3-8b"
@@ -113,12 +113,15 @@ async def _run(stack: LocalStack, model: str, streams: int, tokens: int, rounds:
     await _streams(stack, model, min(streams, 8), 16)  # warm
     results, cpu_s = [], {}
     late_before = _sim_late_s(stack) if model == SIM else 0.0
+    pids = {"facade": stack.facade.pid, "text": stack.services["text"].pid}
+    threads_before = {name: thread_cpu_s(pid) for name, pid in pids.items()}
     for _ in range(rounds):
         before = meter.snapshot()
         result = await _streams(stack, model, streams, tokens)
         after = meter.snapshot()
         result["cpu_s"] = {k: after[k] - before[k] for k in after}
         results.append(result)
+    threads_after = {name: thread_cpu_s(pid) for name, pid in pids.items()}
     tokens_done = sum(r["tokens"] for r in results)
     assert tokens_done == streams * tokens * rounds, f"{model}: {tokens_done} tokens"
     per_round_us = [1e6 * sum(r["cpu_s"].get(k, 0.0) for k in MESH) / r["tokens"] for r in results]
@@ -139,6 +142,10 @@ async def _run(stack: LocalStack, model: str, streams: int, tokens: int, rounds:
         "mesh_cpu_us_per_token": round(mesh_us, 1),
         "mesh_cpu_us_per_token_rounds": [round(v, 1) for v in per_round_us],
         "tokens_per_s_per_mesh_core": round(1e6 / mesh_us) if mesh_us else None,
+        # where each mesh process's CPU per token goes: its event loop's thread or gRPC's own threads
+        "cpu_us_per_token_by_thread": {
+            name: thread_us_per_unit(threads_before[name], threads_after[name], tokens_done) for name in pids
+        },
     }
     if model == SIM:
         out["sim_late_s"] = round(_sim_late_s(stack) - late_before, 2)

@@ -68,30 +68,17 @@ class TextStream:
 
     async def read(self) -> pb.GenerateStreamResponse | object:
         """The next message, grpc.aio.EOF after the last; raises grpc.aio.AioRpcError if the stream failed."""
-        return self._messages.popleft() if await self._arrived() else grpc.aio.EOF
-
-    async def read_arrived(self) -> list[pb.GenerateStreamResponse]:
-        """Every message that has arrived and not been read, in order: at least one, or [] after the
-        last; raises as read() does (once the messages before the failure are read)."""
-        if not await self._arrived():
-            return []
-        messages = list(self._messages)
-        self._messages.clear()
-        return messages
-
-    async def _arrived(self) -> bool:
-        """Waits for a message; False when the stream ended without more, the error if it failed."""
         while not self._messages:
             if self._ended:
                 if self._error is not None:
                     raise self._error
-                return False
+                return grpc.aio.EOF
             self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._waiter
             finally:
                 self._waiter = None
-        return True
+        return self._messages.popleft()
 
     def done(self) -> bool:
         return self._ended

@@ -210,18 +210,11 @@ class GenerationStream:
 
     async def messages(self) -> AsyncIterator[pb.GenerateStreamResponse]:
         """The stream's messages; raises OpenAIError on a mid-stream failure."""
-        async for batch in self.batches():
-            for message in batch:
-                yield message
-
-    async def batches(self) -> AsyncIterator[list[pb.GenerateStreamResponse]]:
-        """The stream's messages, each time all that have arrived (more than one when they came
-        faster than they were relayed); raises OpenAIError on a mid-stream failure."""
-        batch = [self._first] if self._first is not None and self._first is not grpc.aio.EOF else []
+        message = self._first
         try:
-            while batch:
-                yield batch
-                batch = await self._call.read_arrived()
+            while message is not grpc.aio.EOF and message is not None:
+                yield message
+                message = await self._call.read()
         except grpc.aio.AioRpcError as err:
             raise from_grpc(err, "text", default_param=self._input_param) from err
 
@@ -275,21 +268,17 @@ async def respond_with_stream(
             for position, (offset, upstream) in enumerate(upstreams):
                 if position:
                     await upstream.start()
-                async for batch in upstream.batches():
-                    written = []  # the batch's events go out in one write
-                    for message in batch:
-                        used.see(message)
-                        deltas = message.deltas
-                        texts = _texts_only(deltas, offset) if text_choice is not None else None
-                        event = encoder.texts(texts) if texts else None
-                        if event is None:
-                            choices = [c for delta in deltas for c in render(delta, offset)]
-                            event = encoder.chunk(choices) if choices else None
-                        if event is not None:
-                            timer.chunk()
-                            written.append(event)
-                    if written:
-                        await events.send_bytes(written[0] if len(written) == 1 else b"".join(written))
+                async for message in upstream.messages():
+                    used.see(message)
+                    deltas = message.deltas
+                    texts = _texts_only(deltas, offset) if text_choice is not None else None
+                    event = encoder.texts(texts) if texts else None
+                    if event is None:
+                        choices = [c for delta in deltas for c in render(delta, offset)]
+                        event = encoder.chunk(choices) if choices else None
+                    if event is not None:
+                        timer.chunk()
+                        await events.send_bytes(event)
             used.record(request)
             if include_usage:
                 await events.send({**base, "choices": [], "usage": usage_json(used.total)})

@@ -97,28 +97,6 @@ async def test_a_failed_stream_raises_what_its_call_would(service):
         await streams.close()
 
 
-async def test_read_arrived_hands_over_every_message_that_came_in_order(service):
-    stub, _ = service
-    prompt = "words:" + " ".join(f"w{k}" for k in range(20))
-    direct = [m async for m in stub.GenerateStream(request(prompt))]
-    streams = TextStreams(stub, ())
-    try:
-        stream = streams.open(request(prompt), 5.0)
-        while not stream.done():  # the reader lags: everything arrives before it reads
-            await asyncio.sleep(0.01)
-        batches = []
-        while batch := await stream.read_arrived():
-            batches.append(batch)
-        assert await stream.read_arrived() == [] and await stream.read() is grpc.aio.EOF
-        assert [m for batch in batches for m in batch] == direct and len(batches) == 1
-        # a failure is raised once the messages before it are read
-        failing = streams.open(request("words:a", model="no/such-model"), 5.0)
-        with pytest.raises(grpc.aio.AioRpcError):
-            await failing.read_arrived()
-    finally:
-        await streams.close()
-
-
 async def test_cancel_stops_the_generation_and_the_deadline_ends_it(service):
     stub, servicer = service
     backend: ScriptedBackend = servicer._backend
