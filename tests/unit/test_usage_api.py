@@ -43,7 +43,9 @@ def bearer(subject: str, scope: str = "chat") -> dict:
     return {"Authorization": f"Bearer {token}"}
 
 
-ADMIN = bearer("ops", "admin")
+def admin() -> dict:
+    """The operator's token, made when used: one made at import would expire in a long test run."""
+    return bearer("ops", "admin")
 
 
 class Scripted(FakeTextBackend):
@@ -196,7 +198,7 @@ async def test_get_usage_reads_its_own_writes(stack, tmp_path):
     for subject in ("alice", "alice", "bob"):
         assert (await client.post("/v1/chat/completions", json=chat(user=f"{subject}-user"),
                                   headers=bearer(subject))).status == 200
-    reply = await client.get("/v1/usage", headers=ADMIN)  # default: per subject, the last 30 days
+    reply = await client.get("/v1/usage", headers=admin())  # default: per subject, the last 30 days
     assert reply.status == 200, await reply.text()
     usage = await reply.json()
     assert usage["object"] == "list" and usage["has_more"] is False
@@ -229,10 +231,10 @@ async def ledger_client(stack, tmp_path):
     return client
 
 
-async def usage(client, query: str, headers=ADMIN) -> list[dict]:
+async def usage(client, query: str, headers=None) -> list[dict]:
     """The groups GET /v1/usage answers, over the records' two days unless `query` names its own."""
     window = "" if "start=" in query else "start=2024-06-01&end=2024-06-03&"
-    reply = await client.get(f"/v1/usage?{window}{query}", headers=headers)
+    reply = await client.get(f"/v1/usage?{window}{query}", headers=headers or admin())
     assert reply.status == 200, await reply.text()
     return (await reply.json())["data"]
 
@@ -253,7 +255,7 @@ async def test_group_by_and_filters(ledger_client):
     assert [r["requests"] for r in await usage(client, "group_by=model&model=m2")] == [1]
     unix = await usage(client, "group_by=day,day&start=1717200000&end=1717286400")  # day 1, given as seconds
     assert [r["day"] for r in unix] == ["2024-06-01"]
-    reply = await client.get("/v1/usage?start=2024-06-01&end=2024-06-03&group_by=subject&limit=2", headers=ADMIN)
+    reply = await client.get("/v1/usage?start=2024-06-01&end=2024-06-03&group_by=subject&limit=2", headers=admin())
     page = await reply.json()
     assert [r["subject"] for r in page["data"]] == ["", "jwt:alice"] and page["has_more"] is True
     assert (page["start"], page["end"]) == (1_717_200_000, 1_717_372_800)
@@ -265,9 +267,9 @@ async def test_the_answers_are_what_openapi_json_documents(ledger_client):
     parameters = {p["name"] for p in doc.document["paths"]["/v1/usage"]["get"]["parameters"]}
     assert parameters == {"group_by", "start", "end", "subject", "user", "model", "limit"}
     for query in ("group_by=subject,user,model,day,endpoint,status", "group_by=day"):
-        body = await doc.check(await client.get(f"/v1/usage?{query}&start=2024-06-01", headers=ADMIN), "GET", "/v1/usage")
+        body = await doc.check(await client.get(f"/v1/usage?{query}&start=2024-06-01", headers=admin()), "GET", "/v1/usage")
         assert body["data"]
-    for reply in (await client.get("/v1/usage?limit=0", headers=ADMIN),
+    for reply in (await client.get("/v1/usage?limit=0", headers=admin()),
                   await client.get("/v1/usage", headers=bearer("carol", "chat"))):
         await doc.check(reply, "GET", "/v1/usage")
 
@@ -279,7 +281,7 @@ async def test_the_answers_are_what_openapi_json_documents(ledger_client):
     ("limit=0", "limit"), ("limit=10001", "limit"), ("limit=x", "limit"), ("limit=1.5", "limit"),
 ])
 async def test_bad_parameters_are_400_naming_them(ledger_client, query, param):
-    reply = await ledger_client.get(f"/v1/usage?{query}", headers=ADMIN)
+    reply = await ledger_client.get(f"/v1/usage?{query}", headers=admin())
     assert reply.status == 400, await reply.text()
     error = (await reply.json())["error"]
     assert error["type"] == "invalid_request_error" and error["param"] == param and error["message"]
@@ -292,7 +294,7 @@ async def test_only_the_admin_scope(ledger_client):
         assert reply.status == 403 and "'admin' scope" in (await reply.json())["error"]["message"]
     assert (await client.get("/v1/usage")).status == 401
     local = {"Authorization": f"Bearer {issue_local_token(SECRET)}"}  # make run's token: every family
-    for headers in (ADMIN, AUTH, local, bearer("ops", "hubmesh:admin")):  # an API key: the operator's
+    for headers in (admin(), AUTH, local, bearer("ops", "hubmesh:admin")):  # an API key: the operator's
         assert (await client.get("/v1/usage", headers=headers)).status == 200
 
 
@@ -301,7 +303,7 @@ async def test_an_unreachable_database_is_503_and_the_records_wait(stack):
 
     client = await stack(f"postgresql://u:pw@127.0.0.1:{free_port()}/x")
     assert (await client.post("/v1/chat/completions", json=chat(), headers=AUTH)).status == 200
-    reply = await client.get("/v1/usage", headers=ADMIN)
+    reply = await client.get("/v1/usage", headers=admin())
     assert reply.status == 503 and reply.headers["Retry-After"]
     error = (await reply.json())["error"]
     assert error["code"] == "store_unavailable" and "pw" not in error["message"]
