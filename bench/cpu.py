@@ -17,12 +17,18 @@ def _processes():
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": state ppid pgrp ...
-        yield int(entry), int(fields[2]), (int(fields[11]) + int(fields[12])) * TICK_S
+        fields = _stat_fields(f"/proc/{entry}/stat")
+        if fields is not None:
+            yield int(entry), int(fields[2]), (int(fields[11]) + int(fields[12])) * TICK_S
+
+
+def _stat_fields(path: str) -> list[str] | None:
+    """The fields of a /proc stat file after "pid (comm)": state ppid pgrp ... utime (11) stime (12);
+    None when the process or thread is gone."""
+    try:
+        return Path(path).read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
 
 
 def _group_cpu_s(pgids: dict[int, str]) -> dict[str, float]:
@@ -88,22 +94,23 @@ OTHER_THREADS = "other threads (grpc.aio poller, ...)"
 def thread_cpu_s(pid: int) -> dict[str, tuple[float, float]]:
     """(user, kernel) CPU seconds of one process's threads, grouped as EVENT_LOOP, GRPC_ENGINE and
     OTHER_THREADS (threads that ended in between are lost: the mesh's live as long as their process)."""
-    groups: dict[str, list[float]] = {}
+    groups: dict[str, tuple[float, float]] = {}
     try:
         tids = os.listdir(f"/proc/{pid}/task")
     except OSError:
         return {}
     for tid in tids:
+        fields = _stat_fields(f"/proc/{pid}/task/{tid}/stat")
         try:
             comm = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
-            fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
+            continue  # the thread is gone
+        if fields is None:
             continue
         group = EVENT_LOOP if int(tid) == pid else GRPC_ENGINE if comm == "event_engine" else OTHER_THREADS
-        totals = groups.setdefault(group, [0.0, 0.0])
-        totals[0] += int(fields[11]) * TICK_S
-        totals[1] += int(fields[12]) * TICK_S
-    return {group: (user, kernel) for group, (user, kernel) in groups.items()}
+        user, kernel = groups.get(group, (0.0, 0.0))
+        groups[group] = (user + int(fields[11]) * TICK_S, kernel + int(fields[12]) * TICK_S)
+    return groups
 
 
 def thread_us_per_unit(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]],

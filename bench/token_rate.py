@@ -113,7 +113,7 @@ async def _run(stack: LocalStack, model: str, streams: int, tokens: int, rounds:
     await _streams(stack, model, min(streams, 8), 16)  # warm
     results, cpu_s = [], {}
     late_before = _sim_late_s(stack) if model == SIM else 0.0
-    pids = {"facade": stack.facade.pid, "text": stack.services["text"].pid}
+    pids = {name: (stack.facade if name == "facade" else stack.services[name]).pid for name in MESH}
     threads_before = {name: thread_cpu_s(pid) for name, pid in pids.items()}
     for _ in range(rounds):
         before = meter.snapshot()
