@@ -10,6 +10,9 @@ stop it. Writes build/bench/report.{json,md,png}.
 - embeddings: sentences/s at concurrency 32 vs the model in-process in batches of 32;
 - images: seconds per image by size, façade vs Triton;
 - peer: the same Triton behind LiteLLM's proxy vs behind hubmesh (needs `make peer-venv`);
+- floor: the same token stream and minimal requests through bare gRPC and HTTP relays with no hubmesh
+  code (bench/grpc_floor.py), after the stack has stopped: what grpc.aio, aiohttp and the kernel cost
+  before the mesh's own code runs;
 - routing: 4 simulated Tritons behind the text service, round_robin / least_request / prefix (and
   prefix with 2 pickers) at the same offered load, on a shared-prefix and a no-shared-prefix workload
   (bench/routing.py, its own stack, started once the main one is stopped);
@@ -22,8 +25,8 @@ import json
 import os
 
 from bench import (
-    bench_config, cpu, embeddings_throughput, images_latency, limits, overhead, peer_litellm, report, routing,
-    text_stream, token_rate,
+    bench_config, cpu, embeddings_throughput, grpc_floor, images_latency, limits, overhead, peer_litellm, report,
+    routing, text_stream, token_rate,
 )
 from local.stack import ROOT, LocalStack
 
@@ -45,6 +48,10 @@ def main() -> None:
             "peer": peer_litellm.measure(stack),
             "rss_mib": cpu.process_memory(stack),
         }
+    try:  # bare processes of its own, once the stack has stopped
+        results["floor"] = grpc_floor.measure()
+    except Exception as err:  # noqa: BLE001 - the other figures are still written
+        results["floor"] = {"error": f"{type(err).__name__}: {err}"}
     try:  # its own stack (4 sim Tritons), after the main one has stopped: the cores are its own
         results["routing"] = routing.measure()
     except Exception as err:  # noqa: BLE001 - the other figures are still written

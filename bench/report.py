@@ -101,6 +101,38 @@ def token_rate_rows(report: dict) -> list[str]:
     return lines
 
 
+def floor_rows(report: dict) -> list[str]:
+    """bench/grpc_floor.py: the same token stream and minimal requests through bare relays, and the
+    mesh's figures of the same run next to them."""
+    floor = report.get("floor")
+    if not floor:
+        return []
+    if "error" in floor:
+        return [f"Not measured: {floor['error']}"]
+    us = floor["cpu_us_per_message"]
+    lines = [f"{floor['streams']} streams, a message every {floor['step_ms']} ms each ({floor['messages_per_s']} "
+             f"messages/s), through processes with no hubmesh code: a gRPC source (Triton's part), a gRPC relay "
+             f"(the text service's: each message read and written on, bytes only), an HTTP relay (the façade's: "
+             f"each message written as a chunk), uvloop and the mesh's gRPC settings in each.", "",
+             "| part | µs of CPU per token |", "| --- | --- |",
+             f"| gRPC relay (text service's part) | {us['grpc-relay']} |",
+             f"| HTTP relay (façade's part) | {us['http-relay']} |",
+             f"| **both relays** | **{floor['relays_us_per_message']}** |",
+             f"| reading the gRPC messages alone (one per token, as Triton sends them) | {floor['grpc_read_us_per_message']} |",
+             f"| the source (Triton's part, not in the mesh) | {us['source']} |"]
+    sim = next(iter((report.get("token_rate") or {}).get("sim", {}).values()), None)
+    if sim is not None:
+        lines.append(f"| the mesh, {sim['streams']} simulator streams (above) | {sim['mesh_cpu_us_per_token']} |")
+    unary = [(key.split("@")[1], r) for key, r in floor.items() if key.startswith("unary@")]
+    if unary:
+        lines += ["", "| minimal request, concurrency | p50 relays / direct | added p50 | requests/s relays / direct "
+                  "| relays' CPU per request |", "| --- | --- | --- | --- | --- |"]
+        for concurrency, r in unary:
+            lines.append(f"| {concurrency} | {r['relays_p50_ms']} / {r['direct_p50_ms']} ms | +{r['added_p50_ms']} ms | "
+                         f"{r['relays_rps']} / {r['direct_rps']} ({r['rps_ratio']}) | {r['relays_cpu_ms_per_request']} ms |")
+    return lines
+
+
 def _peer_rows(peer: dict) -> list[str]:
     """hubmesh vs LiteLLM's proxy, figure by figure (what could be measured)."""
     lines = ["| measurement | hubmesh | LiteLLM | hubmesh / LiteLLM |", "| --- | --- | --- | --- |"]
@@ -175,6 +207,8 @@ def write(report: dict, directory: Path) -> list[Path]:
     md += _cpu_rows(report)
     if report.get("token_rate"):
         md += ["", "## Mesh CPU per streamed token (engine simulator at GPU-like rates)", "", *token_rate_rows(report)]
+    if report.get("floor"):
+        md += ["", "## The floor under it: bare gRPC and HTTP relays", "", *floor_rows(report)]
     routing = report.get("routing")
     if routing is not None:
         md += ["", "## Routing over Triton replicas (engine simulator)", "", *_routing_rows(routing)]
