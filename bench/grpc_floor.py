@@ -45,6 +45,7 @@ import grpc  # noqa: E402
 import uvloop  # noqa: E402
 
 from bench.cpu import _stat_fields, TICK_S  # noqa: E402
+from bench.overhead import _run  # noqa: E402
 
 SERVICE = "floor.Tokens"
 METHOD = f"/{SERVICE}/Stream"
@@ -59,9 +60,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _handlers(stream, unary) -> list:
-    return [grpc.method_handlers_generic_handler(SERVICE, {
-        "Stream": grpc.unary_stream_rpc_method_handler(stream), "Call": grpc.unary_unary_rpc_method_handler(unary)})]
+async def _serve(port: int, stream, unary) -> None:
+    """A gRPC server of the two methods (bytes in, bytes out) on `port`, until killed."""
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, {
+        "Stream": grpc.unary_stream_rpc_method_handler(stream), "Call": grpc.unary_unary_rpc_method_handler(unary)})])
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    await server.wait_for_termination()
 
 
 async def _source(port: int, step_s: float) -> None:
@@ -73,11 +79,7 @@ async def _source(port: int, step_s: float) -> None:
     async def unary(request: bytes, context) -> bytes:
         return PAYLOAD
 
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers(_handlers(stream, unary))
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    await server.start()
-    await server.wait_for_termination()
+    await _serve(port, stream, unary)
 
 
 async def _grpc_relay(port: int, upstream: int) -> None:
@@ -96,11 +98,7 @@ async def _grpc_relay(port: int, upstream: int) -> None:
     async def unary(request: bytes, context) -> bytes:
         return await unary_call(request)
 
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers(_handlers(stream, unary))
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    await server.start()
-    await server.wait_for_termination()
+    await _serve(port, stream, unary)
 
 
 async def _http_relay(port: int, upstream: int) -> None:
@@ -191,22 +189,6 @@ async def _grpc_reads(port: int, streams: int, tokens: int) -> tuple[int, float]
     return received, (ended.user + ended.system) - (began.user + began.system)
 
 
-async def _calls(call, concurrency: int, count: int) -> tuple[list[float], float]:
-    """Latencies of `count` calls by `concurrency` workers, and the seconds they took together."""
-    latencies: list[float] = []
-    remaining = iter(range(count))
-
-    async def worker() -> None:
-        for _ in remaining:
-            began = time.perf_counter()
-            await call()
-            latencies.append(time.perf_counter() - began)
-
-    began = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return latencies, time.perf_counter() - began
-
-
 async def _unary(ports: dict[str, int], pids: dict[str, int], runs: tuple[tuple[int, int], ...]) -> dict:
     """Minimal requests through both relays (HTTP in, gRPC through) and straight to the source over
     gRPC, in alternating blocks: what two bare hops add to a request's latency and cost."""
@@ -222,8 +204,8 @@ async def _unary(ports: dict[str, int], pids: dict[str, int], runs: tuple[tuple[
             await direct_call(b"{}")
 
         for concurrency, count in runs:
-            await _calls(relayed, concurrency, 64)  # warm
-            await _calls(direct, concurrency, 64)
+            await _run(concurrency, 64, relayed)  # warm
+            await _run(concurrency, 64, direct)
             latencies: dict[str, list[float]] = {"relays": [], "direct": []}
             seconds = {"relays": 0.0, "direct": 0.0}
             relay_cpu = 0.0
@@ -231,11 +213,11 @@ async def _unary(ports: dict[str, int], pids: dict[str, int], runs: tuple[tuple[
                 order = [("relays", relayed), ("direct", direct)]
                 for path, call in order if block % 2 == 0 else order[::-1]:
                     before = sum(_cpu_s(pids[role]) for role in ("grpc-relay", "http-relay"))
-                    lat, took = await _calls(call, concurrency, count // 4)
+                    lat, rate = await _run(concurrency, count // 4, call)
                     if path == "relays":
                         relay_cpu += sum(_cpu_s(pids[role]) for role in ("grpc-relay", "http-relay")) - before
                     latencies[path] += lat
-                    seconds[path] += took
+                    seconds[path] += len(lat) / rate
             p50 = {path: 1000 * statistics.median(values) for path, values in latencies.items()}
             rps = {path: len(latencies[path]) / seconds[path] for path in latencies}
             out[f"unary@{concurrency}"] = {
