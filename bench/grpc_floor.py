@@ -267,6 +267,7 @@ def measure(streams: int = 64, step_s: float = 0.022, tokens: int = 256,
         "relays_us_per_message": round(per_message["grpc-relay"] + per_message["http-relay"], 1),
         # the one part of a token's work no mesh can share out: reading Triton's message for it
         "grpc_read_us_per_message": round(1e6 * read_s / max(read, 1), 1),
+        "grpc_read_messages": read,
         **unary,
     }
 
