@@ -26,15 +26,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
-import signal
 import socket
 import statistics
-import subprocess
 import sys
 import time
-from pathlib import Path
 
 from services.common import grpc_runtime
 
@@ -43,21 +41,17 @@ grpc_runtime.apply(os.environ)
 import aiohttp  # noqa: E402 - after the gRPC runtime settings, as the mesh's packages do
 import grpc  # noqa: E402
 import uvloop  # noqa: E402
+from aiohttp import web  # noqa: E402
 
-from bench.cpu import _stat_fields, TICK_S  # noqa: E402
+from bench.cpu import _group_cpu_s  # noqa: E402
 from bench.overhead import _run  # noqa: E402
+from local.processes import free_ports, spawn, stop, wait_until  # noqa: E402
+from local.stack import ROOT  # noqa: E402
 
 SERVICE = "floor.Tokens"
 METHOD = f"/{SERVICE}/Stream"
 UNARY = f"/{SERVICE}/Call"
-ROOT = Path(__file__).resolve().parent.parent
 PAYLOAD = b'data: {"choices":[{"index":0,"delta":{"content":" token"}}]}\n\n'  # an SSE chunk's size
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def _serve(port: int, stream, unary) -> None:
@@ -102,10 +96,9 @@ async def _grpc_relay(port: int, upstream: int) -> None:
 
 
 async def _http_relay(port: int, upstream: int) -> None:
-    from aiohttp import web
-
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{upstream}")
     call = channel.unary_stream(METHOD)
+    unary_call = channel.unary_unary(UNARY)
 
     async def stream(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
@@ -118,8 +111,6 @@ async def _http_relay(port: int, upstream: int) -> None:
             await response.write(message)
         await response.write_eof()
         return response
-
-    unary_call = channel.unary_unary(UNARY)
 
     async def unary(request: web.Request) -> web.Response:
         return web.Response(body=await unary_call(await request.read()), content_type="application/json")
@@ -136,22 +127,12 @@ async def _http_relay(port: int, upstream: int) -> None:
 ROLES = {"source": _source, "grpc-relay": _grpc_relay, "http-relay": _http_relay}
 
 
-def _cpu_s(pid: int) -> float:
-    fields = _stat_fields(f"/proc/{pid}/stat")
-    return 0.0 if fields is None else (int(fields[11]) + int(fields[12])) * TICK_S
+RELAYS = ("grpc-relay", "http-relay")
 
 
-def _wait_for_port(port: int, proc: subprocess.Popen, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"a floor process exited with {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on port {port}")
+def _listening(port: int) -> bool:
+    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+    return True
 
 
 async def _streams(port: int, streams: int, tokens: int) -> tuple[int, float]:
@@ -189,7 +170,7 @@ async def _grpc_reads(port: int, streams: int, tokens: int) -> tuple[int, float]
     return received, (ended.user + ended.system) - (began.user + began.system)
 
 
-async def _unary(ports: dict[str, int], pids: dict[str, int], runs: tuple[tuple[int, int], ...]) -> dict:
+async def _unary(ports: dict[str, int], groups: dict[int, str], runs: tuple[tuple[int, int], ...]) -> dict:
     """Minimal requests through both relays (HTTP in, gRPC through) and straight to the source over
     gRPC, in alternating blocks: what two bare hops add to a request's latency and cost."""
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{ports['source']}")
@@ -212,10 +193,11 @@ async def _unary(ports: dict[str, int], pids: dict[str, int], runs: tuple[tuple[
             for block in range(4):
                 order = [("relays", relayed), ("direct", direct)]
                 for path, call in order if block % 2 == 0 else order[::-1]:
-                    before = sum(_cpu_s(pids[role]) for role in ("grpc-relay", "http-relay"))
+                    before = _group_cpu_s(groups)
                     lat, rate = await _run(concurrency, count // 4, call)
                     if path == "relays":
-                        relay_cpu += sum(_cpu_s(pids[role]) for role in ("grpc-relay", "http-relay")) - before
+                        after = _group_cpu_s(groups)
+                        relay_cpu += sum(after[role] - before[role] for role in RELAYS)
                     latencies[path] += lat
                     seconds[path] += len(lat) / rate
             p50 = {path: 1000 * statistics.median(values) for path, values in latencies.items()}
@@ -236,35 +218,32 @@ def measure(streams: int = 64, step_s: float = 0.022, tokens: int = 256,
     """The floor: at `streams` streams of `tokens` messages, one every `step_s`, µs of CPU per message
     of the gRPC relay (the text service's part) and of the HTTP relay (the façade's); for minimal
     requests at each (concurrency, count) of `unary_runs`, what the two relays add."""
-    ports = {role: _free_port() for role in ROLES}
+    ports = dict(zip(ROLES, free_ports(len(ROLES))))
     upstream = {"source": str(step_s), "grpc-relay": str(ports["source"]), "http-relay": str(ports["grpc-relay"])}
-    procs: dict[str, subprocess.Popen] = {}
     env = {**os.environ, "PYTHONPATH": os.pathsep.join((str(ROOT), str(ROOT / "build" / "gen")))}
+    procs = []
     try:
         for role in ROLES:
-            procs[role] = subprocess.Popen(
-                [sys.executable, "-m", "bench.grpc_floor", "--role", role, "--port", str(ports[role]),
-                 "--upstream", upstream[role]],
-                start_new_session=True, env=env,
-            )
-            _wait_for_port(ports[role], procs[role])
-        pids = {role: proc.pid for role, proc in procs.items()}
-        before = {role: _cpu_s(pid) for role, pid in pids.items()}
+            log = ROOT / "build" / "bench" / f"floor-{role}.log"
+            proc = spawn([sys.executable, "-m", "bench.grpc_floor", "--role", role, "--port", str(ports[role]),
+                          "--upstream", upstream[role]], env, log)
+            procs.append(proc)
+            wait_until(functools.partial(_listening, ports[role]), 30, f"the floor's {role}", proc, log)
+        groups = {proc.pid: role for proc, role in zip(procs, ROLES)}  # each its own process group
+        before = _group_cpu_s(groups)
         received, seconds = asyncio.run(_streams(ports["http-relay"], streams, tokens))
-        after = {role: _cpu_s(pid) for role, pid in pids.items()}
+        after = _group_cpu_s(groups)
         read, read_s = uvloop.run(_grpc_reads(ports["source"], streams, tokens))  # on the services' loop
-        unary = asyncio.run(_unary(ports, pids, unary_runs)) if unary_runs else {}
+        unary = asyncio.run(_unary(ports, groups, unary_runs)) if unary_runs else {}
     finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        for proc in procs:
+            stop(proc)
     per_message = {role: round(1e6 * (after[role] - before[role]) / max(received, 1), 1) for role in ROLES}
     return {
         "streams": streams, "step_ms": round(step_s * 1000, 1), "messages": received,
         "messages_per_s": round(received / seconds),
         "cpu_us_per_message": per_message,
-        "relays_us_per_message": round(per_message["grpc-relay"] + per_message["http-relay"], 1),
+        "relays_us_per_message": round(sum(per_message[role] for role in RELAYS), 1),
         # the one part of a token's work no mesh can share out: reading Triton's message for it
         "grpc_read_us_per_message": round(1e6 * read_s / max(read, 1), 1),
         "grpc_read_messages": read,
