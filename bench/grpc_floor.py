@@ -19,7 +19,7 @@ Triton sends each token of each request as a message of its own. Minimal unary r
 relays and straight to the source (alternating blocks, as bench/overhead.py) give what two bare hops
 add to a request's latency and CPU.
 
-    PYTHONPATH=.:build/gen .venv/bin/python -m bench.grpc_floor [--streams 64] [--step-ms 22] [--tokens 256]
+    .venv/bin/python -m bench.grpc_floor [--streams 64] [--step-ms 22] [--tokens 256]
 """
 
 from __future__ import annotations
@@ -220,7 +220,7 @@ def measure(streams: int = 64, step_s: float = 0.022, tokens: int = 256,
     requests at each (concurrency, count) of `unary_runs`, what the two relays add."""
     ports = dict(zip(ROLES, free_ports(len(ROLES))))
     upstream = {"source": str(step_s), "grpc-relay": str(ports["source"]), "http-relay": str(ports["grpc-relay"])}
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join((str(ROOT), str(ROOT / "build" / "gen")))}
+    env = dict(os.environ)
     procs = []
     try:
         for role in ROLES:

@@ -23,7 +23,7 @@ Per strategy and workload: TTFT (first delta with text) p50/p99, end-to-end p50/
 the prefix-cache hit ratio (the Tritons' counters, or the usage's cached tokens), the busiest replica's
 share of requests as max/mean, the picker's own cost per request (µs, in-process), the mesh's CPU.
 
-    PYTHONPATH=.:build/gen .venv/bin/python -m bench.routing [--quick] [--json out.json]
+    .venv/bin/python -m bench.routing [--quick] [--json out.json]
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ but the tokens the text service has ready together share one GenerateMany messag
 at higher rates more of them share a wakeup, so these figures err high. What a GPU node would see is
 the rate times `time_scale`.
 
-    PYTHONPATH=.:build/gen .venv/bin/python -m bench.token_rate [--runs 64x4,128x8] [--echo 64]
+    .venv/bin/python -m bench.token_rate [--runs 64x4,128x8] [--echo 64]
 
 alone starts its own stack (the text modality only: echo and sim) and also measures echo streams
 (tokens as fast as Triton carries them) the same way.

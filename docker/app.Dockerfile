@@ -33,10 +33,11 @@ COPY --from=build /opt/venv /opt/venv
 COPY --from=build /src/build/gen /app/build/gen
 COPY facade /app/facade
 COPY services /app/services
+# the project's import path as `make setup` writes it locally (a .pth in the venv), not a PYTHONPATH;
 # byte-compiled at build time: the root filesystem is read-only at run time
-RUN /opt/venv/bin/python -m compileall -q /app
+RUN /opt/venv/bin/python -c 'import pathlib, sysconfig; pathlib.Path(sysconfig.get_path("purelib"), "hubmesh.pth").write_text("/app\n/app/build/gen\n")' \
+ && /opt/venv/bin/python -m compileall -q /app
 ENV PATH=/opt/venv/bin:$PATH \
-    PYTHONPATH=/app:/app/build/gen \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     HUBMESH_MODULE=${MODULE}

@@ -1,4 +1,5 @@
-"""`make run`: start the whole stack on 127.0.0.1, print how to call it, stop it all on Ctrl-C/SIGTERM."""
+"""`make run`: start the whole stack on 127.0.0.1, print how to call it, keep it running (a Triton or a
+service that exits is started again: local/supervisor.py), stop it all on Ctrl-C/SIGTERM."""
 
 import logging
 import os
@@ -7,7 +8,10 @@ import threading
 import time
 
 from facade.settings import generate_api_key
+from pathlib import Path
+
 from local.stack import MODALITIES, ROOT, LocalStack, StackConfig, describe
+from local.supervisor import StackFailed, Supervisor
 
 log = logging.getLogger("hubmesh")
 
@@ -15,12 +19,14 @@ log = logging.getLogger("hubmesh")
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     env = os.environ
-    config = StackConfig(api_key=env.get("HUBMESH_API_KEY") or generate_api_key(), run_dir=ROOT / "run")
+    run_dir = Path(env.get("HUBMESH_RUN_DIR") or ROOT / "run")  # logs, the SQLite file, images
+    config = StackConfig(api_key=env.get("HUBMESH_API_KEY") or generate_api_key(), run_dir=run_dir.resolve())
     config.jwt_secret = env.get("HUBMESH_JWT_SECRET") or config.jwt_secret
     config.http_port = int(env.get("HUBMESH_HTTP_PORT", config.http_port))
     for modality in MODALITIES:  # HUBMESH_TEXT_PORT=50051, HUBMESH_TEXT_TRITON_PORTS=8000,8001,8002, ...
         ports = config.ports[modality.name]
         ports["service"] = int(env.get(f"HUBMESH_{modality.env_prefix}_PORT", ports["service"]))
+        ports["metrics"] = int(env.get(f"HUBMESH_{modality.env_prefix}_METRICS_PORT", ports["metrics"]))
         triton = env.get(f"HUBMESH_{modality.env_prefix}_TRITON_PORTS")  # replica 0's
         if triton:
             ports["triton_http"], ports["triton_grpc"], ports["triton_metrics"] = (int(p) for p in triton.split(","))
@@ -34,27 +40,40 @@ def main() -> int:
             log.error("HUBMESH_%s_REPLICAS must be a whole number >= 1, not %r", modality.env_prefix, replicas)
             return 2
     stop = threading.Event()
+    supervisor: Supervisor | None = None
+
+    def on_signal(*_) -> None:
+        first = not stop.is_set()
+        stop.set()
+        if supervisor is None and first:  # still starting: stop waiting for it (once: not the clean-up)
+            raise KeyboardInterrupt
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal)
     stack = LocalStack(config)
     started = time.monotonic()
     tritons = sum(config.replica_count(m.name) for m in MODALITIES)
-    log.info("starting %d Tritons, the services and the façade (logs in %s)", tritons, config.run_dir / "logs")
+    log.info("starting %d Tritons, the services and the façade (launcher pid %d, logs in %s)", tritons, os.getpid(),
+             config.run_dir / "logs")
     try:
         stack.start()
         log.info("ready in %.1f s", time.monotonic() - started)
         print(describe(config), flush=True)
-        while not stop.wait(1.0):
-            for name, proc in stack.children().items():
-                if proc is not None and proc.poll() is not None:
-                    log.error("%s exited with code %s; stopping (see %s)", name, proc.returncode, config.run_dir / "logs")
-                    return 1
+        supervisor = Supervisor(stack.units())
+        log.info("processes: %s", supervisor.pids())
+        while not stop.wait(0.5):
+            supervisor.tick()
         return 0
+    except StackFailed as failure:
+        log.error("%s", failure)
+        return 1
+    except KeyboardInterrupt:
+        log.info("interrupted while starting")
+        return 130
     finally:
         log.info("stopping")
         stack.stop()
         log.info("stopped")
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

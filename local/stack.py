@@ -23,6 +23,7 @@ from facade.auth.tokens import issue_local_token
 from facade.settings import generate_secret
 from facade.store.database import redact
 from local import processes
+from local.supervisor import Unit
 from local.triton import ROOT, TritonServer
 
 
@@ -157,7 +158,6 @@ class StackConfig:
 
 def _python_env(config: StackConfig, **extra: str) -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "build" / "gen")])
     env["PYTHONUNBUFFERED"] = "1"
     env["HUBMESH_IMAGES_STORE_DIR"] = str(config.run_dir / "images")  # images kept for `url` responses
     env["HUBMESH_INTERNAL_SECRET"] = config.internal_secret
@@ -265,28 +265,44 @@ class LocalStack:
         """Starts the modality's service (or another instance of it: `instance` names it in
         self.services and its log file, on its own listen and metrics ports) against every replica
         of its Triton; `env` adds to or overrides the service's environment."""
-        if isinstance(modality, str):
-            modality = next(m for m in self.modalities if m.name == modality)
+        modality = self.modality(modality)
+        name = instance or modality.name
+        proc = self.spawn_service(modality, instance=instance, listen_port=listen_port, metrics_port=metrics_port,
+                                  env=env)
+        processes.wait_until(lambda: self.service_ready(modality, listen_port), timeout_s, f"{name} service", proc,
+                             self.logs / f"{name}.log")
+        return proc
+
+    def modality(self, modality: Modality | str) -> Modality:
+        return modality if isinstance(modality, Modality) else next(m for m in self.modalities if m.name == modality)
+
+    def spawn_service(
+        self, modality: Modality | str, *, instance: str | None = None, listen_port: int | None = None,
+        metrics_port: int | None = None, env: dict[str, str] | None = None,
+    ) -> subprocess.Popen:
+        """Starts the modality's service process and returns at once (start_service also waits)."""
+        modality = self.modality(modality)
         name = instance or modality.name
         ports = self.config.ports[modality.name]
-        target = f"127.0.0.1:{listen_port or ports['service']}"
-        log_path = self.logs / f"{name}.log"
         service_env = _python_env(
             self.config,
             OTEL_SERVICE_NAME=f"hubmesh-{modality.name}",
             HUBMESH_METRICS_PORT=str(metrics_port or ports["metrics"]),
             **{
-                f"HUBMESH_{modality.env_prefix}_LISTEN": target,
+                f"HUBMESH_{modality.env_prefix}_LISTEN": f"127.0.0.1:{listen_port or ports['service']}",
                 f"HUBMESH_{modality.env_prefix}_TRITON_URL": self.config.triton_url(modality.name),
             },
         )
         service_env.update(env or {})
-        proc = processes.spawn([sys.executable, "-m", modality.service_module], service_env, log_path, cwd=ROOT)
+        proc = processes.spawn([sys.executable, "-m", modality.service_module], service_env,
+                               self.logs / f"{name}.log", cwd=ROOT)
         self.services[name] = proc
-        processes.wait_until(
-            lambda: grpc_serving(target, modality.grpc_service), timeout_s, f"{name} service", proc, log_path
-        )
         return proc
+
+    def service_ready(self, modality: Modality | str, listen_port: int | None = None) -> bool:
+        modality = self.modality(modality)
+        port = listen_port or self.config.ports[modality.name]["service"]
+        return grpc_serving(f"127.0.0.1:{port}", modality.grpc_service)
 
     def stop_service(self, name: str) -> None:
         """Stops one service process (a modality's, or an instance started with start_service)."""
@@ -340,6 +356,28 @@ class LocalStack:
         replica=None sums it over every replica of the modality."""
         replicas = self.replicas[modality] if replica is None else [self.replicas[modality][replica]]
         return sum(prometheus_sum(f"http://127.0.0.1:{t.metrics_port}/metrics", name, **labels) for t in replicas)
+
+    def units(self) -> list[Unit]:
+        """Every process of the stack as `make run` supervises it: Tritons and services are started
+        again when they exit, the façade's exit ends the stack."""
+        units = []
+        for modality in self.modalities:
+            for index, triton in enumerate(self.replicas[modality.name]):
+                units.append(Unit(
+                    name=triton_name(modality.name, index), proc=lambda t=triton: t.proc,
+                    start=lambda t=triton: (t.start(), t.proc)[1], cleanup=triton.stop, ready=triton.is_ready,
+                    log_path=triton.log_path,
+                ))
+        for modality in self.modalities:
+            units.append(Unit(
+                name=modality.name, proc=lambda m=modality: self.services.get(m.name),
+                start=lambda m=modality: self.spawn_service(m),
+                cleanup=lambda m=modality: self.stop_service(m.name), ready=lambda m=modality: self.service_ready(m),
+                log_path=self.logs / f"{modality.name}.log",
+            ))
+        units.append(Unit(name="facade", proc=lambda: self.facade, start=self.start_facade, cleanup=lambda: None,
+                          ready=lambda: True, log_path=self.logs / "facade.log", essential=True))
+        return units
 
     def children(self) -> dict[str, object]:
         procs = {

