@@ -16,6 +16,9 @@ stop it. Writes build/bench/report.{json,md,png}.
 - routing: 4 simulated Tritons behind the text service, round_robin / least_request / prefix (and
   prefix with 2 pickers) at the same offered load, on a shared-prefix and a no-shared-prefix workload
   (bench/routing.py, its own stack, started once the main one is stopped);
+- stalls: 3 simulated Tritons, 18 streams; the busiest replica frozen (SIGSTOP), then one cut off in its
+  network namespace: time added to the round, time to quarantine and back; a saturated engine for 3
+  minutes with no stall declared (bench/stalls.py, docs/stalls.md);
 - limits: the limiter's memory and cost per request with 100k subjects, in-process and in Redis
   (bench/limits.py).
 """
@@ -26,7 +29,7 @@ import os
 
 from bench import (
     bench_config, cpu, embeddings_throughput, grpc_floor, images_latency, limits, overhead, peer_litellm, report,
-    routing, text_stream, token_rate,
+    routing, stalls, text_stream, token_rate,
 )
 from local.stack import ROOT, LocalStack
 
@@ -56,6 +59,10 @@ def main() -> None:
         results["routing"] = routing.measure()
     except Exception as err:  # noqa: BLE001 - the other figures are still written
         results["routing"] = {"error": f"{type(err).__name__}: {err}"}
+    try:  # its own stack (3 sim Tritons): a replica frozen, one cut off in a namespace, one saturated
+        results["stalls"] = stalls.measure(saturation_s=180.0)
+    except Exception as err:  # noqa: BLE001 - the other figures are still written
+        results["stalls"] = {"error": f"{type(err).__name__}: {err}"}
     results["limits"] = limits.measure()  # no stack: the limiter's stores alone (a private redis-server)
     written = report.write(results, ROOT / "build" / "bench")
     print(json.dumps(results, indent=2))

@@ -196,6 +196,25 @@ def _routing_rows(routing: dict) -> list[str]:
     return lines
 
 
+def stall_rows(stalls: dict) -> list[str]:
+    """One row per way of hanging a replica, and the saturation run (bench/stalls.py)."""
+    if "error" in stalls:
+        return [f"Not measured: {stalls['error']}"]
+    lines = ["| hung by | uninterrupted | hung | added | first stall after | routed there after | back after | "
+             "errors / wrong texts |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for how in ("sigstop", "partition"):
+        f = stalls.get(how)
+        if f:
+            lines.append(f"| {how} | {f['uninterrupted_s']} s | {f['hung_s']} s | +{f['added_s']} s | "
+                         f"{f['first_stall_after_s']} s | {f['requests_routed_there_after_first_stall']} | "
+                         f"{f['back_in_service_after_s']} s | {f['client_errors']} / {f['wrong_texts']} |")
+    sat = stalls.get("saturation")
+    if sat:
+        lines += ["", f"Saturated for {sat.get('seconds')} s: {sat.get('stalls')} stalls, {sat.get('migrations')} "
+                  f"migrations, {sat.get('client_errors')} errors."]
+    return lines
+
+
 def write(report: dict, directory: Path) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
     json_path, md_path, png_path = directory / "report.json", directory / "report.md", directory / "report.png"
@@ -212,6 +231,9 @@ def write(report: dict, directory: Path) -> list[Path]:
     routing = report.get("routing")
     if routing is not None:
         md += ["", "## Routing over Triton replicas (engine simulator)", "", *_routing_rows(routing)]
+    hung = report.get("stalls")
+    if hung is not None:
+        md += ["", "## A replica that hangs (engine simulator; docs/stalls.md)", "", *stall_rows(hung)]
     peer = report.get("peer")
     if peer is not None:
         md += ["", "## Peer gateway (LiteLLM proxy, same Triton)", "", *_peer_rows(peer), "",

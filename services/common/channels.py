@@ -40,13 +40,22 @@ CHANNEL_OPTIONS = [
 ]
 
 # Services -> Triton: one channel per replica (services.common.replicas picks among them), so no
-# load-balancing policy here. Triton's gRPC server, by default, answers pings more often than every 5 minutes
-# without data with GOAWAY "too_many_pings", so pings stay within that and only during calls.
+# load-balancing policy here. A peer that is cut off (a partition) or frozen keeps its TCP connection
+# open and sends nothing: a keepalive ping every 2 s during calls, unanswered for 2 s, closes the
+# connection (its calls fail UNAVAILABLE and move; the replica is ejected), within the stall
+# guard's own bound (services.text.stalls). A connection attempt gives up after 1 s (not gRPC's 20 s),
+# so a replica whose link comes back is reached again within about the reconnect backoff (≤ 2 s).
+# Triton's gRPC server, by default, answers more than 2 pings in 5 minutes with GOAWAY "too_many_pings" —
+# but only pings that come while it has sent nothing since the last one: its readiness probes
+# (services.common.replicas, every TRITON_PROBE_INTERVAL_S) and the tokens of the calls in flight
+# answer between two pings, and at most 2 pings go out without data from this side
+# (max_pings_without_data, the default), so an idle prefill longer than that draws no strike.
 TRITON_CHANNEL_OPTIONS = [
     *_COMMON,
-    ("grpc.keepalive_time_ms", 300_000),
-    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.keepalive_time_ms", 2_000),
+    ("grpc.keepalive_timeout_ms", 2_000),
     ("grpc.keepalive_permit_without_calls", 0),
+    ("grpc.min_reconnect_backoff_ms", 1_000),
 ]
 
 # Our gRPC servers: accept the façade's keepalive pings, and end connections after 5 minutes (with a

@@ -69,3 +69,20 @@ MIGRATION_SECONDS = Histogram(
     "hubmesh_text_migration_seconds", "From losing a generation's replica to the next replica's first response",
     ["model"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
+STALLS = Counter(
+    "hubmesh_text_stalls", "Generations whose Triton replica went silent past their stall deadline (services.text.stalls)",
+    ["replica", "phase"],
+)
+STALL_DEADLINE = Histogram(
+    "hubmesh_text_stall_deadline_seconds",
+    "Stall deadlines the text service computed: each generation's first-token deadline when it was sent, and the "
+    "inter-token deadline it ran under from its first token", ["phase"],
+    buckets=(0.5, 1, 1.5, 2, 3, 5, 10, 20, 30, 60, 120),
+)
+REPLICA_QUARANTINED = Gauge(
+    "hubmesh_replica_quarantined", "1 while a Triton replica is quarantined after a stall (until a canary succeeds)",
+    ["replica"],
+)
+CANARIES = Counter(
+    "hubmesh_replica_canaries", "Canary generations sent to quarantined Triton replicas, by outcome", ["replica", "outcome"],
+)

@@ -16,6 +16,8 @@ from typing import Any
 
 from services.common.replicas import Replica
 
+UNIT_CHARS = 256  # characters of prompt in one unit of prefill (the prefix picker's default block)
+
 
 @dataclass(slots=True)
 class Decision:
@@ -36,6 +38,13 @@ class Picker:
 
     def pick(self, model: str, candidates: Sequence[Replica], prompt: str | None = None) -> Decision:
         raise NotImplementedError
+
+    def prefill_units(self, decision: Decision, prompt: str | None = None) -> float:
+        """What stands before the call's first response, in units of one prompt block's prefill: the
+        prompt's blocks (UNIT_CHARS characters each) once for itself and once more for every other call
+        of ours on the replica (the PrefixPicker knows better: cache hits, the engine's queue)."""
+        blocks = len(prompt or "") // UNIT_CHARS + 1
+        return blocks * (1 + max(0, decision.replica.in_flight))
 
     def started(self, decision: Decision) -> None:
         """The call's first response arrived (a generation's prefill is over)."""

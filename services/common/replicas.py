@@ -9,7 +9,13 @@
 Each replica gets its own gRPC channel. A probe loop asks every replica, every `probe_interval_s`,
 which of the service's Triton models are ready there: the candidates for a model are the replicas
 where it is ready. A replica whose call fails because it is gone (UNAVAILABLE) is *ejected* at once —
-no new request goes to it — and admitted again when a probe finds it ready. With `scrape`, a loop reads
+no new request goes to it — and admitted again when a probe finds it ready. A replica that hangs (a
+generation there stalled, services.text.stalls) is *quarantined*: no new request goes to it, and
+"model ready", which a hung engine still answers, does not bring it back; a `canary` (a call that
+must really compute, e.g. a generation of a few tokens, within a short deadline) is tried every
+`probe_interval_s`, and the replica is admitted again when one succeeds. Only when every replica of
+a model is quarantined do the quarantined ones stay candidates (a false alarm everywhere must not
+stop the service). With `scrape`, a loop reads
 each replica's Prometheus metrics (Triton's metrics port) for the engine's own load, under the names
 Triton's vLLM backend gives them (`vllm:num_requests_running`, ...): off every request's path.
 """
@@ -29,7 +35,7 @@ import grpc
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from services.common.metrics import EJECTIONS, REPLICA_IN_FLIGHT, REPLICA_READY
+from services.common.metrics import CANARIES, EJECTIONS, REPLICA_IN_FLIGHT, REPLICA_QUARANTINED, REPLICA_READY
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +113,7 @@ class Replica:
         self._stub: service_pb2_grpc.GRPCInferenceServiceStub | None = None
         self.ready_models: frozenset[str] | None = None  # None: never probed (a candidate for every model)
         self.ejected = False
+        self.quarantined = False  # stalled: out until a canary succeeds (ReplicaSet.quarantine)
         self.in_flight = 0  # calls of this process now running there
         self.load: dict[str, EngineLoad] = {}  # Triton model -> what the engine last reported
         self._gauge = REPLICA_IN_FLIGHT.labels(self.address)
@@ -123,6 +130,10 @@ class Replica:
             await self.channel.close()
 
     def serves(self, model: str) -> bool:
+        return not self.quarantined and self.has(model)
+
+    def has(self, model: str) -> bool:
+        """Ready for `model` as far as probes know (quarantined or not)."""
         return not self.ejected and (self.ready_models is None or model in self.ready_models)
 
     def outstanding(self, model: str) -> float:
@@ -158,6 +169,8 @@ class ReplicaSet:
         resolve_interval_s: float = 10.0,
         scrape_interval_s: float = 0.5,
         scrape: bool = False,
+        canary=None,
+        canary_timeout_s: float = 2.0,
     ) -> None:
         from services.common.channels import TRITON_CHANNEL_OPTIONS  # channels imports this module
 
@@ -172,6 +185,11 @@ class ReplicaSet:
         self._retired: set[Replica] = set()
         self._discovered: set[str] = set()  # addresses found through DNS (retired when they vanish)
         self._probed = asyncio.Event()
+        # async (replica) -> bool: whether a quarantined replica really computes again (see quarantine)
+        self.canary = canary
+        self.canary_timeout_s = canary_timeout_s
+        self.canary_deadline = None  # (replica) -> seconds a canary may take there (at least canary_timeout_s)
+        self._canaries: dict[str, asyncio.Task] = {}
         for target in self._targets:
             if not target.discover:
                 self._add(target.host, target.port, target.metrics_port)
@@ -190,17 +208,21 @@ class ReplicaSet:
     def candidates(self, model: str, excluded: Iterable[Replica] = ()) -> list[Replica]:
         """Replicas that can serve `model` now, in a stable order."""
         excluded = set(excluded)
-        return [r for r in self._replicas.values() if r.serves(model) and r not in excluded]
+        found = [r for r in self._replicas.values() if r.serves(model) and r not in excluded]
+        if not found:  # every one quarantined: better a suspect replica than none
+            found = [r for r in self._replicas.values() if r.quarantined and r.has(model) and r not in excluded]
+        return found
 
     async def is_ready(self, model: str) -> bool:
         """True when some replica has `model` ready (probing now if no probe has run yet)."""
         if not self._probed.is_set():
             await self.refresh()
-        return any(r.serves(model) for r in self._replicas.values())
+        return any(r.has(model) for r in self._replicas.values())
 
     def eject(self, replica: Replica, why: str) -> None:
-        """No new calls go to `replica` until a probe finds it ready again."""
-        if replica.ejected or replica.address not in self._replicas:
+        """No new calls go to `replica` until a probe finds it ready again (a quarantined one stays
+        quarantined: its canary decides)."""
+        if replica.ejected or replica.quarantined or replica.address not in self._replicas:
             return
         replica.ejected = True
         replica.ready_models = frozenset()  # nothing is known ready there until a probe says so
@@ -209,6 +231,57 @@ class ReplicaSet:
         self._set_ready_gauges(replica, frozenset())
         log.warning("Triton replica %s ejected: %s", replica.address, why)
         self._notify(replica, "ejected")
+
+    def quarantine(self, replica: Replica, why: str) -> bool:
+        """No new calls go to `replica` until a canary succeeds there; False if it already was."""
+        if replica.quarantined or replica.address not in self._replicas:
+            return False
+        replica.quarantined = True
+        replica.load.clear()
+        REPLICA_QUARANTINED.labels(replica.address).set(1)
+        self._set_ready_gauges(replica, frozenset())
+        log.warning("Triton replica %s quarantined: %s", replica.address, why)
+        self._notify(replica, "quarantined")
+        if self.canary is not None:
+            self._canaries[replica.address] = asyncio.get_running_loop().create_task(self._canary_loop(replica))
+        return True
+
+    def readmit(self, replica: Replica) -> None:
+        """`replica` served a canary: it takes new calls again (every model of the set is ready there)."""
+        if not replica.quarantined:
+            return
+        replica.quarantined = replica.ejected = False
+        replica.ready_models = frozenset(self.models) if self.models else None
+        REPLICA_QUARANTINED.labels(replica.address).set(0)
+        self._set_ready_gauges(replica, frozenset(self.models))
+        log.info("Triton replica %s admitted again: a canary generation succeeded", replica.address)
+        self._notify(replica, "admitted")
+
+    async def try_canary(self, replica: Replica) -> bool:
+        """One canary on `replica` within `canary_timeout_s` (or `canary_deadline(replica)` when longer);
+        a timeout or any error is a failure."""
+        timeout = self.canary_timeout_s
+        if self.canary_deadline is not None:
+            timeout = max(timeout, self.canary_deadline(replica))
+        try:
+            async with asyncio.timeout(timeout):
+                ok = bool(await self.canary(replica))
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:  # noqa: BLE001 - whatever went wrong, the replica stays out
+            log.info("canary on Triton replica %s failed: %s", replica.address, err or type(err).__name__)
+            ok = False
+        CANARIES.labels(replica.address, "ok" if ok else "failed").inc()
+        return ok
+
+    async def _canary_loop(self, replica: Replica) -> None:
+        try:
+            while replica.quarantined and self._replicas.get(replica.address) is replica:
+                await asyncio.sleep(self._probe_interval_s)
+                if await self.try_canary(replica):
+                    self.readmit(replica)
+        finally:
+            self._canaries.pop(replica.address, None)
 
     # -- keeping it current ---------------------------------------------------------------------
 
@@ -230,6 +303,8 @@ class ReplicaSet:
         await asyncio.gather(*loops)
 
     async def close(self) -> None:
+        for task in list(self._canaries.values()):
+            task.cancel()
         for replica in [*self._replicas.values(), *self._retired]:
             await replica.close()
 
@@ -250,7 +325,10 @@ class ReplicaSet:
                 await replica.close()
 
     async def _probe(self, replica: Replica) -> None:
-        """Which of our models are ready on `replica` (none when it does not answer)."""
+        """Which of our models are ready on `replica` (none when it does not answer); a quarantined
+        replica is left to its canary."""
+        if replica.quarantined:
+            return
         try:
             if self.models:
                 replies = await asyncio.gather(*(
@@ -264,6 +342,8 @@ class ReplicaSet:
         except grpc.aio.AioRpcError:
             ready, answered = frozenset(), False
         usable = bool(ready) if self.models else answered
+        if replica.quarantined:  # quarantined while the probe ran
+            return
         if ready != replica.ready_models:
             self._set_ready_gauges(replica, ready)
         replica.ready_models = ready if self.models else (None if answered else frozenset())

@@ -15,7 +15,7 @@ if __name__ == "__main__":
         load_catalog,
         lambda replicas, settings: TritonTextBackend(
             replicas, settings.triton_timeout_s, make_picker(settings.routing, **settings.picker_options()),
-            max_migrations=settings.max_migrations,
+            max_migrations=settings.max_migrations, **settings.stall_options(),
         ),
         lambda wiring: TextGenerationServicer(wiring.backend, wiring.catalog,
                                               flush_interval_s=wiring.settings.stream_flush_ms / 1000),

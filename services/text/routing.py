@@ -143,6 +143,7 @@ class _Placed:
     hashes: list[int]
     expected: float  # the share of the prompt expected cached on the replica
     model: str
+    units: float = 0.0  # prefill before its first token, in blocks: its own and the queue's (cost model)
     prefilling: bool = True  # no first token yet
 
 
@@ -166,7 +167,8 @@ class PrefixPicker(Picker):
         self._calls: dict[str, int] = {}  # address -> our calls in flight there
         self._sized: set[str] = set()  # replicas whose index capacity came from their own report
 
-    def _cost(self, replica: Replica, model: str, new_blocks: int, mean_context: float, mean_new: float) -> float:
+    def _terms(self, replica: Replica, model: str, mean_context: float, mean_new: float) -> tuple[float, float, float]:
+        """(queued, decoding, context) of the module's docstring, on `replica` now."""
         address = replica.address
         queued = self._prefill.get(address, 0)
         decoding = self._calls.get(address, 0) - self._prefilling.get(address, 0)
@@ -177,6 +179,10 @@ class PrefixPicker(Picker):
             others = load.others()
             decoding += others
             context += others * mean_context
+        return queued, decoding, context
+
+    def _cost(self, replica: Replica, model: str, new_blocks: int, mean_context: float, mean_new: float) -> float:
+        queued, decoding, context = self._terms(replica, model, mean_context, mean_new)
         return self.prefix_weight * (new_blocks * (1 + decoding) + queued) + self.load_weight * context
 
     def pick(self, model: str, candidates: Sequence[Replica], prompt: str | None = None) -> Decision:
@@ -202,6 +208,8 @@ class PrefixPicker(Picker):
         replica = best[0] if len(best) == 1 else self._random.choice(best)
         address = replica.address
         hit = matched.get(address, 0)
+        queued, decoding, _ = self._terms(replica, model, mean_context, mean_new)
+        units = (blocks - hit) * (1 + decoding) + queued  # what stands before its first token (stalls)
         self._size_from_report(replica, model)
         self.index.insert(address, hashes)
         new_blocks = blocks - hit
@@ -212,7 +220,7 @@ class PrefixPicker(Picker):
         expected = hit / blocks
         PREFIX_MATCH.labels(model).observe(expected)
         reason = "prefix" if hit else "load"
-        return Decision(replica, reason, _Placed(blocks, new_blocks, hashes, expected, model))
+        return Decision(replica, reason, _Placed(blocks, new_blocks, hashes, expected, model, units))
 
     def _size_from_report(self, replica: Replica, model: str) -> None:
         """The index holds about as much as the replica's KV cache, once the replica says how much."""
@@ -222,6 +230,9 @@ class PrefixPicker(Picker):
         if load is not None and load.kv_capacity_tokens:
             self.index.resize(replica.address, load.kv_capacity_tokens * CHARS_PER_TOKEN // self.index.block_chars)
             self._sized.add(replica.address)
+
+    def prefill_units(self, decision: Decision, prompt: str | None = None) -> float:
+        return decision.state.units
 
     def started(self, decision: Decision) -> None:
         placed: _Placed = decision.state

@@ -16,7 +16,7 @@ DEFAULT_CATALOG = Path(__file__).with_name("catalog.toml")
 class Settings(ServiceSettings):
     """HUBMESH_TEXT_LISTEN, _TRITON_URL, _CATALOG, _TRITON_TIMEOUT_S, the replica settings of every
     service (_TRITON_METRICS_PORT, _TRITON_PROBE_INTERVAL_S, _TRITON_RESOLVE_INTERVAL_S) and the
-    routing ones (_ROUTING, _ROUTING_*)."""
+    routing ones (_ROUTING, _ROUTING_*), and the stall ones (_STALL_*)."""
 
     model_config = SettingsConfigDict(env_prefix="HUBMESH_TEXT_")
 
@@ -47,11 +47,31 @@ class Settings(ServiceSettings):
     # load more tokens share a message (less CPU per token, up to this much more inter-token
     # latency); 0: every write as soon as there is something to send
     stream_flush_ms: float = Field(0.0, ge=0, le=50)
+    # a generation whose replica sends nothing for k × what the replica's own pace leads to expect
+    # (recent inter-token gaps; before the first token, the cost model's prefill and queue ahead), and
+    # at least the floor, is stalled: moved elsewhere, and the replica quarantined (services.text.stalls);
+    # k = 0: off. Until a replica's pace is measured, its deadline is STALL_COLD_S (a cold CPU model's
+    # first prefill on two busy cores can take tens of seconds).
+    stall_k: float = Field(16.0, ge=0)
+    stall_floor_s: Seconds = 2.0
+    stall_cold_s: Seconds = 120.0
+    # a quarantined replica is admitted again after a canary generation of this many tokens succeeds
+    # within this long, or k × what its measured pace leads to expect of it when that is longer
+    # (tried every TRITON_PROBE_INTERVAL_S)
+    stall_canary_tokens: PositiveInt = 4
+    stall_canary_timeout_s: Seconds = 2.0
 
     def replica_options(self) -> dict:
         # the prefix picker weighs the engines' own queues: read them
         return {**super().replica_options(), "scrape_interval_s": self.triton_scrape_interval_s,
                 "scrape": self.routing == "prefix"}
+
+    def stall_options(self) -> dict:
+        """Keyword arguments of TritonTextBackend for stalls."""
+        from services.text.stalls import StallPolicy
+
+        return {"stall_policy": StallPolicy(k=self.stall_k, floor_s=self.stall_floor_s, cold_s=self.stall_cold_s),
+                "canary_tokens": self.stall_canary_tokens, "canary_timeout_s": self.stall_canary_timeout_s}
 
     def picker_options(self) -> dict:
         """Keyword arguments of services.text.routing.make_picker."""
