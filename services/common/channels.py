@@ -45,7 +45,9 @@ CHANNEL_OPTIONS = [
 # connection (its calls fail UNAVAILABLE and move; the replica is ejected), within the stall
 # guard's own bound (services.text.stalls). A connection attempt gives up after 1 s (not gRPC's 20 s),
 # so a replica whose link comes back is reached again within about the reconnect backoff (≤ 2 s).
-# Triton's gRPC server, by default, answers more than 2 pings in 5 minutes with GOAWAY "too_many_pings" —
+# Our Tritons (local/triton.py, k8s/) accept a ping a second without data
+# (--grpc-http2-min-recv-ping-interval-without-data=1000). A Triton left at its defaults answers more
+# than 2 pings in 5 minutes with GOAWAY "too_many_pings" —
 # but only pings that come while it has sent nothing since the last one: its readiness probes
 # (services.common.replicas, every TRITON_PROBE_INTERVAL_S) and the tokens of the calls in flight
 # answer between two pings, and at most 2 pings go out without data from this side
