@@ -200,13 +200,13 @@ def stall_rows(stalls: dict) -> list[str]:
     """One row per way of hanging a replica, and the saturation run (bench/stalls.py)."""
     if "error" in stalls:
         return [f"Not measured: {stalls['error']}"]
-    lines = ["| hung by | uninterrupted | hung | added | first stall after | routed there after | back after | "
+    lines = ["| hung by | uninterrupted | hung | added | noticed after (by) | routed there after | back after | "
              "errors / wrong texts |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for how in ("sigstop", "partition"):
         f = stalls.get(how)
         if f:
             lines.append(f"| {how} | {f['uninterrupted_s']} s | {f['hung_s']} s | +{f['added_s']} s | "
-                         f"{f['first_stall_after_s']} s | {f['requests_routed_there_after_first_stall']} | "
+                         f"{f['noticed_after_s']} s ({f['noticed_by']}) | {f['requests_routed_there_after_noticed']} | "
                          f"{f['back_in_service_after_s']} s | {f['client_errors']} / {f['wrong_texts']} |")
     sat = stalls.get("saturation")
     if sat:

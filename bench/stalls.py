@@ -289,29 +289,35 @@ def run_round(base_url: str, bodies: list[dict], at_events: int | None = None, a
 # -- the scenarios ------------------------------------------------------------------------------------
 
 class Watcher:
-    """Polls the service's metrics (every 50 ms, in a thread) for the first stall on `address`: when it
-    came and how many requests had been routed there then."""
+    """Polls the service's metrics (every 50 ms, in a thread) for the moment the hang on `address` is
+    noticed — a stall the guard declared, or the channel's keepalive closing the connection (the
+    replica ejected), whichever comes first: both are bounds the service keeps — and how many requests
+    had been routed there then."""
 
     def __init__(self, stack: StallStack, address: str) -> None:
         self.stack, self.address = stack, address
-        self.stalls_before = self._stalls()
-        self.stalled_at: float | None = None
-        self.routed_at_stall: float | None = None
+        self.before = self._counts()
+        self.noticed_at: float | None = None
+        self.noticed_by: str | None = None
+        self.routed_at_notice: float | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
-    def _stalls(self) -> float:
-        return self.stack.metric("hubmesh_text_stalls_total", replica=self.address)
+    def _counts(self) -> dict[str, float]:
+        return {"stall": self.stack.metric("hubmesh_text_stalls_total", replica=self.address),
+                "keepalive": self.stack.metric("hubmesh_replica_ejections_total", replica=self.address)}
 
     def routed(self) -> float:
         return self.stack.metric("hubmesh_route_decisions_total", replica=self.address)
 
     def _run(self) -> None:
-        while not self._stop.is_set() and self.stalled_at is None:
+        while not self._stop.is_set() and self.noticed_at is None:
             routed = self.routed()
-            if self._stalls() > self.stalls_before:
-                self.stalled_at, self.routed_at_stall = time.monotonic(), routed
+            counts = self._counts()
+            by = [how for how in ("stall", "keepalive") if counts[how] > self.before[how]]
+            if by:
+                self.noticed_at, self.noticed_by, self.routed_at_notice = time.monotonic(), by[0], routed
             self._stop.wait(0.05)
 
     def stop(self) -> None:
@@ -349,7 +355,7 @@ def hang_round(stack: StallStack, how: str, reference: dict, streams: int = STRE
     watcher: Watcher = chosen["watcher"]
     watcher.stop()
     replica = chosen["replica"]
-    routed_while_hung = watcher.routed() - (watcher.routed_at_stall or 0)
+    routed_while_hung = None if watcher.noticed_at is None else watcher.routed() - watcher.routed_at_notice
     let_go = time.monotonic()
     stack.thaw(replica) if how == "sigstop" else stack.ns.restore()
     back_s = wait_serving(stack, replica)
@@ -358,8 +364,9 @@ def hang_round(stack: StallStack, how: str, reference: dict, streams: int = STRE
         "streams_on_replica_when_hung": chosen["in_flight"],
         "uninterrupted_s": round(reference["seconds"], 2), "hung_s": round(outcome["seconds"], 2),
         "added_s": round(outcome["seconds"] - reference["seconds"], 2),
-        "first_stall_after_s": None if watcher.stalled_at is None else round(watcher.stalled_at - chosen["at"], 2),
-        "requests_routed_there_after_first_stall": routed_while_hung,
+        "noticed_after_s": None if watcher.noticed_at is None else round(watcher.noticed_at - chosen["at"], 2),
+        "noticed_by": watcher.noticed_by,  # "stall" (the guard) or "keepalive" (the connection closed)
+        "requests_routed_there_after_noticed": routed_while_hung,
         "back_in_service_after_s": round(back_s, 2),
         "let_go_after_s": round(let_go - chosen["at"], 2),
         "migrations": stack.metric("hubmesh_text_migrations_total", outcome="moved") - moved_before,

@@ -47,9 +47,10 @@ def check(figures: dict) -> None:
     assert figures["streams_on_replica_when_hung"] > 0, figures
     assert figures["client_errors"] == 0 and figures["wrong_texts"] == 0, figures
     assert figures["migrations"] > 0, figures
-    assert figures["first_stall_after_s"] is not None, figures
+    # noticed by the stall guard or by the channel's keepalive, whichever is first (both ~2 s bounds)
+    assert figures["noticed_after_s"] is not None and figures["noticed_by"] in ("stall", "keepalive"), figures
     assert figures["added_s"] <= ADDED_S, figures
-    assert figures["requests_routed_there_after_first_stall"] == 0, figures
+    assert figures["requests_routed_there_after_noticed"] == 0, figures
     assert figures["back_in_service_after_s"] <= 5.0, figures
 
 
@@ -58,9 +59,11 @@ def test_a_frozen_replica_costs_a_stream_no_more_than_a_dead_one(stalls):
     record("sigstop", figures)
     check(figures)
     lines = [json.loads(line) for line in (stalls.stack.logs / "text.log").read_text().splitlines()
-             if line.startswith("{") and '"stalls"' in line]
-    assert any(s["replica"] == figures["replica"] and s["phase"] in ("first_token", "inter_token")
-               for line in lines for s in line["stalls"])  # the access log says so
+             if line.startswith("{")]
+    if figures["noticed_by"] == "stall":  # the access log says so
+        assert any(s["replica"] == figures["replica"] and s["phase"] in ("first_token", "inter_token")
+                   for line in lines for s in line.get("stalls", ()))
+    assert any(line.get("migrations") for line in lines)  # and that the generations moved
 
 
 def test_a_cut_link_is_noticed_and_healed(stalls):
