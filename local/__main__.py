@@ -6,10 +6,9 @@ import os
 import signal
 import threading
 import time
-
-from facade.settings import generate_api_key
 from pathlib import Path
 
+from facade.settings import generate_api_key
 from local.stack import MODALITIES, ROOT, LocalStack, StackConfig, describe
 from local.supervisor import StackFailed, Supervisor
 
@@ -74,6 +73,7 @@ def main() -> int:
         log.info("stopping")
         stack.stop()
         log.info("stopped")
+
 
 if __name__ == "__main__":
     raise SystemExit(main())
