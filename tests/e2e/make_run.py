@@ -16,13 +16,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from local.processes import PR_SET_PDEATHSIG
+from local.processes import PR_SET_PDEATHSIG, free_ports
 from local.stack import MODALITIES, ROOT, StackConfig
 
 READY_S = 900  # a first `make run` may still install what is missing
 STOP_S = 90  # the façade's and the services' grace periods, then Tritons' exit timeout, one after the other
-REPLICA_PORT_STEP = StackConfig(api_key="", run_dir=ROOT).replica_port_step
-DEFAULT_BASE_URL = StackConfig(api_key="", run_dir=ROOT).base_url
+_DEFAULTS = StackConfig(api_key="", run_dir=ROOT)  # what make run uses when nothing is set
+REPLICA_PORT_STEP = _DEFAULTS.replica_port_step
+DEFAULT_BASE_URL = _DEFAULTS.base_url
 
 
 def _terminate_with_parent() -> None:  # in the child, before exec: a test run killed outright stops its stack
@@ -50,12 +51,7 @@ def stack_ports(text_replicas: int) -> dict[str, str]:
     """HUBMESH_*_PORT settings for one `make run`: free ports, replica i's Tritons at + 100 × i free too."""
     kinds = 1 + len(MODALITIES) * 5
     for _ in range(50):
-        with contextlib.ExitStack() as held:
-            ports = []
-            for _ in range(kinds):
-                s = held.enter_context(socket.socket())
-                s.bind(("127.0.0.1", 0))
-                ports.append(s.getsockname()[1])
+        ports = free_ports(kinds)
         text_triton = ports[3:6]
         extra = [p + REPLICA_PORT_STEP * i for i in range(1, text_replicas) for p in text_triton]
         if all(p < 65536 and _port_free(p) for p in extra) and not set(extra) & set(ports):
