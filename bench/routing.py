@@ -50,7 +50,7 @@ from hubmesh.text.v1 import text_generation_pb2 as pb
 from hubmesh.text.v1 import text_generation_pb2_grpc as pb_grpc
 from local import processes
 from local.stack import MODALITIES, LocalStack, StackConfig
-from services.common.channels import CHANNEL_OPTIONS
+from services.common.grpc_options import CHANNEL_OPTIONS
 from services.common.internal_auth import SECRET_METADATA_KEY
 
 MODEL = "hubmesh/sim-llama-3-8b"
@@ -507,9 +507,9 @@ def stop_pickers(stack: LocalStack, pickers: Pickers) -> None:
 def picker_costs(workload: Workload) -> dict[str, dict]:
     """Each strategy's own cost per request in µs, in this process, on the workload's rendered prompts."""
     try:
-        from services.text.routing import picker_cost_us
+        from services.text.prefix_picker import picker_cost_us
     except ImportError as err:
-        return {s: {"missing": f"services.text.routing.picker_cost_us: {err}"} for s in STRATEGIES}
+        return {s: {"missing": f"services.text.prefix_picker.picker_cost_us: {err}"} for s in STRATEGIES}
     from services.text.catalog import load_catalog
 
     template = load_catalog(SIM_CATALOG)[MODEL].chat_template

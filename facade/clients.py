@@ -21,7 +21,7 @@ from hubmesh.common.v1 import common_pb2 as common_pb
 from hubmesh.embeddings.v1 import embeddings_pb2_grpc as embeddings_grpc
 from hubmesh.images.v1 import images_pb2_grpc as images_grpc
 from hubmesh.text.v1 import text_generation_pb2_grpc as text_grpc
-from services.common.channels import CHANNEL_OPTIONS
+from services.common.grpc_options import CHANNEL_OPTIONS
 from services.common.internal_auth import SECRET_METADATA_KEY
 from services.common.telemetry import client_interceptors, tracing_enabled
 

@@ -41,7 +41,7 @@ class TritonServer:
             "--allow-gpu-metrics=false",
             "--pinned-memory-pool-byte-size=0",
             "--exit-timeout-secs=5",
-            # the services ping every 2 s during calls (services.common.channels): not bad pings
+            # the services ping every 2 s during calls (services.common.grpc_options): not bad pings
             "--grpc-http2-min-recv-ping-interval-without-data=1000",
             f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
             "--log-verbose=0",

@@ -18,7 +18,7 @@ import grpc
 
 from opentelemetry import trace
 
-from services.common.channels import CALL_DEADLINE, CALL_NOTES
+from services.common.call_context import CALL_DEADLINE, CALL_NOTES
 from services.common.errors import AtCapacity, abort
 from services.common.metrics import IN_FLIGHT, LATENCY, REQUESTS
 

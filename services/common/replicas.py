@@ -35,6 +35,7 @@ import grpc
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
+from services.common.grpc_options import TRITON_CHANNEL_OPTIONS
 from services.common.metrics import CANARIES, EJECTIONS, REPLICA_IN_FLIGHT, REPLICA_QUARANTINED, REPLICA_READY
 
 log = logging.getLogger(__name__)
@@ -172,8 +173,6 @@ class ReplicaSet:
         canary=None,
         canary_timeout_s: float = 2.0,
     ) -> None:
-        from services.common.channels import TRITON_CHANNEL_OPTIONS  # channels imports this module
-
         self._targets = tuple(targets)
         self.models = tuple(dict.fromkeys(models))
         self._options = channel_options if channel_options is not None else TRITON_CHANNEL_OPTIONS

@@ -21,7 +21,7 @@ from pydantic_settings import SettingsConfigDict
 
 from services.common import event_loop, logs, telemetry
 from services.common.catalog import CatalogError
-from services.common.channels import SERVER_OPTIONS
+from services.common.grpc_options import SERVER_OPTIONS
 from services.common.internal_auth import RequireSecret
 from services.common.interceptors import AdmissionInterceptor, MetricsInterceptor
 from services.common.replicas import ReplicaSet, parse_targets

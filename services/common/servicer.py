@@ -7,7 +7,7 @@ from typing import Any, Generic, TypeVar
 
 from hubmesh.common.v1 import common_pb2 as common_pb
 from services.common.catalog import CatalogEntry
-from services.common.channels import all_ready
+from services.common.triton_backend import all_ready
 from services.common.errors import ModelNotFound
 
 Entry = TypeVar("Entry", bound=CatalogEntry)

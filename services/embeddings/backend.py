@@ -13,7 +13,7 @@ import numpy as np
 from tritonclient.grpc import service_pb2
 
 from services.common import triton_tensors
-from services.common.channels import TritonBackend
+from services.common.triton_backend import TritonBackend
 
 
 class EmbeddingsBackend(Protocol):

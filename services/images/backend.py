@@ -12,7 +12,7 @@ from typing import Protocol
 import numpy as np
 
 from services.common import triton_tensors
-from services.common.channels import TritonBackend
+from services.common.triton_backend import TritonBackend
 
 
 class ImagesBackend(Protocol):

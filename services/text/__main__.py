@@ -4,7 +4,7 @@ from hubmesh.text.v1 import text_generation_pb2_grpc as pb_grpc
 from services.common.server import run_modality_service
 from services.text.backend import TritonTextBackend
 from services.text.catalog import load_catalog
-from services.text.routing import make_picker
+from services.text.prefix_picker import make_picker
 from services.text.servicer import TextGenerationServicer
 from services.text.settings import Settings
 

@@ -23,7 +23,8 @@ import grpc
 from opentelemetry import trace
 from tritonclient.grpc import service_pb2
 
-from services.common.channels import CALL_NOTES, TritonBackend
+from services.common.call_context import CALL_NOTES
+from services.common.triton_backend import TritonBackend
 from services.common.metrics import MIGRATION_SECONDS, MIGRATIONS, STALLS
 from services.common.pickers import UNIT_CHARS
 from services.common.triton_errors import classify_triton_error, from_triton_exception

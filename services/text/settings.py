@@ -26,10 +26,10 @@ class Settings(ServiceSettings):
     # Longest a single generation may run inside Triton before the service gives up on it.
     triton_timeout_s: Seconds = 600.0
     # which replica generates each request: round_robin, least_request, or prefix (prefix affinity
-    # weighed against load; services.text.routing) — the default is the one `make bench` shows best
+    # weighed against load; services.text.prefix_picker) — the default is the one `make bench` shows best
     routing: Literal["round_robin", "least_request", "prefix"] = "prefix"
     # prefix: weight of the prompt blocks a replica would have to prefill (this request's and those
-    # queued there), and of the context blocks it is decoding (services.text.routing)
+    # queued there), and of the context blocks it is decoding (services.text.prefix_picker)
     routing_prefix_weight: float = Field(1.0, ge=0)
     routing_load_weight: float = Field(0.1, ge=0)
     # prefix: how much (a share of the prompt's blocks) the replica a prompt nobody has seen hashes to is
@@ -74,7 +74,7 @@ class Settings(ServiceSettings):
                 "canary_tokens": self.stall_canary_tokens, "canary_timeout_s": self.stall_canary_timeout_s}
 
     def picker_options(self) -> dict:
-        """Keyword arguments of services.text.routing.make_picker."""
+        """Keyword arguments of services.text.prefix_picker.make_picker."""
         if self.routing != "prefix":
             return {}
         return {"prefix_weight": self.routing_prefix_weight, "load_weight": self.routing_load_weight,

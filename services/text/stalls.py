@@ -8,7 +8,7 @@ every response of every generation, so it knows each replica's pace and can tell
 - *Inter-token*: the replica's recent gaps between two responses of one generation (the last
   `window` of them, on every generation there). The expectation is the longest of them: a step that
   carries another request's prefill chunk is slow, and saturated engines have many.
-- *First token*: the picker's cost model (services.text.routing) says how much prefill stands before
+- *First token*: the picker's cost model (services.text.prefix_picker) says how much prefill stands before
   the request — its uncached prompt blocks, times one more for each sequence decoding there, plus
   the prefill queued ahead of it — in units of one block's prefill; the replica's recent first
   responses say how long a unit takes there (the longest of their time-to-first-token per unit). A

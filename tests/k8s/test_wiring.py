@@ -108,7 +108,7 @@ def test_each_service_finds_pods_its_triton_autoscaler_adds_within_a_readiness_p
 
 
 def test_the_text_service_routes_by_prefix_on_load_scraped_from_each_triton_pod(manifests):
-    from services.text.routing import PICKERS
+    from services.text.prefix_picker import PICKERS
 
     c = manifests.deployment("text").container()
     assert env_value(c, "HUBMESH_TEXT_ROUTING") == "prefix"

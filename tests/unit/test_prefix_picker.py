@@ -1,4 +1,4 @@
-"""Replica sets, pickers and the prefix index (services.common.replicas/pickers, services.text.routing)."""
+"""Replica sets, pickers and the prefix index (services.common.replicas/pickers, services.text.prefix_picker)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ import random
 import pytest
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from services.common.channels import TritonBackend
+from services.common.triton_backend import TritonBackend
 from services.common.errors import BackendUnavailable
 from services.common.metrics import REPLICA_READY
 from services.common.pickers import LeastRequest, RoundRobin
 from services.common.replicas import EngineLoad, Replica, ReplicaSet, Target, parse_engine_load, parse_targets
 from services.common.settings import SettingsError
-from services.text.routing import PrefixIndex, PrefixPicker, make_picker, picker_cost_us
+from services.text.prefix_picker import PrefixIndex, PrefixPicker, make_picker, picker_cost_us
 from services.text.settings import Settings
 from tests.unit.text_service_fixture import serving
 
