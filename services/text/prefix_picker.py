@@ -35,6 +35,13 @@ by rendezvous hashing (a stable hash: the same in every text-service replica) co
 prompt's blocks less: pickers that have never seen a prefix still agree where it goes, so several text-service replicas
 don't scatter one tenant over every Triton; load overrides it as soon as the difference is larger.
 Remaining ties go at random, so pickers with the same view don't all choose the same replica.
+
+Several text-service replicas: a PrefixView (services.text.prefix_view) attached to the picker shares
+every picker's placements and calls in flight over NATS, so that each decides with the whole
+cluster's index and load, as one picker would (docs/routing.md); without it, or while its bus is
+gone, the picker decides on its own index and the scraped gauges, as above. The block hashes are
+stable across processes (CRC-32 of each block, chained through the hash of a tuple of integers,
+which Python does not randomise) so that pickers can exchange them.
 """
 
 from __future__ import annotations
@@ -50,6 +57,7 @@ from dataclasses import dataclass
 from services.common.metrics import CACHED_TOKENS, PREFIX_MATCH
 from services.common.pickers import STRATEGIES, Decision, Picker
 from services.common.replicas import Replica
+from services.text.prefix_view import InFlight, PrefixView
 
 CHARS_PER_TOKEN = 4  # what the index assumes when a replica tells its KV capacity in tokens
 
@@ -66,10 +74,13 @@ class PrefixIndex:
         self.capacity: dict[str, int] = {}
 
     def hashes(self, model: str, prompt: str) -> list[int]:
-        """Chained hashes of the prompt's full blocks (Python's hash: the index is this process's own)."""
-        size, h, out = self.block_chars, hash(model), []
-        for start in range(0, len(prompt) - size + 1, size):
-            h = hash((h, prompt[start:start + size]))
+        """Chained hashes of the prompt's full blocks of `block_chars` UTF-8 bytes, the same in every
+        process (CRC-32 per block, chained by hashing a tuple of ints: not randomised by Python)."""
+        size = self.block_chars
+        data = memoryview(prompt.encode("utf-8", "surrogatepass"))
+        h, out, crc = zlib.crc32(model.encode()), [], zlib.crc32
+        for start in range(0, len(data) - size + 1, size):
+            h = hash((h, crc(data[start:start + size])))
             out.append(h)
         return out
 
@@ -166,17 +177,26 @@ class PrefixPicker(Picker):
         self._context: dict[str, int] = {}  # address -> prompt blocks of our calls in flight there
         self._calls: dict[str, int] = {}  # address -> our calls in flight there
         self._sized: set[str] = set()  # replicas whose index capacity came from their own report
+        self.view: PrefixView | None = None  # the other pickers' placements and calls (PrefixView.attach)
 
     def _terms(self, replica: Replica, model: str, mean_context: float, mean_new: float) -> tuple[float, float, float]:
         """(queued, decoding, context) of the module's docstring, on `replica` now."""
         address = replica.address
-        queued = self._prefill.get(address, 0)
-        decoding = self._calls.get(address, 0) - self._prefilling.get(address, 0)
-        context = self._context.get(address, 0)
+        queued: float = self._prefill.get(address, 0)
+        decoding: float = self._calls.get(address, 0) - self._prefilling.get(address, 0)
+        context: float = self._context.get(address, 0)
+        remote = None if self.view is None else self.view.remote(address)
+        if remote is not None:  # the other pickers' calls there, as they published them
+            queued += remote.prefill
+            decoding += remote.calls - remote.prefilling
+            context += remote.context
         load = replica.load.get(model)
         if load is not None:
-            queued += load.waiting * mean_new  # the engine's queue: admitted only as others finish
-            others = load.others()
+            waiting, others = load.waiting, load.others()
+            if remote is not None and others:  # the engine's count includes the peers' calls: not twice
+                unknown = max(0.0, others - remote.calls)
+                waiting, others = waiting * unknown / others, unknown
+            queued += waiting * mean_new  # the engine's queue: admitted only as others finish
             decoding += others
             context += others * mean_context
         return queued, decoding, context
@@ -190,9 +210,12 @@ class PrefixPicker(Picker):
         hashes = self.index.hashes(model, prompt)
         blocks = len(hashes) + 1  # the last, partial block is always prefilled
         matched = self.index.matches(hashes) if hashes else {}
-        calls = sum(self._calls.values())
-        mean_context = sum(self._context.values()) / calls if calls else blocks
-        mean_new = sum(self._prefill.values()) / calls if calls else blocks
+        calls, prefill, context = sum(self._calls.values()), sum(self._prefill.values()), sum(self._context.values())
+        if self.view is not None and self.view.live:
+            r_calls, r_prefill, r_context = self.view.remote_totals()
+            calls, prefill, context = calls + r_calls, prefill + r_prefill, context + r_context
+        mean_context = context / calls if calls else blocks
+        mean_new = prefill / calls if calls else blocks
         home = None if matched or not hashes or not self.affinity else _rendezvous(
             prompt[: self.index.block_chars], candidates)
         best: list[Replica] = []
@@ -217,6 +240,8 @@ class PrefixPicker(Picker):
         self._prefilling[address] = self._prefilling.get(address, 0) + 1
         self._context[address] = self._context.get(address, 0) + blocks
         self._calls[address] = self._calls.get(address, 0) + 1
+        if self.view is not None:
+            self.view.placed(address, model, hashes, blocks, new_blocks)
         expected = hit / blocks
         PREFIX_MATCH.labels(model).observe(expected)
         reason = "prefix" if hit else "load"
@@ -235,17 +260,25 @@ class PrefixPicker(Picker):
         return decision.state.units
 
     def started(self, decision: Decision) -> None:
+        if self._started(decision) and self.view is not None:
+            self.view.started(decision.replica.address, decision.state.new_blocks)
+
+    def _started(self, decision: Decision) -> bool:
         placed: _Placed = decision.state
-        if placed.prefilling:
-            placed.prefilling = False
-            address = decision.replica.address
-            self._prefill[address] = self._prefill.get(address, 0) - placed.new_blocks
-            self._prefilling[address] = self._prefilling.get(address, 0) - 1
+        if not placed.prefilling:
+            return False
+        placed.prefilling = False
+        address = decision.replica.address
+        self._prefill[address] = self._prefill.get(address, 0) - placed.new_blocks
+        self._prefilling[address] = self._prefilling.get(address, 0) - 1
+        return True
 
     def done(self, decision: Decision, prompt_tokens: int | None = None, cached_tokens: int | None = None) -> None:
-        self.started(decision)
         placed: _Placed = decision.state
         address = decision.replica.address
+        was_prefilling = self._started(decision)
+        if self.view is not None:
+            self.view.done(address, placed.blocks, placed.new_blocks if was_prefilling else 0)
         self._context[address] = self._context.get(address, 0) - placed.blocks
         self._calls[address] = self._calls.get(address, 0) - 1
         if cached_tokens is None or not prompt_tokens:
@@ -260,6 +293,12 @@ class PrefixPicker(Picker):
     def forget(self, replica: Replica) -> None:
         self.index.forget(replica.address)
         self._sized.discard(replica.address)
+
+    def own_load(self) -> dict[str, InFlight]:
+        """This picker's calls in flight per Triton replica (what its PrefixView's heartbeat publishes)."""
+        return {address: InFlight(calls, self._prefilling.get(address, 0), self._prefill.get(address, 0),
+                                  self._context.get(address, 0))
+                for address, calls in self._calls.items() if calls > 0}
 
 
 def _rendezvous(key: str, candidates: Sequence[Replica]) -> Replica:
@@ -294,3 +333,45 @@ def picker_cost_us(strategy: str, prompts: list[str], replicas: int = 4, model: 
     costs.sort()
     return {"p50_us": round(statistics.median(costs), 2), "p99_us": round(costs[int(0.99 * (len(costs) - 1))], 2),
             "requests": len(costs)}
+
+
+def view_cost_us(prompts: list[str], replicas: int = 4, model: str = "sim") -> dict[str, float]:
+    """What the shared view (services.text.prefix_view) adds per request, in µs (p50, p99), in this
+    process: `publish` — the view's calls on the request's path (its placement, start and end encoded
+    and queued); `apply` — one other
+    picker's placement, start and end applied to this picker's index and load (each picker applies
+    every other's, off the request's path). The bus's own send is batched in a task, not counted."""
+    from services.common.replicas import Replica as _Replica
+
+    pool = [_Replica("127.0.0.1", 20000 + i, 0, []) for i in range(replicas)]
+    picker, receiver = PrefixPicker(rng=random.Random(1)), PrefixPicker()
+    sender = PrefixView("nats://unused", origin=1)  # live, no bus: what it queues is taken with drain()
+    sender.live = True
+    inbox = PrefixView("nats://unused", origin=2)
+    inbox.attach(receiver)
+    inbox.live = True
+    publish, apply = [], []
+    clock = time.perf_counter_ns
+    for prompt in prompts:
+        decision = picker.pick(model, pool, prompt)
+        picker.done(decision)
+        placed: _Placed = decision.state
+        address = decision.replica.address
+        t0 = clock()  # what the picker's pick/started/done add with a live view
+        sender.placed(address, model, placed.hashes, placed.blocks, placed.new_blocks)
+        sender.started(address, placed.new_blocks)
+        sender.done(address, placed.blocks, 0)
+        publish.append((clock() - t0) / 1000)
+        records = [r for part in sender.drain() for r in part]
+        t1 = clock()
+        for record in records:
+            inbox.apply(record)
+        apply.append((clock() - t1) / 1000)
+    publish.sort()
+    apply.sort()
+
+    def q(values, f):
+        return round(values[int(f * (len(values) - 1))], 2)
+
+    return {"publish_p50_us": q(publish, 0.5), "publish_p99_us": q(publish, 0.99),
+            "apply_p50_us": q(apply, 0.5), "apply_p99_us": q(apply, 0.99), "requests": len(prompts)}

@@ -16,7 +16,7 @@ DEFAULT_CATALOG = Path(__file__).with_name("catalog.toml")
 class Settings(ServiceSettings):
     """HUBMESH_TEXT_LISTEN, _TRITON_URL, _CATALOG, _TRITON_TIMEOUT_S, the replica settings of every
     service (_TRITON_METRICS_PORT, _TRITON_PROBE_INTERVAL_S, _TRITON_RESOLVE_INTERVAL_S) and the
-    routing ones (_ROUTING, _ROUTING_*), and the stall ones (_STALL_*)."""
+    routing ones (_ROUTING, _ROUTING_*, the shared view's _ROUTING_BUS_*), and the stall ones (_STALL_*)."""
 
     model_config = SettingsConfigDict(env_prefix="HUBMESH_TEXT_")
 
@@ -39,6 +39,16 @@ class Settings(ServiceSettings):
     # replica until the replica reports its KV capacity
     routing_block_chars: PositiveInt = 256
     routing_index_blocks: PositiveInt = 8192
+    # prefix: the shared routing view of every text-service replica (services.text.prefix_view): a NATS
+    # URL (nats://host:4222, comma-separated for a cluster); empty: each replica routes on its own index
+    routing_bus_url: str = ""
+    # its subjects (<subject>.placed, <subject>.load) and JetStream stream: one pair per deployment
+    # sharing a NATS; how often each replica publishes its calls in flight, and how long placements
+    # are kept for a replica that starts to replay
+    routing_bus_subject: str = Field("hubmesh.route", pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+    routing_bus_stream: str = Field("HUBMESH_ROUTE", pattern=r"^[A-Za-z0-9_-]+$")
+    routing_bus_heartbeat_s: Seconds = 1.0
+    routing_bus_replay_s: Seconds = 300.0
     # how many times one generation may move to another replica when its replica goes away (0: never)
     max_migrations: int = Field(3, ge=0)
     # how often each replica's engine load is read from its metrics port
@@ -80,3 +90,14 @@ class Settings(ServiceSettings):
         return {"prefix_weight": self.routing_prefix_weight, "load_weight": self.routing_load_weight,
                 "affinity": self.routing_affinity,
                 "block_chars": self.routing_block_chars, "index_blocks": self.routing_index_blocks}
+
+    def prefix_view(self):
+        """The shared routing view (services.text.prefix_view.PrefixView) for the prefix picker; None
+        for other strategies. Its URL may be empty: the view then stays local (and says so)."""
+        if self.routing != "prefix":
+            return None
+        from services.text.prefix_view import PrefixView
+
+        return PrefixView(self.routing_bus_url, subject=self.routing_bus_subject, stream=self.routing_bus_stream,
+                          heartbeat_s=self.routing_bus_heartbeat_s, expiry_s=3.5 * self.routing_bus_heartbeat_s,
+                          replay_s=self.routing_bus_replay_s)
