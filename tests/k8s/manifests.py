@@ -25,7 +25,10 @@ REDIS_IMAGE = "redis:7-alpine"
 REDIS_UID = 999
 # Deployments that must never run more than one pod (no HorizontalPodAutoscaler, `replicas: 1`):
 # a second Redis behind its Service would split every subject's counters between two stores.
-SINGLETONS = ("redis",)
+# The text pods' routing bus (base/nats): one server, or the pods would split into two views.
+SINGLETONS = ("redis", "nats")
+NATS_PORT = 4222
+NATS_IMAGE = "nats:2.10-alpine"
 WORKLOAD_KINDS = ("Deployment", "Job")
 
 

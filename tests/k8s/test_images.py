@@ -13,7 +13,7 @@ from pathlib import Path
 import dockerfile
 import pytest
 
-from tests.k8s.manifests import MODALITIES, REDIS_IMAGE, REDIS_UID, all_containers
+from tests.k8s.manifests import MODALITIES, NATS_IMAGE, REDIS_IMAGE, REDIS_UID, all_containers
 from tests.k8s.render import ROOT
 
 DOCKER_DIR = ROOT / "docker"
@@ -155,6 +155,10 @@ def test_pods_run_as_the_user_their_image_declares(manifests):
             assert deployment.container()["image"] == REDIS_IMAGE
             assert deployment.pod_spec["securityContext"]["runAsUser"] == REDIS_UID
             continue
+        if deployment.name == "nats":  # the official image runs as any user: a non-root one of ours
+            assert deployment.container()["image"] == NATS_IMAGE
+            assert deployment.pod_spec["securityContext"]["runAsUser"] >= 1000
+            continue
         expected = triton_user if deployment.name.startswith("triton-") else app_user
         assert deployment.pod_spec["securityContext"]["runAsUser"] == expected, deployment.name
 
@@ -176,8 +180,8 @@ def test_images_build_builds_every_image_the_overlays_run(tmp_path, cpu, gpu):
     run = {c["image"] for m in (cpu, gpu) for w in m.workloads for _, c in all_containers(w)}
     ours = {image for image in run if image.startswith("hubmesh/")}
     assert ours == built
-    # NVIDIA's own, unchanged; the official Redis image for the limits' counters
-    assert run - ours == {"nvcr.io/nvidia/tritonserver:24.12-vllm-python-py3", REDIS_IMAGE}
+    # NVIDIA's own, unchanged; the official Redis image for the limits' counters, NATS's for the routing bus
+    assert run - ours == {"nvcr.io/nvidia/tritonserver:24.12-vllm-python-py3", REDIS_IMAGE, NATS_IMAGE}
 
 
 def test_images_build_without_a_docker_engine_says_so_and_succeeds(tmp_path):

@@ -7,6 +7,7 @@ from tests.k8s.manifests import (
     GRPC_PORTS,
     METRICS_PORT,
     MODALITIES,
+    NATS_PORT,
     REDIS_PORT,
     TRITON_PORTS,
     Manifests,
@@ -32,6 +33,8 @@ def expected_paths() -> set[tuple[str, str, int]]:
     paths.add(("text", "triton-text", TRITON_PORTS["metrics"]))
     # the limits' counters (HUBMESH_REDIS_URL): only the façade reaches Redis, which has no password
     paths.add(("facade", "redis", REDIS_PORT))
+    # the text pods' shared routing view (HUBMESH_TEXT_ROUTING_BUS_URL): only they reach NATS
+    paths.add(("text", "nats", NATS_PORT))
     return paths
 
 

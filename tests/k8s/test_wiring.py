@@ -121,6 +121,27 @@ def test_the_text_service_routes_by_prefix_on_load_scraped_from_each_triton_pod(
     assert settings.triton_metrics_port == int(metrics_port) == triton.port("metrics") == TRITON_PORTS["metrics"]
 
 
+def test_the_text_pods_share_their_routing_view_over_the_in_cluster_nats(manifests):
+    """HUBMESH_TEXT_ROUTING_BUS_URL names base/nats's Service on the port its pod serves clients on; the
+    bus keeps JetStream in memory, bounded inside its container's memory limit."""
+    from tests.k8s.manifests import NATS_PORT, quantity
+
+    settings = service_settings(manifests, "text")
+    url = urlsplit(settings.routing_bus_url)
+    service = manifests.service_for("nats")
+    assert url.scheme == "nats" and url.hostname == service["metadata"]["name"] == "nats"
+    assert url.port == {p["name"]: p["port"] for p in service["spec"]["ports"]}["client"] == NATS_PORT
+    nats = manifests.deployment("nats")
+    assert nats.port("client") == NATS_PORT and nats.obj["spec"]["replicas"] == 1
+    assert settings.prefix_view() is not None and settings.prefix_view().url == settings.routing_bus_url
+    (config_map,) = [o for o in manifests.of_kind("ConfigMap") if o["metadata"]["name"].startswith("nats-config")]
+    conf = config_map["data"]["nats.conf"]
+    assert re.search(r"port: 4222", conf) and "jetstream" in conf
+    memory = re.search(r"max_memory_store: (\d+)MB", conf)
+    limit = quantity(nats.container()["resources"]["limits"]["memory"])
+    assert memory and int(memory.group(1)) * 2**20 <= limit / 2
+
+
 def test_the_facade_listens_on_all_interfaces_and_probes_its_own_endpoints(manifests):
     deployment = manifests.deployment("facade")
     c = deployment.container()
