@@ -44,7 +44,7 @@ $(GEN)/.stamp: $(PROTOS) | $(VENV)/.installed
 run: setup
 	$(PY) -m local
 
-test: setup redis-server
+test: setup redis-server promtool
 	$(PY) -m pytest
 
 # The limits' tests start private redis-servers (to stop and start them); Debian's package where the
@@ -55,6 +55,15 @@ redis-server:
 		echo "redis-server is missing: installing Debian's redis-server (the limits' tests start private ones)"; \
 		{ apt-get update -qq && apt-get install -y -qq --no-install-recommends redis-server; } \
 		|| echo "could not install redis-server: the tests that need a private Redis will fail and say so"; }
+
+# The monitoring tests (tests/k8s/test_monitoring.py) check the alert and recording rules and every
+# dashboard query with promtool, from Debian's prometheus package where the machine lacks it.
+.PHONY: promtool
+promtool:
+	@command -v promtool >/dev/null || { \
+		echo "promtool is missing: installing Debian's prometheus package (the monitoring tests run promtool)"; \
+		{ apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus; } \
+		|| echo "could not install prometheus: the monitoring tests will fail and say so"; }
 
 unit: setup
 	$(PY) -m pytest -m 'not e2e'
@@ -96,7 +105,7 @@ $(PEER_VENV)/.installed-$(LITELLM_PIN):
 # tritonserver with every Triton Deployment's arguments). No cluster, no network.
 .PHONY: k8s-check images-build
 
-k8s-check: $(VENV)/.installed $(TRITON)/bin/tritonserver paths
+k8s-check: $(VENV)/.installed $(TRITON)/bin/tritonserver paths promtool
 	$(PY) -m tests.k8s.render --out build/k8s
 	$(PY) -m pytest tests/k8s -q
 

@@ -32,6 +32,7 @@ SCHEMAS_DIR = Path(__file__).resolve().parent / "schemas"
 # apiVersion/kind of custom resources -> their schema file in schemas/
 CUSTOM_SCHEMAS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"): "monitoring.coreos.com_v1_servicemonitor.json",
+    ("monitoring.coreos.com/v1", "PrometheusRule"): "monitoring.coreos.com_v1_prometheusrule.json",
 }
 
 
