@@ -41,10 +41,10 @@ $(GEN)/.stamp: $(PROTOS) | $(VENV)/.installed
 		--grpc_python_out=$(GEN) $(PROTOS)
 	touch $@
 
-run: setup
+run: setup nats-server
 	$(PY) -m local
 
-test: setup redis-server promtool
+test: setup redis-server promtool nats-server
 	$(PY) -m pytest
 
 # The limits' tests start private redis-servers (to stop and start them); Debian's package where the
@@ -55,6 +55,16 @@ redis-server:
 		echo "redis-server is missing: installing Debian's redis-server (the limits' tests start private ones)"; \
 		{ apt-get update -qq && apt-get install -y -qq --no-install-recommends redis-server; } \
 		|| echo "could not install redis-server: the tests that need a private Redis will fail and say so"; }
+
+# Several text services (HUBMESH_TEXT_SERVICES=N, the scale-out tests, make bench) share their routing
+# view over a private nats-server (local/nats.py): Debian's package where the machine lacks one.
+# Without it they route on their own indexes and say so.
+.PHONY: nats-server
+nats-server:
+	@command -v nats-server >/dev/null || test -x /usr/sbin/nats-server || { \
+		echo "nats-server is missing: installing Debian's nats-server (text services share their routing view)"; \
+		{ apt-get update -qq && apt-get install -y -qq --no-install-recommends nats-server; } \
+		|| echo "could not install nats-server: several text services will route on their own indexes"; }
 
 # The monitoring tests (tests/k8s/test_monitoring.py) check the alert and recording rules and every
 # dashboard query with promtool, from Debian's prometheus package where the machine lacks it.
@@ -71,7 +81,7 @@ unit: setup
 clean:
 	rm -rf $(GEN) $(TRITON)
 
-bench: setup
+bench: setup nats-server
 	-$(MAKE) peer-venv  # without it the report says the peer is missing, and why
 	$(PY) -m bench
 

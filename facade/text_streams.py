@@ -8,7 +8,7 @@ generate() as Generate: the same messages, and the same grpc.aio.AioRpcError (co
 details) when it fails, so that callers map errors one way (facade.errors).
 
 Links spread over the service's replicas as calls do (the channel's round_robin policy gives each
-new call the next replica): a stream goes to the link with the fewest open streams. A link retires —
+new call the next replica): a stream goes to the link with the fewest open streams, equals in turn. A link retires —
 takes no new streams and closes once its own have ended — when it is `max_age_s` old (so that links
 follow replicas added or removed, as the server's connection age would make calls do) or when its
 replica says it is stopping; the next stream opens a link in its place. A link that breaks (its
@@ -233,6 +233,7 @@ class TextStreams:
         self._max_links = links
         self._max_age_s = max_age_s
         self._links: list[_Link] = []
+        self._turn = itertools.count()
 
     def open(self, request: pb.GenerateRequest, timeout_s: float | None) -> TextStream:
         """Starts the generation `request` (as GenerateStream would, with this deadline)."""
@@ -261,7 +262,12 @@ class TextStreams:
             link = _Link(self._stub, self._metadata)
             self._links.append(link)
             return link
-        return min(usable, key=lambda link: len(link.streams))
+        # the fewest open streams; among equals, the next in turn, so that links on several text-service
+        # replicas share even a trickle of requests (the replicas' pickers share one routing view:
+        # services/text/prefix_view.py, so where a stream lands does not change where it is routed)
+        fewest = min(len(link.streams) for link in usable)
+        tied = [link for link in usable if len(link.streams) == fewest]
+        return tied[next(self._turn) % len(tied)]
 
     async def close(self) -> None:
         links, self._links = self._links, []

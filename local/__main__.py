@@ -38,6 +38,16 @@ def main() -> int:
         except ValueError:
             log.error("HUBMESH_%s_REPLICAS must be a whole number >= 1, not %r", modality.env_prefix, replicas)
             return 2
+    # HUBMESH_TEXT_SERVICES=4: four text services (the first on HUBMESH_TEXT_PORT, the others + 100 × i),
+    # whose prefix pickers share one routing view over NATS (local/nats.py says which bus, and logs it)
+    services = env.get("HUBMESH_TEXT_SERVICES", "1")
+    try:
+        config.text_services = int(services)
+        if config.text_services < 1:
+            raise ValueError
+    except ValueError:
+        log.error("HUBMESH_TEXT_SERVICES must be a whole number >= 1, not %r", services)
+        return 2
     stop = threading.Event()
     supervisor: Supervisor | None = None
 

@@ -7,6 +7,7 @@ Used by `make run` (local/__main__.py) and by the end-to-end tests, so both meet
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -23,8 +24,11 @@ from facade.auth.tokens import issue_local_token
 from facade.settings import generate_secret
 from facade.store.database import redact
 from local import processes
+from local.nats import Bus, choose_bus, describe_bus
 from local.supervisor import Unit
 from local.triton import ROOT, TritonServer
+
+log = logging.getLogger("hubmesh")
 
 
 
@@ -88,6 +92,14 @@ class StackConfig:
     # replica 0's plus replica_port_step × index (make run: text 8000-8002, replica 1 8100-8102, ...)
     free_replica_ports: bool = False
     replica_port_step: int = 100
+    # text-service processes (HUBMESH_TEXT_SERVICES): the first on ports["text"]'s service and metrics
+    # ports, the others on free ports (with_free_ports) or those + replica_port_step × index; with
+    # more than one, their prefix pickers share one routing view over a NATS bus (routing_bus)
+    text_services: int = 1
+    # which bus (local.nats.choose_bus): auto (HUBMESH_TEXT_ROUTING_BUS_URL, else a private nats-server,
+    # else the machine's NATS on 127.0.0.1:4222, else none), private, shared, off
+    routing_bus: str = "auto"
+    text_service_ports: list[tuple[int, int]] = field(default_factory=list)
 
     @classmethod
     def with_free_ports(cls, api_key: str, run_dir: Path, **overrides) -> StackConfig:
@@ -148,7 +160,30 @@ class StackConfig:
                 used.update(ports.values())
         return used
 
+    def text_ports(self) -> list[tuple[int, int]]:
+        """(listen, metrics) port of each text-service process, the first one's from ports["text"]."""
+        first = (self.ports["text"]["service"], self.ports["text"]["metrics"])
+        listed = self.text_service_ports
+        if listed:
+            listed[0] = first
+        else:
+            listed.append(first)
+        missing = self.text_services - len(listed)
+        if missing > 0:
+            if self.free_replica_ports:
+                taken = self._ports_in_use() | {p for pair in listed for p in pair}
+                fresh = iter(p for p in processes.free_ports(2 * missing + len(taken)) if p not in taken)
+                listed += [(next(fresh), next(fresh)) for _ in range(missing)]
+            else:
+                listed += [(first[0] + self.replica_port_step * i, first[1] + self.replica_port_step * i)
+                           for i in range(len(listed), self.text_services)]
+        return listed[: max(1, self.text_services)]
+
     def service_target(self, modality: str) -> str:
+        """The façade's target of a modality's service; several text services: all their addresses
+        (the façade's channel spreads its links over them round robin)."""
+        if modality == "text" and self.text_services > 1:
+            return "ipv4:" + ",".join(f"127.0.0.1:{listen}" for listen, _ in self.text_ports())
         return f"127.0.0.1:{self.ports[modality]['service']}"
 
     @property
@@ -231,16 +266,23 @@ class LocalStack:
         self.tritons = {name: replicas[0] for name, replicas in self.replicas.items()}  # replica 0
         self.services: dict[str, object] = {}
         self.facade = None
+        self.bus: Bus | None = None  # the text services' routing bus, when several take part
+        if config.text_services > 1 and any(m.name == "text" for m in modalities):
+            self.bus = choose_bus(config.run_dir, {**os.environ, **config.extra_env}, config.routing_bus)
 
     def start(self, timeout_s: float = 300.0, facade: bool = True) -> None:
         """Every Triton (all replicas load their models in parallel), each service once its modality's
         Tritons are all ready, then the façade (unless facade=False)."""
         try:
+            self.start_bus()
             self.start_tritons()
             for modality in self.modalities:
                 for triton in self.replicas[modality.name]:
                     triton.wait_ready(timeout_s)
-                self.start_service(modality)
+                if modality.name == "text":
+                    self.start_text_services()
+                else:
+                    self.start_service(modality)
             if facade:
                 self.start_facade(timeout_s)
         except BaseException:
@@ -272,6 +314,36 @@ class LocalStack:
         processes.wait_until(lambda: self.service_ready(modality, listen_port), timeout_s, f"{name} service", proc,
                              self.logs / f"{name}.log")
         return proc
+
+    def start_bus(self) -> None:
+        """The private nats-server, when the bus is one (see local.nats); says which bus it is."""
+        if self.bus is None:
+            return
+        if self.bus.server is not None and self.bus.server.proc is None:
+            self.bus.server.start()
+        log.info("text services: %d; their shared routing view: %s", self.config.text_services,
+                 describe_bus(self.bus, self.config.text_services))
+
+    def text_instance(self, index: int) -> str:
+        return "text" if index == 0 else f"text-{index}"
+
+    def spawn_text_service(self, index: int, env: dict[str, str] | None = None) -> subprocess.Popen:
+        listen, metrics = self.config.text_ports()[index]
+        return self.spawn_service("text", instance=self.text_instance(index), listen_port=listen,
+                                  metrics_port=metrics, env={**self.text_env(), **(env or {})})
+
+    def text_env(self) -> dict[str, str]:
+        """The text services' environment for their shared routing view (none with one service)."""
+        return self.bus.env() if self.bus is not None else {}
+
+    def start_text_services(self, timeout_s: float = 60.0, env: dict[str, str] | None = None) -> None:
+        """Every text-service process (HUBMESH_TEXT_SERVICES), started together, each waited for."""
+        procs = [self.spawn_text_service(i, env) for i in range(self.config.text_services)]
+        for i, proc in enumerate(procs):
+            name = self.text_instance(i)
+            listen = self.config.text_ports()[i][0]
+            processes.wait_until(lambda p=listen: self.service_ready("text", p), timeout_s, f"{name} service", proc,
+                                 self.logs / f"{name}.log")
 
     def modality(self, modality: Modality | str) -> Modality:
         return modality if isinstance(modality, Modality) else next(m for m in self.modalities if m.name == modality)
@@ -325,6 +397,9 @@ class LocalStack:
             HUBMESH_JWT_SECRET=self.config.jwt_secret,
             OTEL_SERVICE_NAME="hubmesh-facade",
             **{f"HUBMESH_{m.env_prefix}_TARGET": self.config.service_target(m.name) for m in self.modalities},
+            # links to the text services: at least two on each when there are several (facade/text_streams.py)
+            **({"HUBMESH_TEXT_LINKS": str(max(4, 2 * self.config.text_services))}
+               if self.config.text_services > 1 and "HUBMESH_TEXT_LINKS" not in self.config.extra_env else {}),
             **env,
         )
         log_path = self.logs / f"{name}.log"
@@ -368,7 +443,22 @@ class LocalStack:
                     start=lambda t=triton: (t.start(), t.proc)[1], cleanup=triton.stop, ready=triton.is_ready,
                     log_path=triton.log_path,
                 ))
+        if self.bus is not None and self.bus.server is not None:
+            server = self.bus.server
+            units.append(Unit(name="nats", proc=lambda: server.proc, start=server.spawn, cleanup=lambda: None,
+                              ready=server.is_ready, log_path=server.log_path))
         for modality in self.modalities:
+            if modality.name == "text" and self.config.text_services > 1:
+                for index in range(self.config.text_services):
+                    name = self.text_instance(index)
+                    units.append(Unit(
+                        name=name, proc=lambda n=name: self.services.get(n),
+                        start=lambda i=index: self.spawn_text_service(i),
+                        cleanup=lambda n=name: self.stop_service(n),
+                        ready=lambda i=index: self.service_ready("text", self.config.text_ports()[i][0]),
+                        log_path=self.logs / f"{name}.log",
+                    ))
+                continue
             units.append(Unit(
                 name=modality.name, proc=lambda m=modality: self.services.get(m.name),
                 start=lambda m=modality: self.spawn_service(m),
@@ -384,7 +474,8 @@ class LocalStack:
             triton_name(name, index): t.proc
             for name, replicas in self.replicas.items() for index, t in enumerate(replicas)
         }
-        return {**procs, **self.services, "facade": self.facade}
+        bus = {"nats": self.bus.server.proc} if self.bus is not None and self.bus.server is not None else {}
+        return {**procs, **self.services, **bus, "facade": self.facade}
 
     def stop(self) -> None:
         """Stops the façade, then the services, then the Tritons (all replicas at once); leaves no
@@ -396,6 +487,8 @@ class LocalStack:
         with ThreadPoolExecutor(max_workers=max(len(tritons), 1)) as pool:  # each may take its exit timeout
             for future in [pool.submit(t.stop) for t in tritons]:
                 future.result()
+        if self.bus is not None and self.bus.server is not None:
+            self.bus.server.stop()
 
     def __enter__(self) -> LocalStack:
         self.start()
@@ -418,6 +511,9 @@ def describe(config: StackConfig) -> str:
         else:
             lines.append(f"  {name:<9}: gRPC service 127.0.0.1:{p['service']}; its {len(replicas)} Tritons:")
             lines += [f"{'':<13}replica {i}: {w}" for i, w in enumerate(where)]
+    if config.text_services > 1:
+        lines.append(f"  {'':<9}  {config.text_services} text services: "
+                     + ", ".join(f"127.0.0.1:{listen}" for listen, _ in config.text_ports()))
     services = "\n".join(lines)
     env = {**os.environ, **config.extra_env}
     database = env.get("HUBMESH_DATABASE_URL") or "sqlite:///" + str(config.run_dir / "hubmesh.db")
