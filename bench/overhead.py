@@ -15,9 +15,9 @@ import statistics
 import time
 
 import aiohttp
-import numpy as np
 
 from bench.cpu import CpuMeter
+from bench.stats import percentiles_ms
 from local.stack import LocalStack
 from services.embeddings.backend import TritonEmbeddingsBackend
 from services.text.backend import TritonTextBackend
@@ -25,11 +25,6 @@ from services.text.backend import TritonTextBackend
 ECHO = "hubmesh/echo-benchmark"
 BLOCKS = 4  # latency runs alternate façade and direct blocks
 EMBEDDER = "sentence-transformers/all-MiniLM-L6-v2"
-
-
-def _percentiles(samples: list[float]) -> dict:
-    ms = np.array(samples) * 1000
-    return {"p50_ms": round(float(np.percentile(ms, 50)), 3), "p99_ms": round(float(np.percentile(ms, 99)), 3)}
 
 
 async def _run(concurrency: int, count: int, call) -> tuple[list[float], float]:
@@ -95,7 +90,7 @@ async def measure(stack: LocalStack, quick: bool = False) -> dict:
                                          {k: cpu.get(k, 0) + used.get(k, 0) for k in {*cpu, *used}})
                 f_lat, d_lat = samples["facade"][0], samples["direct"][0]
                 f_rps, d_rps = len(f_lat) / samples["facade"][1], len(d_lat) / samples["direct"][1]
-                f, d = _percentiles(f_lat), _percentiles(d_lat)
+                f, d = percentiles_ms(f_lat), percentiles_ms(d_lat)
                 report["latency"][f"{name}@{concurrency}"] = {
                     "facade": {**f, "rps": round(f_rps, 1)},
                     "direct": {**d, "rps": round(d_rps, 1)},

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import os
 import secrets
 import statistics
@@ -44,6 +43,7 @@ import time
 
 import aiohttp
 
+from bench.stats import percentile
 from local import processes
 from local.processes import http_ok
 from local.stack import ROOT, LocalStack
@@ -227,11 +227,6 @@ async def closed_loop(target: Target, path: str, bodies: list[dict], concurrency
     start = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return latencies, time.perf_counter() - start
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
 
 
 DEADLINE = [float("inf")]  # time.monotonic() after which no further round starts (measure() sets it)

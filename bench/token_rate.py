@@ -39,6 +39,7 @@ from pathlib import Path
 import aiohttp
 
 from bench.cpu import CpuMeter, thread_cpu_s, thread_us_per_unit
+from bench.stats import percentile
 from local.stack import MODALITIES, ROOT, LocalStack, StackConfig
 
 SIM = "hubmesh/sim-llama-3-8b"
@@ -135,8 +136,8 @@ async def _run(stack: LocalStack, model: str, streams: int, tokens: int, rounds:
     out = {
         "streams": streams, "tokens_per_stream": tokens, "rounds": rounds,
         "tokens_per_s": round(tokens_done / wall, 1),
-        "inter_token_ms_p50": round(1000 * gaps[len(gaps) // 2], 2) if gaps else None,
-        "inter_token_ms_p99": round(1000 * gaps[int(len(gaps) * 0.99)], 2) if gaps else None,
+        "inter_token_ms_p50": round(1000 * percentile(gaps, 50), 2) if gaps else None,
+        "inter_token_ms_p99": round(1000 * percentile(gaps, 99), 2) if gaps else None,
         "ttft_ms_p50": round(1000 * statistics.median(t for r in results for t in r["ttfts"]), 1),
         "cpu_us_per_token": us,
         "mesh_cpu_us_per_token": round(mesh_us, 1),

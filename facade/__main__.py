@@ -7,8 +7,8 @@ import signal
 
 from aiohttp import web
 
-from facade.admission import IN_FLIGHT
 from facade.app import create_app
+from facade.capacity import IN_FLIGHT
 from facade.settings import Settings
 from services.common import event_loop, logs, telemetry
 from services.common.settings import settings_or_exit

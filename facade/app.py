@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
-
 from aiohttp import web
 from opentelemetry.instrumentation.aiohttp_server import AioHttpServerInstrumentor
 
-from facade.admission import IN_FLIGHT, InFlight, admission_middleware
-from facade.api import images
-from facade.auth.middleware import METERING, VERIFIER, auth_middleware, jwks_refresher
+from facade import jsonio
+from facade.api.images import handler as images
+from facade.auth.middleware import VERIFIER, auth_middleware, jwks_refresher
 from facade.auth.tokens import JwtSettings, TokenVerifier
+from facade.capacity import IN_FLIGHT, InFlight, capacity_middleware
 from facade.clients import clients_ctx
 from facade.errors import error_middleware
-from facade import jsonio
+from facade.limits.middleware import METERING, limits_middleware
 from facade.limits.setup import metering_ctx, metering_from
 from facade.observability import access_middleware, add_request_id
 from facade.openapi import OPENAPI, build_document
+from facade.route_index import add_routes
 from facade.routes import ROUTES
-from facade.routing import add_routes
 from facade.settings import Settings
 from facade.signed_urls import URL_SIGNER, UrlSigner
 from facade.sse import SSE_PING_S
@@ -37,8 +37,9 @@ def create_app(settings: Settings) -> web.Application:
         middlewares=[
             access_middleware,
             error_middleware,
-            admission_middleware,
+            capacity_middleware,
             auth_middleware(allow=images.signed_download),
+            limits_middleware,
         ],
         client_max_size=settings.max_body_bytes,
     )

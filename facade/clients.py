@@ -9,15 +9,11 @@ from dataclasses import dataclass
 
 import grpc
 from aiohttp import web
-
 from grpc_health.v1 import health_pb2_grpc
 
-from facade.auth.middleware import subject_of
 from facade.errors import from_grpc
-from facade.observability import USER
 from facade.settings import Settings
 from facade.text_streams import TextStreams
-from hubmesh.common.v1 import common_pb2 as common_pb
 from hubmesh.embeddings.v1 import embeddings_pb2_grpc as embeddings_grpc
 from hubmesh.images.v1 import images_pb2_grpc as images_grpc
 from hubmesh.text.v1 import text_generation_pb2_grpc as text_grpc
@@ -69,15 +65,6 @@ class Clients:
 
 def service_metadata(internal_secret: str) -> tuple[tuple[str, str], ...]:
     return ((SECRET_METADATA_KEY, internal_secret),) if internal_secret else ()
-
-
-def caller(request: web.Request, user: str | None = None) -> common_pb.Caller:
-    """Who a service call is for: the verified subject and OpenAI's `user` (never the credential).
-    Every endpoint's call passes here, so this is where the request keeps its `user` (USER) for
-    the access log and the usage ledger."""
-    if user:
-        request[USER] = user
-    return common_pb.Caller(subject=subject_of(request), user=user or "")
 
 
 CLIENTS = web.AppKey("clients", Clients)

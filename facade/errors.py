@@ -7,7 +7,7 @@ import logging
 import grpc
 from aiohttp import web
 
-from facade.api.responses import ErrorResponse
+from facade.api.response_bodies import ErrorResponse
 from facade.jsonio import json_response
 from services.common.errors import reason_and_field
 

@@ -1,7 +1,7 @@
 """GET /openapi.json: the surface this façade serves, generated from what serves it. Paths come from
 the route table (facade/routes.py), request schemas and query parameters from the pydantic models
 that validate the bodies and query strings, response schemas from the TypedDicts the handlers build
-(facade/api/responses.py): nothing here is written by hand, so the document cannot drift from the
+(facade/api/response_bodies.py): nothing here is written by hand, so the document cannot drift from the
 wire."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any
 import pydantic
 from aiohttp import web
 
-from facade.api.responses import ErrorResponse
-from facade.routing import Route
+from facade.api.response_bodies import ErrorResponse
+from facade.route_index import Route
 
 REF = "#/components/schemas/{model}"
 STREAM_DESCRIPTION = (

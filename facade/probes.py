@@ -8,7 +8,7 @@ import grpc
 from aiohttp import web
 from grpc_health.v1 import health_pb2
 
-from facade.api.responses import Health, Readiness
+from facade.api.response_bodies import Health, Readiness
 from facade.clients import CLIENTS, SERVICE_NAMES
 from facade.jsonio import json_response
 

@@ -1,15 +1,19 @@
 """Every URL the façade serves, in one table: the app registers it (facade/app.py), the auth and
-admission middlewares and the access log read each request's Route (facade/routing.py), and
+admission middlewares and the access log read each request's Route (facade/route_index.py), and
 /openapi.json is generated from it (facade/openapi.py)."""
 
 from __future__ import annotations
 
-from facade.api import chat, completions, embeddings, images, models, responses_api, usage
-from facade.api.chat import ChatCompletionRequest
-from facade.api.completions import CompletionRequest
-from facade.api.embeddings import EmbeddingRequest
-from facade.api.images import ImageRequest
-from facade.api.responses import (
+from facade.api.chat import handler as chat
+from facade.api.chat.protocol import ChatCompletionRequest
+from facade.api.completions import handler as completions
+from facade.api.completions.protocol import CompletionRequest
+from facade.api.embeddings import handler as embeddings
+from facade.api.embeddings.protocol import EmbeddingRequest
+from facade.api.images import handler as images
+from facade.api.images.protocol import ImageRequest
+from facade.api.models import handler as models
+from facade.api.response_bodies import (
     ChatCompletion,
     ChatCompletionChunk,
     Completion,
@@ -22,11 +26,14 @@ from facade.api.responses import (
     ResponseItemList,
     UsageList,
 )
-from facade.api.responses_api import ResponseRequest, ResponseStreamEvent
+from facade.api.responses import handlers as responses
+from facade.api.responses.protocol import ResponseRequest, ResponseStreamEvent
+from facade.api.usage import handler as usage
+from facade.api.usage.protocol import UsageQuery
 from facade.observability import metrics_endpoint
 from facade.openapi import openapi
 from facade.probes import health, ready
-from facade.routing import Route
+from facade.route_index import Route
 
 # aiohttp matches in this order
 ROUTES: tuple[Route, ...] = (
@@ -50,19 +57,19 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/images/generations", images.create_image, family="images", operation="image_generation",
           summary="Create images", request=ImageRequest, response=ImagesResponse),
     # the Responses API: stored state in the façade's database (facade/store), one subject's own
-    Route("POST", "/v1/responses", responses_api.create_response, family="responses", operation="chat",
+    Route("POST", "/v1/responses", responses.create_response, family="responses", operation="chat",
           summary="Create a model response", request=ResponseRequest, response=Response,
           stream=ResponseStreamEvent),
-    Route("GET", "/v1/responses/{response_id}", responses_api.retrieve_response, family="responses",
+    Route("GET", "/v1/responses/{response_id}", responses.retrieve_response, family="responses",
           operation="chat", summary="Retrieve a model response", response=Response),
-    Route("DELETE", "/v1/responses/{response_id}", responses_api.delete_response, family="responses",
+    Route("DELETE", "/v1/responses/{response_id}", responses.delete_response, family="responses",
           operation="chat", summary="Delete a model response", response=ResponseDeleted),
-    Route("GET", "/v1/responses/{response_id}/input_items", responses_api.list_input_items, family="responses",
+    Route("GET", "/v1/responses/{response_id}/input_items", responses.list_input_items, family="responses",
           operation="chat", summary="List a model response's input items", response=ResponseItemList),
     # the downloads behind `url`: a credential, or a signed link alone (auth_middleware's allow)
     Route("GET", images.FILES_PREFIX + "{image_id}", images.download_image, family="images",
           operation="image_generation"),
     # the usage ledger's totals, every subject's: the operator's (a hubmesh extension; no GenAI operation)
     Route("GET", "/v1/usage", usage.get_usage, family="admin", summary="Usage totals per subject, user, model, day",
-          query=usage.UsageQuery, response=UsageList),
+          query=UsageQuery, response=UsageList),
 )

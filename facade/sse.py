@@ -10,11 +10,11 @@ from aiohttp import web
 from aiohttp_sse import EventSourceResponse
 
 from facade import jsonio
-from facade.api.responses import ChatCompletionChunk, Completion, ErrorResponse
+from facade.api.response_bodies import ChatCompletionChunk, Completion, ErrorResponse
+from facade.call import call_of
 from facade.errors import OpenAIError
 
 SSE_PING_S = web.AppKey("sse_ping_s", float)
-EVENT_STREAM = web.RequestKey("event_stream", object)  # the request's open stream, if any
 
 SHUTDOWN_ERROR = OpenAIError(
     503, "The server is shutting down; the stream was ended early. Retry the request.",
@@ -86,7 +86,7 @@ class EventStream:
 
     async def open(self) -> None:
         await self._response.prepare(self._request)
-        self._request[EVENT_STREAM] = self
+        call_of(self._request).stream = self
 
     async def send(self, payload: ChatCompletionChunk | Completion | ErrorResponse | Mapping[str, Any],
                    event: str | None = None) -> None:

@@ -12,13 +12,11 @@ from collections.abc import Mapping
 from typing import Annotated, Any, TypeVar
 
 import pydantic
-from pydantic import StrictInt
 from aiohttp import web
+from pydantic import StrictInt
 
 from facade import jsonio
-from facade.auth.middleware import admit_model, require_model
 from facade.errors import OpenAIError, invalid
-from facade.observability import MODEL
 
 log = logging.getLogger(__name__)
 Model = TypeVar("Model", bound=pydantic.BaseModel)
@@ -111,12 +109,6 @@ async def parse_body(request: web.Request, model: type[Model]) -> Model:
         parsed = model.model_validate(data)
     except pydantic.ValidationError as exc:
         raise _invalid(exc) from exc
-    if "model" in model.model_fields:
-        # the token's model allow-list, for every endpoint family; an omitted model (images: the
-        # service's default) is allowed only to credentials that may use every model
-        request[MODEL] = parsed.model or ""
-        require_model(request, parsed.model or "")
-        await admit_model(request, parsed.model or "")
     if log.isEnabledFor(logging.DEBUG) and (ignored := set(data) - set(model.model_fields)):
         log.debug("ignoring unknown fields %s", sorted(ignored))
     return parsed

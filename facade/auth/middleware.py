@@ -1,9 +1,8 @@
-"""The auth middleware: Bearer credential -> Principal -> scope check -> limits (facade/limits).
+"""The auth middleware: Bearer credential -> Principal (on the Call) -> scope check.
 
 401 (with `WWW-Authenticate: Bearer`) when the credential is missing or not acceptable, 403 when a
-verified caller lacks the endpoint family's scope or the model, 429 (with `Retry-After`) over the
-caller's limits or budgets. Messages never contain the credential. Every request it admits is
-settled with the limiter when it ends, however it ends.
+verified caller lacks the endpoint family's scope (the model it may use: Call.use_model, at intake).
+Messages never contain the credential. The caller's limits come next (facade/limits/middleware.py).
 """
 
 from __future__ import annotations
@@ -14,14 +13,11 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
-from facade.auth.principal import FAMILIES, PRINCIPAL, Principal
+from facade.auth.principal import FAMILIES
 from facade.auth.tokens import InvalidToken, TokenVerifier
+from facade.call import call_of
 from facade.errors import OpenAIError
-from facade.limits.meter import Meter, Metering
-from facade.routing import route_of
 
-METERING = web.AppKey("metering", Metering)
-METER = web.RequestKey("meter", Meter)  # the request's limits, from admission to settlement
 VERIFIER = web.AppKey("token_verifier", TokenVerifier)
 
 
@@ -37,7 +33,8 @@ def auth_middleware(allow: Callable[[web.Request], bool] = lambda request: False
 
     @web.middleware
     async def middleware(request: web.Request, handler):
-        route = route_of(request)
+        call = call_of(request)
+        route = call.route
         if (route is not None and route.public) or allow(request):
             return await handler(request)
         header = request.headers.get("Authorization", "")
@@ -53,7 +50,7 @@ def auth_middleware(allow: Callable[[web.Request], bool] = lambda request: False
             principal = await request.app[VERIFIER].authenticate(credential.strip())
         except InvalidToken as err:
             raise _unauthorized(str(err), "invalid_api_key") from None
-        request[PRINCIPAL] = principal  # from here on, the ledger knows whom a refusal was for
+        call.principal = principal  # from here on, the ledger knows whom a refusal was for
         family = route.family if route is not None else None
         if family is not None and not principal.may_use(family):
             hint = "" if principal.scopes else (
@@ -64,63 +61,9 @@ def auth_middleware(allow: Callable[[web.Request], bool] = lambda request: False
                 403, f"This credential lacks the '{family}' scope.{hint}", type="permission_error",
                 code="insufficient_scope",
             )
-        meter = request[METER] = request.app[METERING].meter(
-            principal.subject, principal.limits, dict(principal.model_limits))
-        await meter.admit()
-        try:
-            return await handler(request)
-        except OpenAIError as err:
-            if err.code == "token_budget_exceeded":
-                raise meter.refused_for_budget(err) from None
-            raise
-        finally:
-            if meter.grants:  # shielded: a client that goes away cancels the handler, not the settlement
-                await asyncio.shield(meter.settle())
+        return await handler(request)
 
     return middleware
-
-
-def require_model(request: web.Request, model: str) -> None:
-    """403 when the caller's credential does not allow `model`."""
-    principal = request.get(PRINCIPAL)
-    if principal is not None and not principal.may_use_model(model):
-        message = (f"This credential may not use the model '{model}'." if model
-                   else "This credential may use only the models it names: name one in 'model'.")
-        raise OpenAIError(403, message, type="permission_error", param="model", code="model_not_allowed")
-
-
-def allowed_models(request: web.Request, ids: list[str]) -> list[str]:
-    principal: Principal | None = request.get(PRINCIPAL)
-    return [i for i in ids if principal is None or principal.may_use_model(i)]
-
-
-def charge_tokens(request: web.Request, count: int) -> None:
-    """What a request used in all, settled against its reservations when it ends."""
-    meter = request.get(METER)
-    if meter is not None:
-        meter.use(count)
-
-
-async def admit_model(request: web.Request, model: str) -> None:
-    """The caller's limits for `model` (its request log), once the body names it."""
-    meter = request.get(METER)
-    if meter is not None:
-        await meter.admit_model(model)
-
-
-async def reserve_tokens(request: web.Request, model: str, input_bytes: int, choices: int = 0,
-                         max_tokens: int | None = None) -> int | None:
-    """Reserves what a model call can cost (Meter.cost_bound) against the caller's token limits:
-    the tokens granted, or None when no token limit applies."""
-    meter = request.get(METER)
-    if meter is None or not meter.counts_tokens(model):
-        return None
-    return await meter.reserve(model, meter.cost_bound(input_bytes, choices, max_tokens))
-
-
-def subject_of(request: web.Request) -> str:
-    principal = request.get(PRINCIPAL)
-    return principal.subject if principal is not None else ""
 
 
 def jwks_refresher(interval_s: float):

@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from aiohttp import web
-
 from facade.limits.policy import LimitClaims
 
 # the scopes: one per endpoint family; "admin" is the operator's (GET /v1/usage: every subject's use)
@@ -31,4 +29,3 @@ class Principal:
         return self.models is None or model in self.models
 
 
-PRINCIPAL = web.RequestKey("principal", Principal)

@@ -105,7 +105,7 @@ class KeySet:
 
     def _read(self) -> dict:
         if self.source.startswith(("http://", "https://")):
-            with urllib.request.urlopen(self.source, timeout=5) as response:  # noqa: S310 - configured URL
+            with urllib.request.urlopen(self.source, timeout=5) as response:
                 return json.load(response)
         with open(self.source) as f:
             return json.load(f)

@@ -156,8 +156,8 @@ def create_limiter(redis_url: str = "", fail_mode: str = "fail_open", timeout_s:
     shared = None
     if redis_url:
         import redis.asyncio
-        from redis.backoff import NoBackoff
         from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
 
         # no retries inside redis-py: a failed call is an outage at once, handled by the fail mode
         client = redis.asyncio.Redis.from_url(

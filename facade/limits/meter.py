@@ -1,14 +1,14 @@
 """One request's limits, from admission to settlement.
 
-1. `admit()`, in the auth middleware: the subject's request logs (rpm).
-2. `admit_model(model)`, when the body names the model (facade/api/validation.py): that model's logs.
+1. `admit()`, in the limits middleware (facade/limits/middleware.py): the subject's request logs (rpm).
+2. `admit_model(model)`, when the body names the model (facade/api/intake.py): that model's logs.
 3. `reserve(model, want)`, before each model call: `want` is the most the call can cost (an upper
    bound of its prompt tokens plus n × max_tokens, or n × the configured cap when the request sets no
    max_tokens). It reserves min(want, what the tpm bucket and the budgets have left), taken from every
    counter at once, so that concurrent requests cannot spend the same tokens twice. What it grants
    goes to the text service as the call's `token_budget`: each choice stops at its share with finish
    reason `length`. Nothing left: 429.
-4. `use(tokens)` (record_usage) and `settle()`, when the request has ended whichever way: the
+4. `use(tokens)` (Call.record_usage) and `settle()`, when the request has ended whichever way: the
    unused part of each reservation goes back (a call that used more, an embedding, is charged the
    rest). A request that ended before using anything gives everything back.
 """

@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from facade.auth.middleware import METERING
 from facade.limits.limiter import create_limiter
 from facade.limits.meter import Metering
+from facade.limits.middleware import METERING
 from facade.limits.policy import Limits, Policy
 
 log = logging.getLogger(__name__)

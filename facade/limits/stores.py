@@ -106,7 +106,7 @@ class LocalStore(Store):
             logs.append(log)
         if wait > 0:
             return max(wait, 0.001)
-        for spec, log in zip(specs, logs):
+        for spec, log in zip(specs, logs, strict=True):
             log.append(now)
             self._put(spec.key, log, spec.ttl_s, now)
         return 0.0

@@ -1,4 +1,4 @@
-"""The façade's database: the stored state of the Responses API (facade/api/responses_api.py) and
+"""The façade's database: the stored state of the Responses API (facade/api/responses/) and
 the usage ledger (facade/store/usage.py), one Database for both.
 
 `store_ctx(settings)` opens it with the app (and applies the schema migrations), sweeps expired
@@ -19,7 +19,7 @@ from aiohttp import web
 
 from facade.store.database import Database, StoreError, open_database, parse_url, redact
 from facade.store.migrations import migrate
-from facade.store.responses import ResponsesStore
+from facade.store.response_store import ResponsesStore
 
 log = logging.getLogger(__name__)
 

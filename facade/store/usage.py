@@ -31,7 +31,7 @@ import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -74,7 +74,7 @@ INSERT = (
 
 def utc_day(epoch_s: float) -> str:
     """The UTC date of an instant, YYYY-MM-DD."""
-    return datetime.fromtimestamp(epoch_s, timezone.utc).date().isoformat()
+    return datetime.fromtimestamp(epoch_s, UTC).date().isoformat()
 
 
 def storable(text: str) -> str:
@@ -277,7 +277,7 @@ class UsageLedger:
             *args,
         )
         width = len(group_by)
-        return [{**dict(zip(group_by, row[:width])), **dict(zip(TOTALS, (int(v or 0) for v in row[width:])))}
+        return [{**dict(zip(group_by, row[:width], strict=True)), **dict(zip(TOTALS, (int(v or 0) for v in row[width:]), strict=True))}
                 for row in rows]
 
 

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import time
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, Protocol
 
 import grpc
@@ -48,7 +48,7 @@ class TextBackend(Protocol):
         ...
 
     def generate(
-        self, model: str, prompt: str, sampling: dict[str, Any], stream: bool
+        self, model: str, prompt: str, sampling: Mapping[str, Any], stream: bool
     ) -> AsyncIterator[GenerationChunk]:
         """Chunks of one generation; closing the iterator early cancels the work in the model."""
         ...
@@ -84,7 +84,7 @@ class TritonTextBackend(TritonBackend):
             lambda replica, event: self.stalls.forget(replica) if event == "removed" else None)
 
     async def generate(
-        self, model: str, prompt: str, sampling: dict[str, Any], stream: bool
+        self, model: str, prompt: str, sampling: Mapping[str, Any], stream: bool
     ) -> AsyncIterator[GenerationChunk]:
         first = generation_request(model, prompt, sampling, stream)
         if model not in self._models:

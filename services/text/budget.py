@@ -13,15 +13,16 @@ output.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
 from services.common.errors import TokenBudgetExceeded
 from services.text.contract import GenerationChunk
+from services.text.sampling_plan import SamplingPlan
 
 
-def clamp_sampling(sampling: dict[str, Any], budget: int) -> None:
-    """No choice can have more than the budget less one prompt token: the engine stops early too."""
-    sampling["max_tokens"] = max(1, min(sampling["max_tokens"], budget - 1))
+def clamp_sampling(sampling: SamplingPlan, budget: int) -> SamplingPlan:
+    """The plan with no choice allowed more than the budget less one prompt token: the engine
+    stops early too."""
+    return sampling.replace(max_tokens=max(1, min(sampling["max_tokens"], budget - 1)))
 
 
 def shares(left: int, n: int) -> list[int]:

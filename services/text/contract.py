@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any
 
 from tritonclient.grpc import service_pb2
@@ -73,10 +74,10 @@ class GenerationChunk:
     logprobs: list[list[TokenLogprob] | None] | None = None
 
 
-def generation_request(model: str, prompt: str, sampling: dict[str, Any], stream: bool) -> service_pb2.ModelInferRequest:
+def generation_request(model: str, prompt: str, sampling: Mapping[str, Any], stream: bool) -> service_pb2.ModelInferRequest:
     """The Triton request of one generation."""
     request = triton_tensors.new_request(model)
-    for name, value in (("text_input", prompt), ("sampling_parameters", json.dumps(sampling))):
+    for name, value in (("text_input", prompt), ("sampling_parameters", json.dumps(dict(sampling)))):
         triton_tensors.add_bytes(request, name, [value.encode("utf-8")], [1])
     for name, flag in (
         ("stream", stream), ("exclude_input_in_output", True), ("return_finish_reason", True),

@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import json
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -100,12 +101,12 @@ class Segment:
         return GenerationChunk(texts, reasons, chunk.num_input_tokens, counts, None, ids, logprobs)
 
 
-def can_continue(progress: Progress, sampling: dict[str, Any]) -> bool:
+def can_continue(progress: Progress, sampling: Mapping[str, Any]) -> bool:
     """Whether the generation can go on elsewhere: by ids always; by text unless a grammar constrains it."""
     return progress.with_ids or not any(k in sampling for k in ("structured_outputs", "guided_decoding"))
 
 
-def continuation(template, progress: Progress, choice: int, prompt: str, sampling: dict[str, Any]) -> Segment:
+def continuation(template, progress: Progress, choice: int, prompt: str, sampling: Mapping[str, Any]) -> Segment:
     """The request that continues `choice` (built from the first request, `template`)."""
     done = progress.choices[choice]
     remaining = dict(sampling, n=1)

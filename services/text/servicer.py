@@ -28,6 +28,7 @@ from services.text.backend import GenerationChunk, TextBackend
 from services.text.catalog import ModelEntry
 from services.text.contract import TokenLogprob
 from services.text.multiplex import Multiplexer
+from services.text.sampling_plan import SamplingPlan
 from services.text.structured import Mode, OutputPlan, plan_output
 from services.text.tool_calls import CallStart, Content, Event, ToolCallParser
 
@@ -102,7 +103,7 @@ class TextGenerationServicer(CatalogServicer[ModelEntry], pb_grpc.TextGeneration
     def details(self, entry: ModelEntry) -> dict[str, Any]:
         return {"text": common_pb.TextModelDetails(context_length=entry.context_length)}
 
-    def _prepare(self, request: pb.GenerateRequest) -> tuple[ModelEntry, str, dict[str, Any], OutputPlan]:
+    def _prepare(self, request: pb.GenerateRequest) -> tuple[ModelEntry, str, SamplingPlan, OutputPlan]:
         entry = self.entry(request.model)
         which = request.WhichOneof("input")
         plan = plan_output(request)
@@ -114,11 +115,11 @@ class TextGenerationServicer(CatalogServicer[ModelEntry], pb_grpc.TextGeneration
             prompt = request.prompt
         else:
             raise InvalidArgument("either chat messages or a prompt is required", "messages")
-        sampling = sampling_to_contract(request.sampling, entry, chat=which == "chat")
+        params = sampling_to_contract(request.sampling, entry, chat=which == "chat")
         if plan.forced:
             # The grammar decides where the JSON ends; a stop sequence inside it would break it.
-            sampling.pop("stop", None)
-        sampling.update(plan.sampling_entry)
+            params.pop("stop", None)
+        sampling = SamplingPlan({**params, **plan.sampling_entry})
         set_genai_attributes(
             operation__name="chat" if which == "chat" else "text_completion",
             request__model=entry.id,
@@ -129,15 +130,15 @@ class TextGenerationServicer(CatalogServicer[ModelEntry], pb_grpc.TextGeneration
         )
         return entry, prompt, sampling, plan
 
-    def _chunks(self, entry: ModelEntry, prompt: str, sampling: dict[str, Any], request: pb.GenerateRequest,
+    def _chunks(self, entry: ModelEntry, prompt: str, sampling: SamplingPlan, request: pb.GenerateRequest,
                 stream: bool) -> AsyncIterator[GenerationChunk]:
         """The model's responses; within the request's token budget when it has one (streamed from
         the model then, so that each choice can be stopped at its share)."""
         if not request.HasField("token_budget"):
             return self._backend.generate(entry.triton_model, prompt, sampling, stream=stream)
-        budget.clamp_sampling(sampling, request.token_budget)
-        chunks = self._backend.generate(entry.triton_model, prompt, sampling, stream=True)
-        return budget.within_budget(chunks, request.token_budget, sampling["n"])
+        clamped = budget.clamp_sampling(sampling, request.token_budget)
+        chunks = self._backend.generate(entry.triton_model, prompt, clamped, stream=True)
+        return budget.within_budget(chunks, request.token_budget, clamped.n)
 
     @abort_on_service_error
     async def Generate(self, request: pb.GenerateRequest, context) -> pb.GenerateResponse:

@@ -7,6 +7,7 @@ import json
 
 import aiohttp
 
+from bench.stats import percentile
 from local.stack import MODALITIES, ROOT, LocalStack, StackConfig, prometheus_sum
 from tests.e2e.figures import record as figures_record
 
@@ -45,11 +46,9 @@ def migration_ms(stack: LocalStack) -> list[float]:
     return values
 
 
-def percentiles(values: list[float]) -> dict:
-    if not values:
-        return {}
-    values = sorted(values)
-    return {"p50_ms": values[len(values) // 2], "p99_ms": values[min(len(values) - 1, int(len(values) * 0.99))]}
+def percentiles(values_ms: list[float]) -> dict:
+    """p50/p99 of values already in milliseconds."""
+    return {f"p{q}_ms": percentile(values_ms, q) for q in (50, 99)} if values_ms else {}
 
 
 def serving_replica(stack: LocalStack) -> int:

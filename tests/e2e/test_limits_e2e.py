@@ -25,7 +25,7 @@ import asyncpg
 import jwt
 import pytest
 
-from facade.api.chat import ChatCompletionRequest
+from facade.api.chat.protocol import ChatCompletionRequest
 from facade.limits.meter import completion_bound, prompt_bound
 from hubmesh.common.v1 import common_pb2 as common_pb
 from local import processes
@@ -146,7 +146,7 @@ def chat(i: int, max_tokens: int, stream: bool = True) -> dict:
 
 
 def reservation(body: dict, tok: str, cap: int = 4096) -> int:
-    """What the façade reserves for `body` (facade/api/text_common.py reserve_budget)."""
+    """What the façade reserves for `body` (facade/api/text/generation.py reserve_budget)."""
     parsed = ChatCompletionRequest.model_validate(body)
     proto = parsed.to_proto(common_pb.Caller(subject=subject(tok), user=""))
     return prompt_bound(proto.ByteSize()) + completion_bound(1, parsed.max_tokens, cap)

@@ -129,7 +129,7 @@ async def test_idempotent_calls_retry_once_and_generation_never(aiohttp_client):
 async def test_the_grace_period_over_ends_what_is_still_running(aiohttp_client, services):
     """Past a graceful stop's grace period (facade/__main__.py drain): a request not answered yet
     gets a 503, an open stream a final error event and [DONE]; the generations stop upstream."""
-    from facade.admission import IN_FLIGHT
+    from facade.capacity import IN_FLIGHT
 
     backend = FakeTextBackend([chunk(["a"]), chunk(["b"], ["stop"])], hang_after=1)  # both hang after "a"
     app = create_app(Settings(api_keys=("k",), text_target=await services(backend)))
@@ -155,7 +155,7 @@ async def test_the_grace_period_over_ends_what_is_still_running(aiohttp_client, 
 
 async def test_a_client_going_away_is_not_taken_for_the_grace_period(aiohttp_client, services):
     """A request cancelled by anything but interrupt() stays cancelled (no 503 written for it)."""
-    from facade.admission import IN_FLIGHT
+    from facade.capacity import IN_FLIGHT
 
     backend = FakeTextBackend([chunk(["a"])], hang_after=0)
     app = create_app(Settings(api_keys=("k",), text_target=await services(backend)))

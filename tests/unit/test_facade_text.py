@@ -270,7 +270,7 @@ CALL = '{"name": "get_weather", "arguments": {"city": "Paris"}}'
 
 
 def test_tools_and_tool_messages_map_onto_the_proto():
-    from facade.api.chat import ChatCompletionRequest
+    from facade.api.chat.protocol import ChatCompletionRequest
     from hubmesh.text.v1 import text_generation_pb2 as pb
 
     body = ChatCompletionRequest.model_validate(chat_body(

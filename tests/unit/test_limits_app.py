@@ -12,7 +12,7 @@ import jwt
 import pytest
 
 from facade.app import create_app
-from facade.auth.middleware import METERING
+from facade.limits.middleware import METERING
 from facade.limits.policy import Limits, token_specs
 from facade.settings import Settings
 from local import processes

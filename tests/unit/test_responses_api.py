@@ -16,14 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from facade.api.responses_api import (
-    ResponseRequest,
-    chat_messages,
-    conversation,
-    input_items,
-    responses_param,
-    to_proto,
-)
+from facade.api.responses.conversation import chat_messages, conversation, responses_param, to_proto
+from facade.api.responses.protocol import ResponseRequest, input_items
 from facade.app import create_app
 from facade.auth.tokens import issue_local_token
 from facade.settings import Settings

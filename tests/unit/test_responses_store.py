@@ -18,7 +18,7 @@ import pytest
 from facade.store import StoreHolder, store_ctx
 from facade.store.database import StoreError, open_database, parse_url, redact
 from facade.store.migrations import load_migrations, migrate, split_statements
-from facade.store.responses import ResponsesStore, UnknownItem, owner_of
+from facade.store.response_store import ResponsesStore, UnknownItem, owner_of
 
 POSTGRES_URL = os.environ.get("HUBMESH_TEST_POSTGRES_URL", "postgresql://127.0.0.1:5432/test")
 

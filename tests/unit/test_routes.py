@@ -114,7 +114,7 @@ async def test_the_span_operation_comes_from_the_route(client, monkeypatch):
 
 
 async def test_only_api_routes_are_admission_controlled(aiohttp_client):
-    from facade.admission import IN_FLIGHT
+    from facade.capacity import IN_FLIGHT
 
     app = create_app(Settings(api_keys=(KEY,), max_in_flight=1))
     client = await aiohttp_client(app)

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from facade.api import chat, completions
+from facade.api.chat import handler as chat
+from facade.api.completions import handler as completions
 from facade.sse import _MARK, ChunkEncoder
 
 TRICKY = [

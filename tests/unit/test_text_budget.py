@@ -7,6 +7,7 @@ import pytest
 from services.common.errors import TokenBudgetExceeded
 from services.text.budget import clamp_sampling, shares, within_budget
 from services.text.contract import GenerationChunk
+from services.text.sampling_plan import SamplingPlan
 
 
 class Model:
@@ -66,9 +67,11 @@ async def test_a_prompt_that_fills_the_budget_fails_before_any_output():
 
 
 def test_clamp_and_shares():
-    sampling = {"max_tokens": 4096}
-    clamp_sampling(sampling, 100)
-    assert sampling["max_tokens"] == 99
-    clamp_sampling(sampling, 1)
-    assert sampling["max_tokens"] == 1
+    sampling = SamplingPlan({"n": 2, "max_tokens": 4096})
+    clamped = clamp_sampling(sampling, 100)
+    assert clamped["max_tokens"] == 99 and clamped.n == 2
+    assert sampling["max_tokens"] == 4096  # a plan never changes: the clamp is a new one
+    assert clamp_sampling(clamped, 1)["max_tokens"] == 1
+    with pytest.raises(TypeError):
+        sampling["max_tokens"] = 1  # type: ignore[index]
     assert shares(10, 3) == [4, 3, 3] and shares(1, 2) == [1, 0]

@@ -1,4 +1,4 @@
-"""Admission control for one façade worker: a bounded number of requests in flight, beyond which the
+"""Capacity of one façade worker (admission control): a bounded number of requests in flight, beyond which the
 answer is an immediate 429 with Retry-After — never an unbounded queue, never a hang. It also ends
 what is still running when a graceful shutdown's grace period is over: open streams with a final
 error event, requests that have not answered yet with a 503."""
@@ -9,15 +9,15 @@ import asyncio
 
 from aiohttp import web
 
+from facade.call import call_of
 from facade.errors import OpenAIError
-from facade.routing import route_of
-from facade.sse import EVENT_STREAM, SHUTDOWN_ERROR
+from facade.sse import SHUTDOWN_ERROR
 
 
 class InFlight:
     """Counts admitted requests; `drained` is set whenever none is left. interrupt() ends the ones
     still running (the grace period is over): each request's own task is cancelled and answers as
-    admission_middleware says, so that no request needs a watcher of its own."""
+    capacity_middleware says, so that no request needs a watcher of its own."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -59,8 +59,9 @@ IN_FLIGHT = web.AppKey("in_flight", InFlight)
 
 
 @web.middleware
-async def admission_middleware(request: web.Request, handler) -> web.StreamResponse:
-    route = route_of(request)
+async def capacity_middleware(request: web.Request, handler) -> web.StreamResponse:
+    call = call_of(request)
+    route = call.route
     if route is None or not route.admitted:  # probes, metrics, the document; unknown URLs
         return await handler(request)
     in_flight = request.app[IN_FLIGHT]
@@ -79,7 +80,7 @@ async def admission_middleware(request: web.Request, handler) -> web.StreamRespo
         if not in_flight.interrupted(task):
             raise  # the client went away: the work (and its gRPC call) stopped with it
         task.uncancel()  # the grace period is over: the request answers, as below
-        stream = request.get(EVENT_STREAM)
+        stream = call.stream
         if stream is None:
             raise SHUTDOWN_ERROR from None
         return await stream.interrupt()

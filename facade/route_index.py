@@ -1,7 +1,7 @@
 """The Route record, and which Route a request is on.
 
 The table itself is facade/routes.py (it imports every handler); this module imports none, so the
-middlewares (auth, admission, access log) can look routes up without an import cycle.
+middlewares (auth, capacity, access log) read the Route a request is on (its Call keeps it) without an import cycle.
 """
 
 from __future__ import annotations

@@ -1,49 +1,19 @@
-"""POST /v1/chat/completions, with tools and structured output.
-
-Tools, tool_choice, parallel_tool_calls and response_format go to the text service as they are;
-it renders the tools into the prompt and has the model held to a grammar, so a tool call's
-arguments and a JSON answer always parse and match their schema (services/text/structured.py).
-
-`logprobs: true` (with `top_logprobs`, 0-20, checked by the text service; `top_logprobs` without
-`logprobs: true` is a 400, as OpenAI's) gives each choice `logprobs.content`: every generated token in
-order (those that wrote tool calls too), with its UTF-8 bytes and the best `top_logprobs` tokens of its
-position. Streamed, each chunk choice carries the tokens of its delta (content [] on one that has none,
-null on the opening role chunk), so the chunks' lists concatenate to every token once. Without it,
-`logprobs` stays null everywhere.
-"""
+"""The request models of POST /v1/chat/completions (OpenAI's CreateChatCompletionRequest, the
+fields this server honours) and their one mapping to the text service's GenerateRequest. The
+Responses API validates and converts through them too (facade/api/responses)."""
 
 from __future__ import annotations
 
 import json
 from typing import Literal
 
-from aiohttp import web
-from hubmesh.text.v1 import text_generation_pb2 as pb
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    StrictBool,
-    StrictStr,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, field_validator, model_validator
 
-from facade.api import text_common as tc
-from facade.api.responses import (
-    ChatCompletion,
-    ChatCompletionChoice,
-    ChatCompletionChoiceLogprobs,
-    ChatCompletionChunkChoice,
-    ChatCompletionMessage,
-    ChatCompletionMessageToolCall,
-    ChatCompletionToolCallDelta,
-)
-from facade.api.validation import UInt32, parse_body
-from facade.clients import caller
-from hubmesh.common.v1 import common_pb2 as common_pb
+from facade.api.text.sampling import SamplingFields, max_tokens_of, shows_limit
+from facade.api.validation import UInt32
 from facade.errors import invalid
-from facade.jsonio import json_response
+from hubmesh.common.v1 import common_pb2 as common_pb
+from hubmesh.text.v1 import text_generation_pb2 as pb
 
 Role = Literal["system", "developer", "user", "assistant", "tool"]
 NAME_PATTERN = r"^[a-zA-Z0-9_-]{1,64}$"  # OpenAI's rule for function and schema names
@@ -172,16 +142,16 @@ class ResponseFormat(BaseModel):
         return fmt
 
 
-class ChatCompletionRequest(tc.SamplingFields):
+class ChatCompletionRequest(SamplingFields):
     """OpenAI's CreateChatCompletionRequest (the fields this server honours)."""
 
-    messages: list[Message] = tc.shows_limit("messages", ...)
-    max_completion_tokens: UInt32 | None = tc.shows_limit("max_tokens")
+    messages: list[Message] = shows_limit("messages", ...)
+    max_completion_tokens: UInt32 | None = shows_limit("max_tokens")
     logprobs: StrictBool | None = None
-    top_logprobs: UInt32 | None = tc.shows_limit("top_logprobs")
+    top_logprobs: UInt32 | None = shows_limit("top_logprobs")
     response_format: ResponseFormat | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
-    tools: list[Tool] | None = tc.shows_limit("tools")
+    tools: list[Tool] | None = shows_limit("tools")
     parallel_tool_calls: StrictBool | None = None
     functions: list | None = None  # deprecated by OpenAI: a 400 pointing at tools
     function_call: StrictStr | dict | None = None  # deprecated by OpenAI: a 400 pointing at tool_choice
@@ -202,7 +172,7 @@ class ChatCompletionRequest(tc.SamplingFields):
         request = pb.GenerateRequest(
             model=self.model,
             chat=pb.ChatInput(messages=[m.to_proto() for m in self.messages]),
-            sampling=self.sampling_proto(tc.max_tokens_of(self, self.max_completion_tokens, default=None)),
+            sampling=self.sampling_proto(max_tokens_of(self, self.max_completion_tokens, default=None)),
             caller=caller,
         )
         if self.logprobs:
@@ -222,118 +192,3 @@ class ChatCompletionRequest(tc.SamplingFields):
         if self.response_format is not None:
             request.response_format.CopyFrom(self.response_format.to_proto())
         return request
-
-
-def tool_calls_json(calls) -> list[ChatCompletionMessageToolCall]:
-    return [
-        {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in calls
-    ]
-
-
-def logprobs_json(tokens) -> ChatCompletionChoiceLogprobs:
-    """OpenAI's choice logprobs of `tokens` (pb.TokenLogprob)."""
-    return {
-        "content": [
-            {"token": t.token, "logprob": t.logprob, "bytes": list(t.bytes),
-             "top_logprobs": [{"token": e.token, "logprob": e.logprob, "bytes": list(e.bytes)} for e in t.top_logprobs]}
-            for t in tokens
-        ],
-        "refusal": None,
-    }
-
-
-def _choice_json(choice: pb.Choice, with_logprobs: bool) -> ChatCompletionChoice:
-    message: ChatCompletionMessage = {
-        "role": "assistant",
-        "content": choice.text if choice.text or not choice.tool_calls else None,
-        "refusal": None,
-    }
-    if choice.tool_calls:
-        message["tool_calls"] = tool_calls_json(choice.tool_calls)
-    return {
-        "index": choice.index,
-        "message": message,
-        "logprobs": logprobs_json(choice.logprobs) if with_logprobs else None,
-        "finish_reason": tc.FINISH_REASONS.get(choice.finish_reason, "stop"),
-    }
-
-
-async def create_chat_completion(request: web.Request) -> web.StreamResponse:
-    """Creates a model response for the given chat conversation (JSON or SSE)."""
-    body = await parse_body(request, ChatCompletionRequest)
-    proto = body.to_proto(caller(request, body.user))
-    await tc.reserve_budget(request, proto)
-    if body.stream:
-        return await _stream(request, body, proto)
-    result = await tc.generate(request, proto, input_param="messages")
-    completion: ChatCompletion = {
-        "id": tc.new_id("chatcmpl"),
-        "object": "chat.completion",
-        "created": tc.now(),
-        "model": result.model,
-        "system_fingerprint": tc.SYSTEM_FINGERPRINT,
-        "choices": [_choice_json(c, bool(body.logprobs)) for c in result.choices],
-        "usage": tc.usage_json(result.usage),
-    }
-    return json_response(completion)
-
-
-async def _stream(request: web.Request, body: ChatCompletionRequest, proto: pb.GenerateRequest) -> web.StreamResponse:
-    base = {  # every chunk's fields but choices
-        "id": tc.new_id("chatcmpl"),
-        "object": "chat.completion.chunk",
-        "created": tc.now(),
-        "model": body.model,
-        "system_fingerprint": tc.SYSTEM_FINGERPRINT,
-    }
-    content = None if body.forces_tool_calls else ""  # as OpenAI: no content when only calls can follow
-    opening: list[ChatCompletionChunkChoice] = [
-        {"index": i, "delta": {"role": "assistant", "content": content}, "logprobs": None, "finish_reason": None}
-        for i in range(body.n or 1)
-    ]
-    upstream = tc.GenerationStream(request, proto, input_param="messages")
-    render = _render_with_logprobs if body.logprobs else _render
-    return await tc.respond_with_stream(request, [(0, upstream)], base, body.include_usage, render, opening,
-                                        text_choice=None if body.logprobs else _text_choice)
-
-
-def _tool_call_delta(call: pb.ToolCallDelta) -> ChatCompletionToolCallDelta:
-    """OpenAI's streamed tool call: id, type and name (arguments "") first, then argument fragments."""
-    if call.HasField("id"):
-        return {"index": call.index, "id": call.id, "type": "function",
-                "function": {"name": call.name, "arguments": call.arguments}}
-    return {"index": call.index, "function": {"arguments": call.arguments}}
-
-
-def _text_choice(index: int, text: str) -> ChatCompletionChunkChoice:
-    """The chunk choice of a delta with text only (also the template of tc.respond_with_stream's
-    encoded text chunks)."""
-    return {"index": index, "delta": {"content": text}, "logprobs": None, "finish_reason": None}
-
-
-def _render(delta: pb.ChoiceDelta, offset: int) -> list[ChatCompletionChunkChoice]:
-    choices: list[ChatCompletionChunkChoice] = []
-    if delta.text:
-        choices.append(_text_choice(delta.index, delta.text))
-    if delta.tool_calls:
-        choices.append({"index": delta.index, "delta": {"tool_calls": [_tool_call_delta(c) for c in delta.tool_calls]},
-                        "logprobs": None, "finish_reason": None})
-    if delta.finish_reason:
-        reason = tc.FINISH_REASONS.get(delta.finish_reason, "stop")
-        choices.append({"index": delta.index, "delta": {}, "logprobs": None, "finish_reason": reason})
-    return choices
-
-
-def _render_with_logprobs(delta: pb.ChoiceDelta, offset: int) -> list[ChatCompletionChunkChoice]:
-    """_render with logprobs: true: the delta's tokens on its first chunk choice, an empty list on the
-    others (a delta with tokens only, which a model that never finished a choice leaves, has a choice
-    with an empty delta)."""
-    choices = _render(delta, offset)
-    if not choices:
-        if not delta.logprobs:
-            return choices
-        choices = [{"index": delta.index, "delta": {}, "logprobs": None, "finish_reason": None}]
-    choices[0]["logprobs"] = logprobs_json(delta.logprobs)
-    for choice in choices[1:]:
-        choice["logprobs"] = {"content": [], "refusal": None}
-    return choices

@@ -7,13 +7,13 @@ import logging
 
 import grpc
 from aiohttp import web
-from hubmesh.common.v1 import common_pb2 as common_pb
 
-from facade.api.responses import Model, ModelList
-from facade.auth.middleware import allowed_models, require_model
+from facade.api.response_bodies import Model, ModelList
+from facade.call import call_of
 from facade.clients import CLIENTS, Clients
 from facade.errors import OpenAIError, from_grpc
 from facade.jsonio import json_response
+from hubmesh.common.v1 import common_pb2 as common_pb
 
 log = logging.getLogger(__name__)
 LIST_TIMEOUT_S = 10.0
@@ -53,15 +53,15 @@ async def _all_models(clients: Clients) -> list[Model]:
 async def list_models(request: web.Request) -> web.Response:
     """Lists the models every service can serve."""
     models = await _all_models(request.app[CLIENTS])
-    allowed = set(allowed_models(request, [m["id"] for m in models]))
-    listing: ModelList = {"object": "list", "data": [m for m in models if m["id"] in allowed]}
+    call = call_of(request)
+    listing: ModelList = {"object": "list", "data": [m for m in models if call.may_use_model(m["id"])]}
     return json_response(listing)
 
 
 async def retrieve_model(request: web.Request) -> web.Response:
     """One model by id (ids may contain '/', e.g. HuggingFaceTB/SmolLM2-135M-Instruct)."""
     model_id = request.match_info["model"]
-    require_model(request, model_id)
+    call_of(request).require_model(model_id)
     for model in await _all_models(request.app[CLIENTS]):
         if model["id"] == model_id:
             return json_response(model)

@@ -10,9 +10,9 @@ The class name is the schema's name in the document; docstrings are its descript
 Python >= 3.12 (this project supports 3.11); both are the same dict at run time.
 """
 
-from typing import Literal
+from typing import Literal, NotRequired
 
-from typing_extensions import NotRequired, TypedDict
+from typing_extensions import TypedDict
 
 FinishReason = Literal["stop", "length", "tool_calls"]
 
@@ -273,7 +273,7 @@ class Readiness(TypedDict):
     services: dict[str, str]  # service -> gRPC health status name (SERVING, UNAVAILABLE, ...)
 
 
-# -- responses (the Responses API: facade/api/responses_api.py) ------------------------------------
+# -- responses (the Responses API: facade/api/responses/) ------------------------------------
 # Named Response* so that no schema of /openapi.json shares a name with chat's.
 
 ItemStatus = Literal["in_progress", "completed", "incomplete"]

@@ -1,0 +1,1 @@
+"""POST /v1/completions: the request model (protocol.py) and the handler (handler.py)."""

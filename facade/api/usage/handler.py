@@ -1,0 +1,48 @@
+"""GET /v1/usage: the usage ledger's totals (facade/store/usage.py), for the operator (the `admin`
+scope) and the platform team that bills from them. A hubmesh extension: OpenAI's API has none."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from aiohttp import web
+
+from facade.api.response_bodies import UsageList
+from facade.api.usage.protocol import DEFAULT_WINDOW_S, UsageQuery
+from facade.api.validation import parse_query
+from facade.errors import OpenAIError, invalid
+from facade.jsonio import json_response
+from facade.store import StoreError
+from facade.store.usage import USAGE_LEDGER
+
+log = logging.getLogger(__name__)
+
+
+def _unavailable() -> OpenAIError:
+    return OpenAIError(503, "The usage ledger's database is unavailable; try again shortly.", type="server_error",
+                       code="store_unavailable", headers={"Retry-After": "5"})
+
+
+async def get_usage(request: web.Request) -> web.Response:
+    """Totals of every subject's requests (tokens, images, errors) over [start, end), per
+    `group_by`; the usage ledger's, this replica's pending records included."""
+    query = parse_query(request, UsageQuery)
+    end = query.end if query.end is not None else time.time()
+    start = query.start if query.start is not None else end - DEFAULT_WINDOW_S
+    if start >= end:
+        raise invalid("'start' must be before 'end'.", param="start")
+    ledger = request.app[USAGE_LEDGER]
+    try:
+        # what this replica has not written yet (it reads its own writes); shielded: a caller that
+        # goes away does not cut a write short
+        await asyncio.shield(ledger.flush())
+        rows = await ledger.query(query.group_by, start, end, subject=query.subject, user=query.user,
+                                  model=query.model, limit=query.limit + 1)
+    except StoreError as err:
+        log.error("usage ledger: %s", err)
+        raise _unavailable() from None
+    usage: UsageList = {"object": "list", "data": rows[:query.limit], "has_more": len(rows) > query.limit,
+                        "start": start, "end": end}
+    return json_response(usage)
