@@ -12,6 +12,7 @@ from facade.auth.tokens import JwtSettings, TokenVerifier
 from facade.capacity import IN_FLIGHT, InFlight, capacity_middleware
 from facade.clients import clients_ctx
 from facade.errors import error_middleware
+from facade.limits.headers import add_rate_limit_headers
 from facade.limits.middleware import METERING, limits_middleware
 from facade.limits.setup import metering_ctx, metering_from
 from facade.observability import access_middleware, add_request_id
@@ -70,6 +71,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(usage_ctx(settings.usage_flush_interval_s, settings.usage_buffer_records))
     app[SUBJECT_METRICS] = SubjectMetrics(settings.usage_metric_subjects)
     app.on_response_prepare.append(add_request_id)
+    app.on_response_prepare.append(add_rate_limit_headers)  # x-ratelimit-*, Retry-After on 429
     app[OPENAPI] = jsonio.dumps(build_document(ROUTES))
     add_routes(app, ROUTES)
     return app

@@ -28,7 +28,7 @@ from prometheus_client import Counter
 from redis.exceptions import RedisError, ResponseError
 
 from facade.limits.policy import Spec
-from facade.limits.stores import LocalStore, RedisStore, Reserved, Store
+from facade.limits.stores import Hit, Level, LocalStore, RedisStore, Reservation, Store
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +67,9 @@ class Limiter:
         self._owed: deque[tuple[Sequence[Spec], int]] = deque(maxlen=MAX_OWED)
         self._replay: asyncio.Task | None = None
 
-    def _usable(self) -> bool:
-        return self.shared is not None and self.clock() >= self._down_until
+    def _usable(self) -> RedisStore | None:
+        """The shared store when it may be asked now (configured, and not waiting out a failure)."""
+        return self.shared if self.shared is not None and self.clock() >= self._down_until else None
 
     def _failed(self, err: BaseException) -> None:
         if self.clock() >= self._down_until:
@@ -89,7 +90,7 @@ class Limiter:
         """Runs the store operation on Redis if it can answer, else by the fail mode; (store, result)."""
         if self.shared is None:
             return self.local, await getattr(self.local, operation)(*args)
-        if self._usable():
+        if self._usable() is not None:
             try:
                 result = await getattr(self.shared, operation)(*args)
             except REDIS_FAILURES as err:
@@ -101,41 +102,50 @@ class Limiter:
         store = self._fallback()
         return store, await getattr(store, operation)(*args)
 
-    async def hit(self, specs: Sequence[Spec], member: str) -> float:
+    async def hit(self, specs: Sequence[Spec], member: str) -> Hit:
         if not specs:
-            return 0.0
-        _, wait = await self._run("hit", specs, member)
-        return wait
+            return Hit(0.0, ())
+        _, hit = await self._run("hit_levels", specs, member)
+        return hit
 
-    async def reserve(self, specs: Sequence[Spec], want: int) -> tuple[Grant | None, Reserved]:
-        store, reserved = await self._run("reserve", specs, want)
-        granted = reserved[0]
+    async def reserve(self, specs: Sequence[Spec], want: int) -> tuple[Grant | None, Reservation]:
+        store, reserved = await self._run("reserve_levels", specs, want)
+        granted = reserved.granted
         return (Grant(store, specs, granted) if granted > 0 else None), reserved
 
-    async def settle(self, grant: Grant, used: int) -> None:
-        """Gives back what a reservation did not use (or takes what it used beyond it). Never raises
-        for an outage: what Redis is owed is replayed when it answers again."""
+    async def levels(self, specs: Sequence[Spec]) -> tuple[Level, ...]:
+        """The token counters' levels, read only: from Redis, else by the fail mode."""
+        if not specs:
+            return ()
+        _, levels = await self._run("levels", specs)
+        return levels
+
+    async def settle(self, grant: Grant, used: int) -> tuple[Level, ...]:
+        """Gives back what a reservation did not use (or takes what it used beyond it); the levels
+        after it (none when nothing changed, or Redis is owed it). Never raises for an outage:
+        what Redis is owed is replayed when it answers again."""
         delta = grant.tokens - used
         if not delta:
-            return
+            return ()
         if grant.store is self.local:
-            await self.local.adjust(grant.specs, delta)
-            return
-        if not self._usable():
+            return await self.local.adjust_levels(grant.specs, delta)
+        shared = self._usable()
+        if shared is None:
             self._owed.append((grant.specs, delta))
-            return
+            return ()
         try:
-            await self.shared.adjust(grant.specs, delta)
+            return await shared.adjust_levels(grant.specs, delta)
         except REDIS_FAILURES as err:
             self._failed(err)
             self._owed.append((grant.specs, delta))
+            return ()
 
     async def _pay_owed(self) -> None:
         try:
-            while self._owed and self._usable():
+            while self._owed and (shared := self._usable()) is not None:
                 specs, delta = self._owed[0]
                 try:
-                    await self.shared.adjust(specs, delta)
+                    await shared.adjust(specs, delta)
                 except REDIS_FAILURES as err:
                     self._failed(err)
                     return

@@ -11,6 +11,11 @@
 4. `use(tokens)` (Call.record_usage) and `settle()`, when the request has ended whichever way: the
    unused part of each reservation goes back (a call that used more, an embedding, is charged the
    rest). A request that ended before using anything gives everything back.
+
+Each step keeps the levels its store operation answered with, per counter (`requests`, `tokens`),
+the latest of each counter winning; `rate_limits(model)` gives the binding ones to the
+x-ratelimit-* headers (facade/limits/headers.py), reading the token counters (one round trip) only
+for a request that reserved none.
 """
 
 from __future__ import annotations
@@ -18,10 +23,12 @@ from __future__ import annotations
 import itertools
 import math
 import os
+from collections.abc import Sequence
 
 from facade.errors import OpenAIError
 from facade.limits.limiter import Grant, Limiter, LimiterUnavailable
 from facade.limits.policy import LimitClaims, Limits, Policy, Spec, period_left_s, request_specs, token_specs
+from facade.limits.stores import Level
 
 _MEMBERS = itertools.count()
 _PROCESS = f"{os.getpid()}-{os.urandom(4).hex()}"
@@ -66,6 +73,9 @@ class Meter:
         self._bound_by: list[Spec | None] = []  # each grant's binding counter (None: granted in full)
         self.used: int | None = None
         self._model_limits: dict[str, Limits] = {}
+        # each counter's latest Level, by key: request logs, token counters
+        self.requests: dict[str, Level] = {}
+        self.tokens: dict[str, Level] = {}
 
     def _for_model(self, model: str) -> Limits:
         if model not in self._model_limits:
@@ -76,11 +86,12 @@ class Meter:
         if not specs:
             return
         try:
-            wait = await self.limiter.hit(specs, f"{_PROCESS}-{next(_MEMBERS)}")
+            wait, levels = await self.limiter.hit(specs, f"{_PROCESS}-{next(_MEMBERS)}")
         except LimiterUnavailable:
             raise unavailable() from None
-        if wait > 0:
-            raise limit_error(specs[0] if len(specs) == 1 else max(specs, key=lambda s: s.limit), self.subject, wait)
+        _note(self.requests, specs, levels)
+        if wait > 0:  # the log that refused it: the one with nothing left
+            raise limit_error(specs[min(range(len(specs)), key=lambda i: levels[i].remaining)], self.subject, wait)
 
     async def admit(self) -> None:
         await self._hit(request_specs(self.subject, self.limits))
@@ -91,20 +102,36 @@ class Meter:
     def counts_tokens(self, model: str) -> bool:
         return self.limits.counts_tokens or self._for_model(model).counts_tokens
 
+    def _token_specs(self, model: str) -> list[Spec]:
+        return token_specs(self.subject, self.limits) + token_specs(self.subject, self._for_model(model), model)
+
     async def reserve(self, model: str, want: int) -> int | None:
         """Tokens granted to a model call (None: no token limit applies); 429 when none are left."""
-        specs = token_specs(self.subject, self.limits) + token_specs(self.subject, self._for_model(model), model)
+        specs = self._token_specs(model)
         if not specs:
             return None
         try:
-            grant, (granted, binding, wait) = await self.limiter.reserve(specs, max(1, want))
+            grant, (granted, binding, wait, levels) = await self.limiter.reserve(specs, max(1, want))
         except LimiterUnavailable:
             raise unavailable() from None
+        _note(self.tokens, specs, levels)
         if grant is None:
             raise limit_error(specs[binding], self.subject, wait)
         self.grants.append(grant)
         self._bound_by.append(specs[binding] if binding >= 0 else None)
         return granted
+
+    async def rate_limits(self, model: str) -> tuple[Level | None, Level | None]:
+        """The binding (least remaining) request log and token counter of this request, None where
+        no such limit applies. A request that reserved no tokens (GET /v1/models, one refused
+        before) reads its token counters: one round trip, none where the store cannot answer."""
+        if not self.tokens and self.counts_tokens(model):
+            specs = self._token_specs(model)
+            try:
+                _note(self.tokens, specs, await self.limiter.levels(specs))
+            except LimiterUnavailable:
+                pass
+        return binding_level(self.requests), binding_level(self.tokens)
 
     def cost_bound(self, input_bytes: int, choices: int = 0, max_tokens: int | None = None) -> int:
         """The most a call can cost: its input's tokens (never more than its bytes; a generation's
@@ -134,8 +161,21 @@ class Meter:
         for grant in self.grants:
             used = min(left, grant.tokens) if grant is not self.grants[-1] else left
             left -= used
-            await self.limiter.settle(grant, used)
+            _note(self.tokens, grant.specs, await self.limiter.settle(grant, used))
         self.grants, self._bound_by = [], []
+
+
+def _note(levels: dict[str, Level], specs: Sequence[Spec], answered: Sequence[Level]) -> None:
+    """Keeps the levels a store operation answered with (none: it did not answer)."""
+    for spec, level in zip(specs, answered, strict=False):
+        levels[spec.key] = level
+
+
+def binding_level(levels: dict[str, Level]) -> Level | None:
+    """The counter with the least remaining (of equals, the one furthest from its full limit)."""
+    if not levels:
+        return None
+    return min(levels.values(), key=lambda level: (level.remaining, -level.reset_s))
 
 
 def completion_bound(n: int, max_tokens: int | None, cap: int) -> int:

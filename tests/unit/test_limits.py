@@ -227,12 +227,12 @@ async def private_limiter(tmp_path, mode: str, timeout_s: float = 0.25, retry_s:
 async def test_redis_down_then_back(tmp_path, mode):
     spec = [log(1000)]
     async with private_limiter(tmp_path, mode, retry_s=0.3) as (server, limiter):
-        assert await limiter.hit(spec, "a") == 0
+        assert (await limiter.hit(spec, "a")).wait == 0
         assert await limiter.shared.client.zcard(spec[0].key) == 1
         server.kill()
         started = time.monotonic()
         if mode == "fail_open":
-            assert await limiter.hit(spec, "b") == 0  # served, counted here
+            assert (await limiter.hit(spec, "b")).wait == 0  # served, counted here
             assert len(limiter.local) == 1
         else:
             with pytest.raises(LimiterUnavailable):
@@ -271,7 +271,7 @@ async def test_settlements_owed_to_redis_are_replayed(tmp_path):
 
 async def test_a_hung_redis_counts_as_down(tmp_path):
     async with private_limiter(tmp_path, "fail_closed", timeout_s=0.1) as (server, limiter):
-        assert await limiter.hit([log(10)], "a") == 0
+        assert (await limiter.hit([log(10)], "a")).wait == 0
         server.pause()
         started = time.monotonic()
         with pytest.raises(LimiterUnavailable):
@@ -281,7 +281,7 @@ async def test_a_hung_redis_counts_as_down(tmp_path):
 
         async def answers() -> bool:
             try:
-                return await limiter.hit([log(10)], uuid.uuid4().hex) == 0
+                return (await limiter.hit([log(10)], uuid.uuid4().hex)).wait == 0
             except LimiterUnavailable:
                 return False
 
@@ -316,7 +316,7 @@ async def test_a_redis_that_refuses_writes_is_an_outage_not_a_500(tmp_path):
         try:
             # a read-only replica (as after a failover that went wrong): every write is refused
             await admin.execute_command("REPLICAOF", "127.0.0.1", str(processes.free_port()))
-            assert await limiter.hit([log(5)], "a") == 0  # served, counted in this process
+            assert (await limiter.hit([log(5)], "a")).wait == 0  # served, counted in this process
             assert len(limiter.local) == 1
             await admin.execute_command("REPLICAOF", "NO", "ONE")
         finally:
