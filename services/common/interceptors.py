@@ -15,11 +15,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
-
 from opentelemetry import trace
 
 from services.common.call_context import CALL_DEADLINE, CALL_NOTES
 from services.common.errors import AtCapacity, abort
+from services.common.fair_share import Admission, Policy, Refused
 from services.common.metrics import IN_FLIGHT, LATENCY, REQUESTS
 
 access_log = logging.getLogger("hubmesh.access")
@@ -81,23 +81,36 @@ class _Interceptor(grpc.aio.ServerInterceptor):
 
 
 class AdmissionInterceptor(_Interceptor):
-    """At most `limit` calls in flight; beyond it, an immediate RESOURCE_EXHAUSTED (no queue)."""
+    """At most `limit` calls in flight; at the limit, services.common.fair_share decides: `first_come`
+    refuses at once (RESOURCE_EXHAUSTED, AT_CAPACITY); `fair` divides the limit among the subjects
+    asking (the request's `caller`: subject, weight, priority), so a subject below its share starts at
+    once (one of `burst` slots above the limit) or waits up to `wait_s` for the next free slot, and one
+    at or over its share is refused at once.
 
-    def __init__(self, limit: int) -> None:
+    Every generation carried by a GenerateMany call is admitted here on its own (SUBCALL_AROUNDS), so
+    the share holds however the generations arrive."""
+
+    def __init__(self, limit: int, policy: Policy = "fair", wait_s: float = 0.5, burst: int = 0) -> None:
         self.limit = limit
-        self.in_flight = 0
+        self.admission = Admission(limit, policy=policy, wait_s=wait_s, burst=burst)
+
+    @property
+    def in_flight(self) -> int:
+        return self.admission.policy.in_flight
 
     @contextlib.asynccontextmanager
     async def around(self, endpoint: str, request, context) -> AsyncIterator[None]:
-        if self.in_flight >= self.limit:
-            await abort(context, AtCapacity(
-                f"the service is at capacity ({self.limit} requests in flight); retry shortly"
-            ).status())
-        self.in_flight += 1
+        caller = getattr(request, "caller", None)
+        subject, weight, priority = (caller.subject, caller.weight, caller.priority) if caller is not None else ("", 1.0, 0)
+        try:
+            ticket = await self.admission.acquire(subject, weight, priority, context.time_remaining())
+        except Refused as refused:
+            await abort(context, AtCapacity(str(refused)).status())
+            raise  # (abort raises)
         try:
             yield
         finally:
-            self.in_flight -= 1
+            self.admission.release(ticket)
 
 
 class MetricsInterceptor(_Interceptor):

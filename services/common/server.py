@@ -11,19 +11,19 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 import grpc
-from prometheus_client import start_http_server
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from pydantic import Field, PositiveInt
+from prometheus_client import start_http_server
+from pydantic import Field, NonNegativeInt, PositiveInt
 from pydantic_settings import SettingsConfigDict
 
 from services.common import event_loop, logs, telemetry
-from services.common.catalog import CatalogError
+from services.common.catalog import CatalogEntry, CatalogError
 from services.common.grpc_options import SERVER_OPTIONS
-from services.common.internal_auth import RequireSecret
 from services.common.interceptors import AdmissionInterceptor, MetricsInterceptor
+from services.common.internal_auth import RequireSecret
 from services.common.replicas import ReplicaSet, parse_targets
 from services.common.settings import EnvSettings, NonNegativeSeconds, Port, ServiceSettings, settings_or_exit
 
@@ -68,7 +68,9 @@ async def _set_health(health_servicer: health.aio.HealthServicer, service_names:
 class ServeOptions(EnvSettings):
     """What every service process shares: drain time, the façade's secret, the metrics port.
 
-    HUBMESH_GRACE_S, HUBMESH_INTERNAL_SECRET, HUBMESH_METRICS_PORT, HUBMESH_MAX_IN_FLIGHT.
+    HUBMESH_GRACE_S, HUBMESH_INTERNAL_SECRET, HUBMESH_METRICS_PORT, HUBMESH_MAX_IN_FLIGHT, and how calls
+    are admitted at that limit: HUBMESH_ADMISSION, HUBMESH_ADMISSION_WAIT_S, HUBMESH_ADMISSION_BURST
+    (services/common/fair_share.py).
     """
 
     model_config = SettingsConfigDict(env_prefix="HUBMESH_")
@@ -80,10 +82,22 @@ class ServeOptions(EnvSettings):
     metrics_port: Port = 9464
     # calls in flight before new ones get RESOURCE_EXHAUSTED
     max_in_flight: PositiveInt = 64
+    # at that limit: `fair` (the limit divided among the subjects asking; a subject below its share
+    # starts or waits, one at or over it is refused) or `first_come` (everyone refused at once)
+    admission: Literal["fair", "first_come"] = "fair"
+    # fair: how long a call of a subject below its share may wait for a slot (0: never waits)
+    admission_wait_s: NonNegativeSeconds = 0.5
+    # fair: slots above max_in_flight a subject below its share may take at once (repaid by the
+    # subjects over theirs); unset: max_in_flight / 8, rounded up
+    admission_burst: NonNegativeInt | None = None
+
+    @property
+    def burst(self) -> int:
+        return -(-self.max_in_flight // 8) if self.admission_burst is None else self.admission_burst
 
 
 def run_service(
-    component: str, main: Callable[[ServeOptions], Awaitable[None]], options: ServeOptions | None = None
+    component: str, main: Callable[[ServeOptions], Coroutine[Any, Any, None]], options: ServeOptions | None = None
 ) -> None:
     """A service process: JSON logs, tracing (when OTEL_* says so), then main(options) until stopped.
 
@@ -117,7 +131,8 @@ async def serve(
     interceptors = telemetry.server_interceptors() if telemetry.tracing_enabled() else []
     if options.internal_secret:
         interceptors.append(RequireSecret(options.internal_secret))
-    interceptors += [MetricsInterceptor(), AdmissionInterceptor(options.max_in_flight)]
+    interceptors += [MetricsInterceptor(), AdmissionInterceptor(
+        options.max_in_flight, options.admission, options.admission_wait_s, options.burst)]
     grace_s = options.grace_s
     server = grpc.aio.server(
         interceptors=interceptors,
@@ -154,6 +169,7 @@ async def serve(
 SettingsT = TypeVar("SettingsT", bound=ServiceSettings)
 BackendT = TypeVar("BackendT", bound="Closable")
 ServicerT = TypeVar("ServicerT", bound="Servicer")
+EntryT = TypeVar("EntryT", bound=CatalogEntry)
 
 
 class Closable(Protocol):
@@ -169,11 +185,11 @@ class Servicer(Protocol):
 
 
 @dataclass
-class Wiring(Generic[SettingsT, BackendT]):
+class Wiring(Generic[SettingsT, BackendT, EntryT]):
     """What a modality's servicer is built from (see run_modality_service)."""
 
     settings: SettingsT
-    catalog: Mapping[str, Any]
+    catalog: Mapping[str, EntryT]
     backend: BackendT
     tasks: list[asyncio.Task] = field(default_factory=list)
 
@@ -185,9 +201,9 @@ class Wiring(Generic[SettingsT, BackendT]):
 def run_modality_service(
     component: str,
     settings_type: type[SettingsT],
-    load_catalog: Callable[[Path], Mapping[str, Any]],
+    load_catalog: Callable[[Path], Mapping[str, EntryT]],
     make_backend: Callable[[ReplicaSet, SettingsT], BackendT],
-    make_servicer: Callable[[Wiring[SettingsT, BackendT]], ServicerT],
+    make_servicer: Callable[[Wiring[SettingsT, BackendT, EntryT]], ServicerT],
     add_to_server: Callable[[ServicerT, grpc.aio.Server], None],
     service_name: str,
     env: Mapping[str, str] = os.environ,

@@ -30,9 +30,15 @@ def test_serve_options_names_and_defaults():
         "internal_secret": "HUBMESH_INTERNAL_SECRET",
         "metrics_port": "HUBMESH_METRICS_PORT",
         "max_in_flight": "HUBMESH_MAX_IN_FLIGHT",
+        "admission": "HUBMESH_ADMISSION",
+        "admission_wait_s": "HUBMESH_ADMISSION_WAIT_S",
+        "admission_burst": "HUBMESH_ADMISSION_BURST",
     }
     options = ServeOptions.from_env({})
     assert (options.grace_s, options.internal_secret, options.metrics_port, options.max_in_flight) == (10.0, "", 9464, 64)
+    assert (options.admission, options.admission_wait_s, options.burst) == ("fair", 0.5, 8)
+    assert ServeOptions.from_env({"HUBMESH_MAX_IN_FLIGHT": "12", "HUBMESH_ADMISSION_BURST": "0"}).burst == 0
+    assert ServeOptions.from_env({"HUBMESH_MAX_IN_FLIGHT": "12"}).burst == 2
 
 
 @pytest.mark.parametrize(
@@ -127,6 +133,8 @@ FACADE_NAMES = {
     "usage_flush_interval_s": "HUBMESH_USAGE_FLUSH_INTERVAL_S",
     "usage_buffer_records": "HUBMESH_USAGE_BUFFER_RECORDS",
     "usage_metric_subjects": "HUBMESH_USAGE_METRIC_SUBJECTS",
+    "keys_refresh_s": "HUBMESH_KEYS_REFRESH_S",
+    "keys_max_per_owner": "HUBMESH_KEYS_MAX_PER_OWNER",
 }
 
 
