@@ -7,6 +7,8 @@ from opentelemetry.instrumentation.aiohttp_server import AioHttpServerInstrument
 
 from facade import jsonio
 from facade.api.images import handler as images
+from facade.api.keys.manage import MAX_KEYS_PER_OWNER
+from facade.auth.hub_keys import KEY_REGISTRY, KeyRegistry, registry_ctx
 from facade.auth.middleware import VERIFIER, auth_middleware, jwks_refresher
 from facade.auth.tokens import JwtSettings, TokenVerifier
 from facade.capacity import IN_FLIGHT, InFlight, capacity_middleware
@@ -22,7 +24,7 @@ from facade.routes import ROUTES
 from facade.settings import Settings
 from facade.signed_urls import URL_SIGNER, UrlSigner
 from facade.sse import SSE_PING_S
-from facade.store import store_ctx
+from facade.store import RESPONSES_STORE, store_ctx
 from facade.store.usage import usage_ctx
 from facade.usage_metrics import SUBJECT_METRICS, SubjectMetrics
 from services.common.telemetry import tracing_enabled
@@ -69,6 +71,12 @@ def create_app(settings: Settings) -> web.Application:
     # the usage ledger, in that database: after store_ctx, so that its last write (at shutdown, once
     # every request has ended) comes before the database closes
     app.cleanup_ctx.append(usage_ctx(settings.usage_flush_interval_s, settings.usage_buffer_records))
+    # the keys the hub issues, from that database too, kept in step with the other replicas over Redis
+    registry = app[KEY_REGISTRY] = KeyRegistry(
+        lambda: app[RESPONSES_STORE].database(), settings.redis_url, settings.limits_fail_mode, settings.keys_refresh_s)
+    app[VERIFIER].keys = registry
+    app[MAX_KEYS_PER_OWNER] = settings.keys_max_per_owner
+    app.cleanup_ctx.append(registry_ctx(registry))
     app[SUBJECT_METRICS] = SubjectMetrics(settings.usage_metric_subjects)
     app.on_response_prepare.append(add_request_id)
     app.on_response_prepare.append(add_rate_limit_headers)  # x-ratelimit-*, Retry-After on 429

@@ -12,13 +12,32 @@ from facade.api.embeddings import handler as embeddings
 from facade.api.embeddings.protocol import EmbeddingRequest
 from facade.api.images import handler as images
 from facade.api.images.protocol import ImageRequest
+from facade.api.keys import handler as keys
+from facade.api.keys import ionos
+from facade.api.keys.protocol import (
+    IonosDeleteQuery,
+    IonosGenerateQuery,
+    KeyCreate,
+    KeyDeleteQuery,
+    KeyListQuery,
+    KeyRegenerate,
+    KeyUpdate,
+)
 from facade.api.models import handler as models
 from facade.api.response_bodies import (
+    ApiKey,
+    ApiKeyDeleted,
+    ApiKeyList,
+    ApiKeysDeleted,
     ChatCompletion,
     ChatCompletionChunk,
     Completion,
     EmbeddingList,
     ImagesResponse,
+    IonosSuccess,
+    IonosToken,
+    IonosTokenInfo,
+    IonosTokenList,
     Model,
     ModelList,
     Response,
@@ -72,4 +91,28 @@ ROUTES: tuple[Route, ...] = (
     # the usage ledger's totals, every subject's: the operator's (a hubmesh extension; no GenAI operation)
     Route("GET", "/v1/usage", usage.get_usage, family="admin", summary="Usage totals per subject, user, model, day",
           query=UsageQuery, response=UsageList),
+    # keys the hub issues (a hubmesh extension): the keys scope manages the caller's own, the admin
+    # scope every owner's too (facade/api/keys/manage.py)
+    Route("POST", "/v1/keys", keys.create_key, family="keys", summary="Issue a key", request=KeyCreate, response=ApiKey),
+    Route("GET", "/v1/keys", keys.list_keys, family="keys", summary="List keys", query=KeyListQuery, response=ApiKeyList),
+    Route("DELETE", "/v1/keys", keys.delete_keys, family="keys", summary="Delete keys (all or expired)", query=KeyDeleteQuery,
+          response=ApiKeysDeleted),
+    Route("GET", "/v1/keys/{key_id}", keys.retrieve_key, family="keys", summary="Retrieve a key", response=ApiKey),
+    Route("PATCH", "/v1/keys/{key_id}", keys.update_key, family="keys", summary="Update a key", request=KeyUpdate, response=ApiKey),
+    Route("DELETE", "/v1/keys/{key_id}", keys.delete_key, family="keys", summary="Delete a key", response=ApiKeyDeleted),
+    Route("POST", "/v1/keys/{key_id}/block", keys.block_key, family="keys", summary="Block a key", response=ApiKey),
+    Route("POST", "/v1/keys/{key_id}/unblock", keys.unblock_key, family="keys", summary="Unblock a key", response=ApiKey),
+    Route("POST", "/v1/keys/{key_id}/regenerate", keys.regenerate_key, family="keys", summary="Regenerate a key's secret",
+          request=KeyRegenerate, response=ApiKey),
+    # the same keys through IONOS's Auth API
+    Route("GET", "/auth/v1/tokens/generate", ionos.generate_token, family="keys", summary="Generate a token (IONOS Auth API)",
+          query=IonosGenerateQuery, response=IonosToken),
+    Route("GET", "/auth/v1/tokens", ionos.list_tokens, family="keys", summary="List tokens (IONOS Auth API)",
+          response=IonosTokenList),
+    Route("DELETE", "/auth/v1/tokens", ionos.delete_tokens, family="keys", summary="Delete tokens (IONOS Auth API)",
+          query=IonosDeleteQuery, response=IonosSuccess),
+    Route("GET", "/auth/v1/tokens/{token_id}", ionos.get_token, family="keys", summary="Get a token (IONOS Auth API)",
+          response=IonosTokenInfo),
+    Route("DELETE", "/auth/v1/tokens/{token_id}", ionos.delete_token, family="keys", summary="Delete a token (IONOS Auth API)",
+          response=IonosSuccess),
 )

@@ -97,6 +97,11 @@ class Settings(EnvSettings):
     usage_buffer_records: PositiveInt = 100_000
     # Subjects with their own label in hubmesh_subject_{requests,tokens}_total; later ones count as "other".
     usage_metric_subjects: NonNegativeInt = 50
+    # Keys the hub issues (facade/auth/hub_keys.py): every replica reloads them all this often (what
+    # bounds a revocation's delay where Redis's change channel is missing or down), and an owner has
+    # at most keys_max_per_owner of them (IONOS's Auth API allows 100).
+    keys_refresh_s: Seconds = 5.0
+    keys_max_per_owner: PositiveInt = 100
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:

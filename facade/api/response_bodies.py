@@ -574,3 +574,75 @@ class UsageList(TypedDict):
     has_more: bool  # more groups than `limit`
     start: float
     end: float
+
+
+# -- keys the hub issues (a hubmesh extension; facade/api/keys) --------------------------------------
+
+
+class ApiKeyLimits(TypedDict):
+    """The key's own limits; an absent one is the deployment's."""
+
+    rpm: NotRequired[int]
+    tpm: NotRequired[int]
+    tokens_per_day: NotRequired[int]
+    tokens_per_month: NotRequired[int]
+    max_parallel_requests: NotRequired[int]
+    weight: NotRequired[int]
+
+
+class ApiKey(TypedDict):
+    """A key the hub issued (never its secret, but on creation and regeneration: `key`)."""
+
+    id: str
+    object: Literal["api_key"]
+    name: str
+    owner: str  # the subject that manages it
+    subject: str  # who its calls are for: hubkey:<id>
+    created_at: int
+    updated_at: int
+    expires_at: int | None
+    blocked: bool
+    scopes: list[str]
+    models: list[str] | None  # null: every model
+    limits: ApiKeyLimits
+    metadata: dict
+    previous_key_valid_until: int | None  # after a regeneration with a grace period: the old secret's end
+    key: NotRequired[str]  # the secret, shown once
+
+
+class ApiKeyList(TypedDict):
+    object: Literal["list"]
+    data: list[ApiKey]
+
+
+class ApiKeyDeleted(TypedDict):
+    id: str
+    object: Literal["api_key.deleted"]
+    deleted: bool
+
+
+class ApiKeysDeleted(TypedDict):
+    object: Literal["api_key.deleted_many"]
+    deleted: int
+
+
+class IonosToken(TypedDict):
+    """IONOS Auth API: a generated token."""
+
+    token: str
+
+
+class IonosTokenInfo(TypedDict):
+    """IONOS Auth API: a token's id and dates (ISO 8601, UTC)."""
+
+    id: str
+    createdDate: str
+    expirationDate: str | None
+
+
+class IonosTokenList(TypedDict):
+    tokens: list[IonosTokenInfo]
+
+
+class IonosSuccess(TypedDict):
+    success: bool

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 
 from facade.auth.principal import FAMILIES
-from facade.auth.tokens import InvalidToken, TokenVerifier
+from facade.auth.tokens import InvalidToken, KeySet, TokenVerifier
 from facade.call import call_of
 from facade.errors import OpenAIError
 
@@ -72,12 +72,12 @@ def jwks_refresher(interval_s: float):
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         keyset = app[VERIFIER].keyset
 
-        async def loop() -> None:
+        async def loop(keyset: KeySet) -> None:
             while True:
                 await asyncio.sleep(interval_s)
                 await asyncio.to_thread(keyset.refresh)
 
-        task = asyncio.create_task(loop()) if keyset is not None else None
+        task = asyncio.create_task(loop(keyset)) if keyset is not None else None
         yield
         if task is not None:
             task.cancel()

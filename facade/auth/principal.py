@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 
 from facade.limits.policy import LimitClaims
 
-# the scopes: one per endpoint family; "admin" is the operator's (GET /v1/usage: every subject's use)
-FAMILIES = ("models", "chat", "completions", "embeddings", "images", "responses", "admin")
+# the scopes: one per endpoint family; "keys" manages the caller's own keys (facade/api/keys); "admin"
+# is the operator's (GET /v1/usage: every subject's use; every owner's keys)
+FAMILIES = ("models", "chat", "completions", "embeddings", "images", "responses", "keys", "admin")
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,21 @@ class Principal:
     # the token's own limits (None fields: the configured ones), overall and per model
     limits: LimitClaims = LimitClaims()
     model_limits: Mapping[str, LimitClaims] = field(default_factory=dict)
+    # a key the hub issued (facade/auth/hub_keys.py): its id, the subject that manages it, its own
+    # limits beyond the counters (calls in parallel, and its weight in a fair share)
+    key_id: str | None = None
+    owner: str | None = None
+    max_parallel_requests: int | None = None
+    weight: int | None = None
+
+    @property
+    def manager(self) -> str:
+        """Whose keys this caller manages: a hub key its owner's, anyone else their own."""
+        return self.owner if self.owner is not None else self.subject
+
+    @property
+    def is_admin(self) -> bool:
+        return self.may_use("admin")
 
     def may_use(self, family: str) -> bool:
         return family in self.scopes or "*" in self.scopes

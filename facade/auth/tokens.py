@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import jwt
 
+from facade.auth.hub_keys import KeyRefused, KeyRegistry, is_hub_key
 from facade.auth.principal import FAMILIES, Principal
 from facade.limits.policy import LimitClaims, model_limits_from
 
@@ -136,6 +137,7 @@ class TokenVerifier:
             for k in api_keys if k
         ]
         self._jwt = jwt_settings or JwtSettings()
+        self.keys: KeyRegistry | None = None  # the keys the hub issues, once the app has them
         self.keyset = KeySet(self._jwt.jwks) if self._jwt.jwks else None
         if self.keyset is not None:
             self.keyset.refresh()
@@ -143,7 +145,13 @@ class TokenVerifier:
             raise ValueError("configure at least one of HUBMESH_API_KEY, HUBMESH_JWT_SECRET, HUBMESH_JWKS")
 
     async def authenticate(self, credential: str) -> Principal:
-        """verify(), reloading the JWKS once (off the event loop) when a token names an unknown `kid`."""
+        """A hub-issued key from `keys` (facade/auth/hub_keys.py); anything else verify(), reloading
+        the JWKS once (off the event loop) when a token names an unknown `kid`."""
+        if self.keys is not None and is_hub_key(credential):
+            try:
+                return await self.keys.authenticate(credential)
+            except KeyRefused as err:
+                raise InvalidToken(str(err)) from None
         try:
             return self.verify(credential)
         except _UnknownKey:
@@ -175,11 +183,14 @@ class TokenVerifier:
         if algorithm == "HS256" and self._jwt.secret:
             key, algorithms = self._jwt.secret, ["HS256"]
         elif self.keyset is not None and algorithm in ACCEPTED_ASYMMETRIC:
-            jwk = self._key_for(header.get("kid"))
+            jwk = self._key_for(self.keyset, header.get("kid"))
+            assert jwk.key_type is not None, "the keyset holds only keys of ASYMMETRIC_ALGORITHMS' types"
             key, algorithms = jwk.key, ASYMMETRIC_ALGORITHMS[jwk.key_type]
         else:
             raise InvalidToken("The bearer token is signed with an algorithm this server does not accept.")
-        options = {"require": ["exp"], "verify_aud": bool(self._jwt.audience), "verify_iss": bool(self._jwt.issuer)}
+        options: jwt.types.Options = {
+            "require": ["exp"], "verify_aud": bool(self._jwt.audience), "verify_iss": bool(self._jwt.issuer),
+        }
         try:
             return jwt.decode(
                 token,
@@ -203,10 +214,11 @@ class TokenVerifier:
         except jwt.PyJWTError as err:
             raise InvalidToken("The bearer token could not be verified.") from err
 
-    def _key_for(self, kid: str | None) -> jwt.PyJWK:
+    @staticmethod
+    def _key_for(keyset: KeySet, kid: str | None) -> jwt.PyJWK:
         if not kid:
             raise InvalidToken("The bearer token names no key ('kid').")
-        key = self.keyset.get(kid)
+        key = keyset.get(kid)
         if key is None:
             raise _UnknownKey("The bearer token is signed with an unknown key.")
         return key
