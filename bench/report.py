@@ -188,11 +188,59 @@ def _routing_rows(routing: dict) -> list[str]:
                 f"{r['output_tokens_per_s']} | {r['prefix_hit_ratio']} | {r['busiest_over_mean']} | {picker} | "
                 f"{r.get('mesh_cpu_cores')} | {errors}/{r['requests']} |")
         lines.append("")
+    lines += _scale_out_rows(routing)
     for workload, ratios in routing.get("targets", {}).items():
         lines.append(f"Targets, {workload.replace('_', ' ')}: " + "; ".join(f"{k}: {v}" for k, v in ratios.items()) + ".")
     if routing.get("wall_s") is not None:
-        lines.append(f"")
+        lines.append("")
         lines.append(f"Routing section: {routing['wall_s']} s of wall time (`python -m bench.routing` runs it alone).")
+    return lines
+
+
+def _scale_out_rows(routing: dict) -> list[str]:
+    """bench/routing.py's table by text-service count (issue 29), the shared view's cost, the chaos curve."""
+    scale = routing.get("scale_out")
+    if not scale:
+        return []
+    lines = ["**By text-service count** (prefix strategy, the same 4 Tritons and schedules; requests spread over "
+             "the services round robin as the façade's links do; \"shared view\": their pickers share placements "
+             "and calls in flight over a private nats-server, services/text/prefix_view.py):", "",
+             "| workload | text services | TTFT p50 / p99 | end-to-end p50 / p99 | output tokens/s | "
+             "prefix-cache hit ratio | busiest replica / mean | mesh CPU (cores) | errors |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for workload, runs in scale.items():
+        for label, r in runs.items():
+            errors = sum((r.get("errors") or {}).values())
+            lines.append(
+                f"| {workload.replace('_', ' ')} | {label} | {r['ttft_p50_ms']} / {r['ttft_p99_ms']} ms | "
+                f"{r['e2e_p50_ms']} / {r['e2e_p99_ms']} ms | {r['output_tokens_per_s']} | {r['prefix_hit_ratio']} | "
+                f"{r['busiest_over_mean']} | {r.get('mesh_cpu_cores')} | {errors}/{r['requests']} |")
+    lines.append("")
+    for workload, cost in (routing.get("view_cost_us") or {}).items():
+        own = (routing.get("picker_cost_us", {}).get(workload) or {}).get("prefix", {})
+        if "publish_p50_us" in cost:
+            lines.append(f"Shared view's cost per decision, {workload.replace('_', ' ')}: +{cost['publish_p50_us']} / "
+                         f"+{cost['publish_p99_us']} µs p50 / p99 on the request's path (the picker's own: "
+                         f"{own.get('p50_us')} / {own.get('p99_us')} µs); applying one peer's decision off the path: "
+                         f"{cost['apply_p50_us']} / {cost['apply_p99_us']} µs.")
+    lines.append("")
+    lines += chaos_rows(routing.get("chaos"))
+    return lines
+
+
+def chaos_rows(chaos: dict | None) -> list[str]:
+    if not chaos:
+        return []
+    if "error" in chaos:
+        return [f"Chaos run not measured: {chaos['error']}"]
+    lines = ["**Chaos** (4 text services, shared-prefix workload): " + "; ".join(
+        f"{name} at {at} s" for name, at in chaos["events"]) + f". Requests {chaos['requests']}, errors "
+        f"{chaos['errors'] or 0}; hit ratio before {chaos['hit_ratio_before']}; back within 0.05 of it after: "
+        + ", ".join(f"{k}: {v} s" for k, v in chaos["back_within_0.05_after_s"].items()) + ".", "",
+        "| second | requests | errors | hit ratio | TTFT p50 / p99 |", "| --- | --- | --- | --- | --- |"]
+    for row in chaos["curve"]:
+        lines.append(f"| {row['second']} | {row['requests']} | {row['errors']} | {row['hit_ratio']} | "
+                     f"{row['ttft_p50_ms']} / {row['ttft_p99_ms']} ms |")
     return lines
 
 
@@ -215,6 +263,12 @@ def stall_rows(stalls: dict) -> list[str]:
     return lines
 
 
+
+def keys_rows(keys: dict) -> list[str]:
+    from bench.keys import rows
+
+    return rows(keys)
+
 def write(report: dict, directory: Path) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
     json_path, md_path, png_path = directory / "report.json", directory / "report.md", directory / "report.png"
@@ -234,6 +288,8 @@ def write(report: dict, directory: Path) -> list[Path]:
     hung = report.get("stalls")
     if hung is not None:
         md += ["", "## A replica that hangs (engine simulator; docs/stalls.md)", "", *stall_rows(hung)]
+    if report.get("keys") is not None:
+        md += ["", "## Keys the hub issues (bench/keys.py)", "", *keys_rows(report["keys"])]
     peer = report.get("peer")
     if peer is not None:
         md += ["", "## Peer gateway (LiteLLM proxy, same Triton)", "", *_peer_rows(peer), "",

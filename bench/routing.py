@@ -19,6 +19,14 @@ in the 4 replicas together but not in one: that is what makes routing matter. "p
 two text-service processes (both `prefix`) against the same 4 Tritons, the driver alternating
 requests between them.
 
+*By text-service count* (issue 29): the prefix strategy with 1, 2, 4 and 8 text-service processes
+against the same 4 Tritons, the driver spreading requests over them round robin (as the façade's
+links do), their pickers sharing one routing view over a private nats-server (services.text.prefix_view;
+a fresh subject per run, so nothing is replayed from the run before), and 4 of them each on its own
+index (the view off: the issue's failure); the no-shared-prefix workload with 1 and 4. `--chaos`: 4
+text services under the shared-prefix workload while the bus is SIGKILLed and restarted and one text
+service is stopped; the hit ratio and TTFT second by second.
+
 Per strategy and workload: TTFT (first delta with text) p50/p99, end-to-end p50/p99, output tokens/s,
 the prefix-cache hit ratio (the Tritons' counters, or the usage's cached tokens), the busiest replica's
 share of requests as max/mean, the picker's own cost per request (µs, in-process), the mesh's CPU.
@@ -474,17 +482,40 @@ class Pickers:
         return [p for _, _, p in self.instances]
 
 
-def start_pickers(stack: LocalStack, strategy: str, count: int, ports: list[tuple[int, int]]) -> Pickers:
-    """`count` text-service processes with HUBMESH_TEXT_ROUTING=strategy against every replica."""
+def start_pickers(stack: LocalStack, strategy: str, count: int, ports: list[tuple[int, int]],
+                  env: dict[str, str] | None = None) -> Pickers:
+    """`count` text-service processes with HUBMESH_TEXT_ROUTING=strategy against every replica
+    (spawned together, each waited for)."""
     pickers = Pickers()
+    procs = []
     for i in range(count):
         listen, metrics = ports[i]
         name = "text" if i == 0 else f"text-{i}"
-        stack.start_service("text", instance=name, listen_port=listen, metrics_port=metrics,
-                            env={"HUBMESH_TEXT_ROUTING": strategy})
+        procs.append(stack.spawn_service("text", instance=name, listen_port=listen, metrics_port=metrics,
+                                         env={"HUBMESH_TEXT_ROUTING": strategy, **(env or {})}))
         pickers.instances.append((name, f"127.0.0.1:{listen}", metrics))
+    for (name, _, _), (listen, _), proc in zip(pickers.instances, ports, procs, strict=False):
+        processes.wait_until(lambda p=listen: stack.service_ready("text", p), 60.0, f"{name} service", proc,
+                             stack.logs / f"{name}.log")
     _wait_replicas_admitted(pickers)
+    if (env or {}).get("HUBMESH_TEXT_ROUTING_BUS_URL"):
+        _wait_views_live(pickers)
     return pickers
+
+
+def _wait_views_live(pickers: Pickers, timeout_s: float = 15.0) -> None:
+    """Until every service's routing view is connected and hears from every other (hubmesh_prefix_view_*)."""
+    deadline = time.monotonic() + timeout_s
+    for port in pickers.metrics_ports:
+        while time.monotonic() < deadline:
+            samples = _prometheus(f"http://127.0.0.1:{port}/metrics")
+            live = _sum(samples, ("hubmesh_prefix_view_live",))
+            peers = _sum(samples, ("hubmesh_prefix_view_peers",))
+            if live == 1 and peers is not None and peers >= len(pickers.instances) - 1:
+                break
+            time.sleep(0.1)
+        else:
+            raise RuntimeError(f"the text service with metrics on {port} has no live routing view")
 
 
 def _wait_replicas_admitted(pickers: Pickers, timeout_s: float = 15.0) -> None:
@@ -504,6 +535,27 @@ def stop_pickers(stack: LocalStack, pickers: Pickers) -> None:
         stack.stop_service(name)
 
 
+def _prompts(workload: Workload) -> list[str]:
+    from services.text.catalog import load_catalog
+
+    template = load_catalog(SIM_CATALOG)[MODEL].chat_template
+    prompts = []
+    for turn in workload.turns[:2000]:
+        messages = ([{"role": "system", "content": turn.system}] if turn.system else [])
+        prompts.append(template.render([*messages, {"role": "user", "content": turn.question}]))
+    return prompts
+
+
+def view_costs(workload: Workload) -> dict:
+    """What the shared routing view adds per decision (publish) and per peer's decision (apply), µs."""
+    try:
+        from services.text.prefix_picker import view_cost_us
+
+        return view_cost_us(_prompts(workload), replicas=REPLICAS)
+    except Exception as err:
+        return {"missing": f"{type(err).__name__}: {err}"}
+
+
 def picker_costs(workload: Workload) -> dict[str, dict]:
     """Each strategy's own cost per request in µs, in this process, on the workload's rendered prompts."""
     try:
@@ -521,7 +573,7 @@ def picker_costs(workload: Workload) -> dict[str, dict]:
     for strategy in STRATEGIES:
         try:
             out[strategy] = picker_cost_us(strategy, prompts, replicas=REPLICAS)
-        except Exception as err:  # noqa: BLE001 - reported, not fatal
+        except Exception as err:
             out[strategy] = {"missing": f"{type(err).__name__}: {err}"}
     return out
 
@@ -530,10 +582,10 @@ def picker_costs(workload: Workload) -> dict[str, dict]:
 
 
 def run_one(stack: LocalStack, label: str, strategy: str, pickers_count: int, workload: Workload,
-            ports: list[tuple[int, int]], parameters: dict) -> dict:
+            ports: list[tuple[int, int]], parameters: dict, env: dict[str, str] | None = None) -> dict:
     started = time.monotonic()
     reload_sim(stack, parameters)
-    pickers = start_pickers(stack, strategy, pickers_count, ports)
+    pickers = start_pickers(stack, strategy, pickers_count, ports, env)
     try:
         tritons_before = triton_counters(stack)
         routed_before = route_decisions(pickers.metrics_ports)
@@ -553,6 +605,7 @@ def run_one(stack: LocalStack, label: str, strategy: str, pickers_count: int, wo
         stop_pickers(stack, pickers)
     figures = summarise(outcomes, workload, tritons, routed, cpu, wall)
     figures["strategy"], figures["pickers"] = strategy, pickers_count
+    figures["shared_view"] = bool((env or {}).get("HUBMESH_TEXT_ROUTING_BUS_URL"))
     print(f"  {workload.name:<17} {label:<18} TTFT p50 {figures['ttft_p50_ms']} ms, p99 {figures['ttft_p99_ms']} ms; "
           f"e2e p50 {figures['e2e_p50_ms']} ms; {figures['output_tokens_per_s']} tok/s; "
           f"hit {figures['prefix_hit_ratio']}; busiest/mean {figures['busiest_over_mean']}; "
@@ -588,6 +641,29 @@ def targets(results: dict) -> dict:
             (r["busiest_over_mean_prefix (<= 1.5)"], lambda v: v <= 1.5),
         ]
         out["shared_prefix"]["met"] = all(v is not None and ok(v) for v, ok in checks)
+    scale = results.get("scale_out", {}).get("shared_prefix", {})
+    one = scale.get(scale_label(1))
+    if one:
+        out["scale_out"] = {}
+        for n in (2, 4, 8):
+            r = scale.get(scale_label(n))
+            if not r:
+                continue
+            figures = {"hit_ratio (>= 0.92)": r["prefix_hit_ratio"],
+                       "ttft_p50_over_1_service (<= 1.1)": _ratio(r["ttft_p50_ms"], one["ttft_p50_ms"]),
+                       "ttft_p99_over_1_service (<= 1.3)": _ratio(r["ttft_p99_ms"], one["ttft_p99_ms"]),
+                       "busiest_over_mean (<= 1.3)": r["busiest_over_mean"]}
+            limits = [(0.92, True), (1.1, False), (1.3, False), (1.3, False)]
+            figures["met"] = all(v is not None and (v >= lim if at_least else v <= lim)
+                                 for v, (lim, at_least) in zip(list(figures.values()), limits, strict=False))
+            out["scale_out"][f"{n} services"] = figures
+    base = results.get("scale_out", {}).get("no_shared_prefix", {})
+    lr1, px4 = base.get("least_request, 1 service"), base.get(scale_label(4))
+    if lr1 and px4:
+        keys = ("ttft_p50_ms", "ttft_p99_ms", "e2e_p50_ms", "e2e_p99_ms", "output_tokens_per_s")
+        ratios = {f"{k}_4_services_over_least_request_1": _ratio(px4[k], lr1[k]) for k in keys}
+        out["scale_out_no_shared_prefix"] = {**ratios, "met (each within 5%; lower latency counts as within)": all(
+            v is not None and (v <= 1.05 if "tokens" not in k else v >= 0.95) for k, v in ratios.items())}
     none = results.get("no_shared_prefix", {})
     lr, px = none.get("least_request"), none.get("prefix")
     if lr and px:
@@ -598,9 +674,41 @@ def targets(results: dict) -> dict:
     return out
 
 
+def scale_label(n: int) -> str:
+    return f"prefix, {n} service{'s' if n > 1 else ''}" + (", shared view" if n > 1 else "")
+
+
+def scale_out(stack: LocalStack, made: dict, parameters: dict, services: tuple[int, ...], ports_for) -> dict:
+    """The prefix strategy by text-service count (shared view over a private nats-server), one run each."""
+    from local.nats import NatsServer
+
+    out: dict = {"shared_prefix": {}, "no_shared_prefix": {}}
+    bus = NatsServer(stack.config.run_dir, name="nats-bench").start()
+    try:
+        def view_env(tag: str) -> dict[str, str]:
+            return {"HUBMESH_TEXT_ROUTING_BUS_URL": bus.url, "HUBMESH_TEXT_ROUTING_BUS_SUBJECT": f"bench.{tag}",
+                    "HUBMESH_TEXT_ROUTING_BUS_STREAM": f"BENCH_{tag}"}
+        runs = [("shared_prefix", scale_label(n), "prefix", n, view_env(f"s{n}") if n > 1 else {}) for n in services]
+        if 4 in services:
+            runs.append(("shared_prefix", "prefix, 4 services, own index each", "prefix", 4, {}))
+        if "no_shared_prefix" in made:
+            runs += [("no_shared_prefix", "least_request, 1 service", "least_request", 1, {}),
+                     ("no_shared_prefix", scale_label(1), "prefix", 1, {})]
+            if 4 in services:
+                runs.append(("no_shared_prefix", scale_label(4), "prefix", 4, view_env("n4")))
+        for workload, label, strategy, count, env in runs:
+            if workload in made:
+                out[workload][label] = run_one(stack, label, strategy, count, made[workload], ports_for(count),
+                                               parameters, env)
+    finally:
+        bus.stop()
+    return out
+
+
 def measure(quick: bool = False, seed: int = 7, parameters: dict | None = None, rates: dict | None = None,
             strategies: tuple[str, ...] = STRATEGIES, workloads: tuple[str, ...] = WORKLOADS,
-            two_pickers: bool = True, tenants: int = TENANTS, service_env: dict[str, str] | None = None) -> dict:
+            two_pickers: bool = True, tenants: int = TENANTS, service_env: dict[str, str] | None = None,
+            services: tuple[int, ...] = (1, 2, 4, 8), chaos_run: bool = True) -> dict:
     """Starts its own stack (4 sim Tritons, the text service), runs every strategy on both workloads."""
     parameters = {**SIM_PARAMETERS, **(parameters or {})}
     scale = float(parameters.get("time_scale", 1.0))
@@ -621,8 +729,10 @@ def measure(quick: bool = False, seed: int = 7, parameters: dict | None = None, 
     print(f"routing: starting {REPLICAS} sim Tritons and the text service (logs in {config.run_dir / 'logs'})",
           flush=True)
     taken = set(config._ports_in_use())
-    spare = [p for p in processes.free_ports(4 + len(taken)) if p not in taken][:2]
-    ports = [(config.ports["text"]["service"], config.ports["text"]["metrics"]), (spare[0], spare[1])]
+    most = max([2, *services])
+    spare = [p for p in processes.free_ports(2 * most + len(taken)) if p not in taken][: 2 * (most - 1)]
+    ports = [(config.ports["text"]["service"], config.ports["text"]["metrics"])]
+    ports += [(spare[2 * i], spare[2 * i + 1]) for i in range(most - 1)]
     results: dict = {
         "replicas": REPLICAS,
         "sim_parameters": {k: str(v) for k, v in parameters.items()},
@@ -642,18 +752,144 @@ def measure(quick: bool = False, seed: int = 7, parameters: dict | None = None, 
               + ", ".join(f"{w} {made[w].rate:.1f} req/s" for w in workloads), flush=True)
         for w in workloads:
             results[w] = {}
-            runs = [(s, s, 1) for s in strategies]
+            runs = [(s, s, 1) for s in strategies if s]
             if w == "shared_prefix" and two_pickers and "prefix" in strategies:
                 runs.append(("prefix, 2 pickers", "prefix", 2))
             for label, strategy, count in runs:
                 results[w][label] = run_one(stack, label, strategy, count, made[w], ports, parameters)
+        if services:
+            results["scale_out"] = scale_out(stack, made, parameters, services, lambda n: ports[:n])
         # per workload: the prefix picker's cost grows with the prompt's blocks and its index's size
         results["picker_cost_us"] = {w: picker_costs(made[w]) for w in workloads}
+        results["view_cost_us"] = {w: view_costs(made[w]) for w in workloads}
     finally:
         stack.stop()
+    if chaos_run and services:
+        try:
+            results["chaos"] = chaos(seed=seed, parameters=parameters)
+        except Exception as err:
+            results["chaos"] = {"error": f"{type(err).__name__}: {err}"}
     results["targets"] = targets(results)
     results["wall_s"] = round(time.monotonic() - started, 1)
     return results
+
+
+def chaos(seed: int = 7, services: int = 4, duration_s: float = 45.0, bus_kill_at: float = 10.0,
+          bus_back_at: float = 14.0, service_kill_at: float = 24.0, service_back_at: float = 30.0,
+          parameters: dict | None = None, signal_name: str = "SIGKILL") -> dict:
+    """`services` text services sharing a view over a private nats-server, under the shared-prefix
+    workload (one channel over all of them, round robin, as the façade's); at `bus_kill_at` the bus
+    is SIGKILLed, at `bus_back_at` started again (same port, empty), at `service_kill_at` the last
+    text service gets `signal_name` (SIGKILL: a crash; SIGTERM: a pod deleted, it drains), and at
+    `service_back_at` it is started again (it replays the placements from the bus). Per second of send time: requests, errors, hit ratio (usage's cached
+    tokens), TTFT p50/p99; and after each event, how long until the hit ratio (2 s window) is back
+    within 0.05 of its level before the first event."""
+    from local.nats import NatsServer
+
+    parameters = {**SIM_PARAMETERS, **(parameters or {})}
+    scale = float(parameters.get("time_scale", 1.0))
+    workload = shared_prefix(seed, duration_s, 40.0 / scale, 0.0)
+    config = routing_config()
+    stack = LocalStack(config, modalities=tuple(m for m in MODALITIES if m.name == "text"))
+    taken = set(config._ports_in_use())
+    spare = [p for p in processes.free_ports(2 * services + len(taken)) if p not in taken][: 2 * (services - 1)]
+    ports = [(config.ports["text"]["service"], config.ports["text"]["metrics"])]
+    ports += [(spare[2 * i], spare[2 * i + 1]) for i in range(services - 1)]
+    bus = NatsServer(config.run_dir, name="nats-chaos")
+    events: list[tuple[str, float]] = []
+    try:
+        bus.start()
+        stack.start_tritons(wait_s=180)
+        reload_sim(stack, parameters)
+        env = {"HUBMESH_TEXT_ROUTING_BUS_URL": bus.url, "HUBMESH_TEXT_ROUTING_BUS_SUBJECT": "chaos",
+               "HUBMESH_TEXT_ROUTING_BUS_STREAM": "CHAOS",
+               # SIGTERM: the service drains (NOT_SERVING, its streams finish) as a deleted pod does
+               **({"HUBMESH_GRACE_S": "10"} if signal_name == "SIGTERM" else {})}
+        pickers = start_pickers(stack, "prefix", services, ports, env)
+        target = "ipv4:" + ",".join(t for t in pickers.targets)
+
+        async def run() -> list[Outcome]:
+            loop = asyncio.get_running_loop()
+            t0 = time.perf_counter() + 0.2
+
+            async def event(at: float, name: str, action) -> None:
+                await asyncio.sleep(max(0.0, t0 + at - time.perf_counter()))
+                await loop.run_in_executor(None, action)
+                events.append((name, round(time.perf_counter() - t0, 2)))
+
+            last = pickers.instances[-1][0]
+            listen, metrics = ports[services - 1]
+
+            def restart() -> None:
+                proc = stack.spawn_service("text", instance=last, listen_port=listen, metrics_port=metrics,
+                                           env={"HUBMESH_TEXT_ROUTING": "prefix", **env})
+                processes.wait_until(lambda: stack.service_ready("text", listen), 60.0, last, proc,
+                                     stack.logs / f"{last}.log")
+
+            tasks = [asyncio.create_task(event(bus_kill_at, "bus SIGKILLed", bus.kill)),
+                     asyncio.create_task(event(bus_back_at, "bus started again", bus.start)),
+                     asyncio.create_task(event(service_kill_at, f"text service {last} {signal_name}ed",
+                                               lambda: _kill_service(stack, last, signal_name))),
+                     asyncio.create_task(event(service_back_at, f"text service {last} started again", restart))]
+            outcomes = await drive([target], stack.config.internal_secret, workload)
+            await asyncio.gather(*tasks)
+            return outcomes, t0
+
+        outcomes, t0 = asyncio.run(run())
+    finally:
+        stack.stop()
+        bus.stop()
+    return chaos_curve(outcomes, t0, events, duration_s)
+
+
+def _kill_service(stack: LocalStack, name: str, signal_name: str = "SIGKILL") -> None:
+    import os
+    import signal
+
+    proc = stack.services.pop(name)
+    os.killpg(proc.pid, getattr(signal, signal_name))
+    proc.wait(timeout=30)
+
+
+def chaos_curve(outcomes: list[Outcome], t0: float, events: list[tuple[str, float]], duration_s: float) -> dict:
+    seconds = int(duration_s) + 1
+    rows = []
+    for second in range(seconds):
+        here = [o for o in outcomes if second <= o.sent - t0 < second + 1]
+        ok = [o for o in here if o.error is None and o.done is not None]
+        cached = [o for o in ok if o.cached_tokens is not None and o.prompt_tokens]
+        ttft = [o.first - o.sent for o in ok if o.first is not None]
+        rows.append({"second": second, "requests": len(here), "errors": len(here) - len(ok),
+                     "hit_ratio": round(sum(o.cached_tokens for o in cached) / sum(o.prompt_tokens for o in cached), 3)
+                     if cached else None,
+                     "ttft_p50_ms": _ms(_pct(ttft, 50)), "ttft_p99_ms": _ms(_pct(ttft, 99))})
+
+    def window(start: float, end: float) -> float | None:
+        cached = [o for o in outcomes if start <= o.sent - t0 < end and o.error is None and o.cached_tokens is not None
+                  and o.prompt_tokens]
+        return sum(o.cached_tokens for o in cached) / sum(o.prompt_tokens for o in cached) if cached else None
+
+    first_event = min((at for _, at in events), default=duration_s)
+    before = window(max(0.0, first_event - 6.0), first_event)
+    recovery = {}
+    for name, at in events:
+        back = None
+        if before is not None:
+            t = at
+            while t + 2.0 <= duration_s:
+                level = window(t, t + 2.0)
+                if level is not None and level >= before - 0.05:
+                    back = round(max(0.0, t - at), 1)
+                    break
+                t += 0.5
+        recovery[name] = back
+    errors: dict[str, int] = {}
+    for o in outcomes:
+        if o.error is not None:
+            errors[o.error] = errors.get(o.error, 0) + 1
+    return {"events": events, "hit_ratio_before": None if before is None else round(before, 3),
+            "back_within_0.05_after_s": recovery, "requests": len(outcomes), "errors": errors,
+            "curve": rows}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -671,7 +907,22 @@ def main(argv: list[str] | None = None) -> None:
                         help="environment of the text service(s), e.g. HUBMESH_TEXT_ROUTING_LOAD_WEIGHT=0.5")
     parser.add_argument("--rate", action="append", default=[], metavar="WORKLOAD=REQ_PER_S",
                         help="offered load in simulated requests/s")
+    parser.add_argument("--services", default="1,2,4,8",
+                        help="text-service counts of the scale-out table (empty: none)")
+    parser.add_argument("--chaos", action="store_true", help="only the chaos run (bus and a text service killed)")
+    parser.add_argument("--no-chaos", action="store_true", help="no chaos run after the tables")
+    parser.add_argument("--chaos-signal", default="SIGKILL", choices=("SIGKILL", "SIGTERM"),
+                        help="how the chaos run stops a text service")
     args = parser.parse_args(argv)
+    if args.chaos:
+        result = chaos(seed=args.seed, parameters=dict(kv.split("=", 1) for kv in args.sim),
+                       signal_name=args.chaos_signal)
+        text = json.dumps(result, indent=2)
+        print(text)
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(text)
+        return
     results = measure(
         quick=args.quick, seed=args.seed,
         parameters=dict(kv.split("=", 1) for kv in args.sim),
@@ -679,6 +930,7 @@ def main(argv: list[str] | None = None) -> None:
         strategies=tuple(args.strategies.split(",")), workloads=tuple(args.workloads.split(",")),
         two_pickers=not args.no_two_pickers, tenants=args.tenants,
         service_env=dict(kv.split("=", 1) for kv in args.service_env),
+        services=tuple(int(n) for n in args.services.split(",") if n), chaos_run=not args.no_chaos,
     )
     text = json.dumps(results, indent=2)
     print(text)

@@ -132,6 +132,7 @@ class PrefixView:
         self._remote: dict[str, InFlight] = {}  # address -> the live peers' calls there, summed
         self._placed: list[bytes] = []
         self._load: list[bytes] = []
+        self._beat = False  # a heartbeat is due (drain)
         self._wake = asyncio.Event()  # binds to the running loop when first awaited
         self._nc: Any = None  # nats.aio.client.Client once connected
 
@@ -175,15 +176,19 @@ class PrefixView:
         self._wake.set()
 
     def drain(self) -> tuple[list[bytes], list[bytes]]:
-        """The records queued since the last call: (placements, load events); what the send loop publishes."""
+        """The records queued since the last call: (placements, load events); what the send loop
+        publishes. A heartbeat asked for comes last, taken now: it holds every event before it."""
         placed, self._placed = self._placed, []
         load, self._load = self._load, []
+        if self._beat:
+            self._beat = False
+            load.append(self._own_state())
         return placed, load
 
     def heartbeat(self) -> None:
-        """Queues this picker's whole in-flight picture (peers replace what they held of it)."""
+        """Asks for this picker's whole in-flight picture to be sent (peers replace what they held of it)."""
         if self.live:
-            self._load.append(self._own_state())
+            self._beat = True
             self._wake.set()
 
     # -- applying what others publish -------------------------------------------------------------
