@@ -67,8 +67,15 @@ class Call:
         return self.principal.subject if self.principal is not None else ""
 
     def caller(self) -> common_pb.Caller:
-        """Who a service call is for: the verified subject and OpenAI's `user` (never the credential)."""
-        return common_pb.Caller(subject=self.subject, user=self.user)
+        """Who a service call is for: the verified subject and OpenAI's `user` (never the credential),
+        with the subject's weight and priority in a service's fair share."""
+        caller = common_pb.Caller(subject=self.subject, user=self.user)
+        if self.principal is not None:
+            if self.principal.weight:
+                caller.weight = self.principal.weight
+            if self.principal.priority:
+                caller.priority = self.principal.priority
+        return caller
 
     def may_use_model(self, model: str) -> bool:
         return self.principal is None or self.principal.may_use_model(model)

@@ -588,6 +588,7 @@ class ApiKeyLimits(TypedDict):
     tokens_per_month: NotRequired[int]
     max_parallel_requests: NotRequired[int]
     weight: NotRequired[int]
+    priority: NotRequired[int]
 
 
 class ApiKey(TypedDict):

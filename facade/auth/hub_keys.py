@@ -89,6 +89,7 @@ def principal_of(record: KeyRecord) -> Principal:
         key_id=record.id,
         max_parallel_requests=limits.get("max_parallel_requests"),
         weight=limits.get("weight"),
+        priority=limits.get("priority"),
     )
 
 

@@ -27,7 +27,10 @@ class Principal:
     key_id: str | None = None
     owner: str | None = None
     max_parallel_requests: int | None = None
+    # the caller's share when a service is at capacity (services/common/fair_share.py): its weight and
+    # priority band, from a key's settings or a token's `weight` / `priority` claims
     weight: int | None = None
+    priority: int | None = None
 
     @property
     def manager(self) -> str:

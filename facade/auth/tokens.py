@@ -63,7 +63,8 @@ def _scopes(claims: Mapping) -> frozenset[str]:
 def principal_from_claims(claims: Mapping, default_scopes: Iterable[str] = ()) -> Principal:
     """Claims -> permissions: `scope` (space-separated) or `scp`/`scopes` (list), optional `models`
     allow-list, optional limits (`rpm`, `tpm`, `tokens_per_day`, `tokens_per_month`, and per model
-    `model_limits`: facade/limits/policy.py). A token whose scopes name none of
+    `model_limits`: facade/limits/policy.py), optional `weight` (1-100) and `priority` (-10..10) in a
+    service's fair share at capacity. A token whose scopes name none of
     hubmesh's families (nor "*") gets `default_scopes` instead."""
     models = claims.get("models")
     scopes = _scopes(claims)
@@ -75,7 +76,16 @@ def principal_from_claims(claims: Mapping, default_scopes: Iterable[str] = ()) -
         models=frozenset(models) if isinstance(models, list) else None,
         limits=LimitClaims(**{name: _count(claims.get(name)) for name in LIMIT_CLAIMS}),
         model_limits=_model_limits(claims.get("model_limits")),
+        weight=_bounded(claims.get("weight"), 1, 100),
+        priority=_bounded(claims.get("priority"), -10, 10),
     )
+
+
+def _bounded(value, low: int, high: int) -> int | None:
+    """An integer claim within [low, high]; anything else is absent (the default)."""
+    if isinstance(value, int) and not isinstance(value, bool) and low <= value <= high:
+        return value
+    return None
 
 
 LIMIT_CLAIMS = ("rpm", "tpm", "tokens_per_day", "tokens_per_month")

@@ -13,7 +13,7 @@ from facade.store.database import Database, Row
 
 COLUMNS = ("id, owner, name, secret_hash, previous_hash, previous_until, created_at, updated_at, expires_at, "
            "blocked, scopes, models, limits, metadata")
-LIMIT_FIELDS = ("rpm", "tpm", "tokens_per_day", "tokens_per_month", "max_parallel_requests", "weight")
+LIMIT_FIELDS = ("rpm", "tpm", "tokens_per_day", "tokens_per_month", "max_parallel_requests", "weight", "priority")
 
 
 @dataclass(frozen=True)

@@ -230,3 +230,15 @@ async def test_a_revocation_reaches_another_replica_within_a_second(aiohttp_clie
         while await models_status(second, key["key"]) != 200:
             assert time.monotonic() - started < 1.0
             await asyncio.sleep(0.01)
+
+
+def test_a_keys_weight_and_priority_travel_with_its_calls():
+    from facade.auth.hub_keys import principal_of
+    from facade.call import Call
+
+    record = KeyRecord(id="0123456789abcdef", owner="jwt:a", name="", secret_hash="x", created_at=0.0, updated_at=0.0,
+                       limits={"weight": 3, "priority": 2, "rpm": 10})
+    caller = Call(request_id="r", route=None, principal=principal_of(record), user="u").caller()
+    assert (caller.subject, caller.user, caller.weight, caller.priority) == ("hubkey:0123456789abcdef", "u", 3, 2)
+    plain = Call(request_id="r", route=None).caller()
+    assert not plain.HasField("weight") if plain.DESCRIPTOR.fields_by_name["weight"].has_presence else plain.weight == 0

@@ -30,6 +30,8 @@ class KeyLimits(BaseModel):
         None, description="Requests of this key in flight at once (per façade replica).")
     weight: Annotated[StrictInt, Field(ge=1, le=100)] | None = Field(
         None, description="The key's weight in the fair share of a modality at capacity (default 1).")
+    priority: Annotated[StrictInt, Field(ge=-10, le=10)] | None = Field(
+        None, description="The key's priority band at capacity: higher first (interactive over batch; default 0).")
 
     def stored(self) -> dict[str, int]:
         """The limits that are set (a subclass's other fields are not limits)."""

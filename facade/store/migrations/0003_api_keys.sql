@@ -7,7 +7,7 @@
 -- subject that manages the key (`jwt:alice`, or the owner of the key that created it); the key
 -- itself calls as `hubkey:<id>`. expires_at NULL: never. blocked 0/1. scopes and models are JSON
 -- lists (models NULL: every model); limits a JSON object (rpm, tpm, tokens_per_day,
--- tokens_per_month, max_parallel_requests, weight); metadata the client's JSON object.
+-- tokens_per_month, max_parallel_requests, weight, priority); metadata the client's JSON object.
 CREATE TABLE api_keys (
     id TEXT PRIMARY KEY,
     owner TEXT NOT NULL,
