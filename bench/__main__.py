@@ -20,7 +20,9 @@ stop it. Writes build/bench/report.{json,md,png}.
   network namespace: time added to the round, time to quarantine and back; a saturated engine for 3
   minutes with no stall declared (bench/stalls.py, docs/stalls.md);
 - limits: the limiter's memory and cost per request with 100k subjects, in-process and in Redis
-  (bench/limits.py).
+  (bench/limits.py);
+- keys: verifying a hub-issued key vs a JWT, and a revocation's delay across three façades sharing
+  Redis (bench/keys.py).
 """
 
 import asyncio
@@ -28,7 +30,7 @@ import json
 import os
 
 from bench import (
-    bench_config, cpu, embeddings_throughput, grpc_floor, images_latency, limits, overhead, peer_litellm, report,
+    bench_config, cpu, embeddings_throughput, grpc_floor, images_latency, keys, limits, overhead, peer_litellm, report,
     routing, stalls, text_stream, token_rate,
 )
 from local.stack import ROOT, LocalStack
@@ -64,6 +66,10 @@ def main() -> None:
     except Exception as err:  # noqa: BLE001 - the other figures are still written
         results["stalls"] = {"error": f"{type(err).__name__}: {err}"}
     results["limits"] = limits.measure()  # no stack: the limiter's stores alone (a private redis-server)
+    try:  # no stack: three façades in this process on a private redis-server
+        results["keys"] = keys.measure()
+    except Exception as err:  # noqa: BLE001 - the other figures are still written
+        results["keys"] = {"error": f"{type(err).__name__}: {err}"}
     written = report.write(results, ROOT / "build" / "bench")
     print(json.dumps(results, indent=2))
     print("written:", ", ".join(str(p) for p in written))
