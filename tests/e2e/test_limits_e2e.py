@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import sqlite3
 import time
 import uuid
@@ -31,13 +32,14 @@ from hubmesh.common.v1 import common_pb2 as common_pb
 from local import processes
 from local.redis import RedisServer
 from local.stack import ROOT, LocalStack, StackConfig
-from tests.e2e.migration_support import TEXT_ONLY
 from tests.e2e.figures import record as figures_record
+from tests.e2e.migration_support import TEXT_ONLY
 
 pytestmark = pytest.mark.e2e
 SIM = "hubmesh/sim-llama-3-8b"
 KEY = "limits-key"
 REPORT = ROOT / "build" / "limits.json"
+RESET = re.compile(r"(\d+h)?(\d+m)?\d+(\.\d+)?s|\d+ms")  # OpenAI's durations: 20ms, 1s, 6m0s
 POSTGRES_URL = os.environ.get("HUBMESH_TEST_POSTGRES_URL", "postgresql://127.0.0.1:5432/test")
 
 
@@ -186,6 +188,87 @@ async def test_per_model_requests_limit(trio):
         assert (await trio.request(http, "GET", "/v1/models", tok))[0] == 200
 
 
+# -- the x-ratelimit-* headers across replicas ----------------------------------------------------------------
+
+
+async def _get_headers(trio: Facades, http: aiohttp.ClientSession, path: str, tok: str,
+                       replica: int | None = None, body: dict | None = None) -> tuple[int, dict, dict]:
+    """(status, headers, JSON body) of one request, on `replica` (else the next in turn)."""
+    trio.sent += 1
+    method = "POST" if body is not None else "GET"
+    async with http.request(method, trio.url(path, replica), json=body,
+                            headers={"Authorization": f"Bearer {tok}"}) as response:
+        return response.status, dict(response.headers), await response.json()
+
+
+async def test_remaining_requests_are_exact_across_three_replicas(trio):
+    """Each request's x-ratelimit-remaining-requests is the count the Lua script that admitted it
+    left, whichever replica answered: in turn 29, 28, ... 0, and 30 concurrent requests get each of
+    0..29 exactly once."""
+    in_turn, together = token(trio.stack, rpm=30), token(trio.stack, rpm=30)
+    async with aiohttp.ClientSession() as http:
+        seen = [await _get_headers(trio, http, "/v1/models", in_turn, replica=i % 3) for i in range(30)]
+        burst = await asyncio.gather(*(_get_headers(trio, http, "/v1/models", together) for _ in range(30)))
+        refused = [await _get_headers(trio, http, "/v1/models", tok, replica=r) for r in range(3)
+                   for tok in (in_turn, together)]
+    assert [s for s, _, _ in seen + burst] == [200] * 60
+    assert [int(h["x-ratelimit-remaining-requests"]) for _, h, _ in seen] == list(range(29, -1, -1))
+    assert sorted(int(h["x-ratelimit-remaining-requests"]) for _, h, _ in burst) == list(range(30))
+    assert {(h["x-ratelimit-limit-requests"], h["x-ratelimit-reset-requests"]) for _, h, _ in seen + burst} == {
+        ("30", "1m0s")}
+    for status, headers, body in refused:
+        assert status == 429 and body["error"]["code"] == "rate_limit_exceeded"
+        assert headers["x-ratelimit-remaining-requests"] == "0" and headers["x-ratelimit-limit-requests"] == "30"
+        assert 1 <= int(headers["Retry-After"]) <= 60
+        assert not any(name.startswith("x-ratelimit-") and name.endswith("-tokens") for name in headers)
+    record("ratelimit_headers", {"replicas": 3, "rpm": 30, "in_turn": [int(h["x-ratelimit-remaining-requests"])
+                                                                      for _, h, _ in seen]})
+
+
+async def test_remaining_tokens_agree_across_replicas(trio):
+    budget = 5000
+    tok = token(trio.stack, tokens_per_day=budget, rpm=100)
+    async with aiohttp.ClientSession() as http:
+        status, headers, body = await _get_headers(trio, http, "/v1/chat/completions", tok, replica=0,
+                                                   body=chat(1, 5, stream=False))
+        assert status == 200, body
+        left = budget - body["usage"]["total_tokens"]
+        assert (headers["x-ratelimit-limit-tokens"], headers["x-ratelimit-remaining-tokens"]) == (str(budget), str(left))
+        for replica in (1, 2):  # reserved nothing: each replica reads the shared counters
+            _, read, _ = await _get_headers(trio, http, "/v1/models", tok, replica=replica)
+            assert (read["x-ratelimit-limit-tokens"], read["x-ratelimit-remaining-tokens"]) == (str(budget), str(left))
+            assert RESET.fullmatch(read["x-ratelimit-reset-tokens"])  # the UTC day's end, in OpenAI's format
+
+
+async def test_the_openai_sdk_reads_the_headers(trio):
+    from openai import AsyncOpenAI, RateLimitError
+
+    tok = token(trio.stack, rpm=3, tokens_per_day=10_000)
+    sdk = AsyncOpenAI(base_url=f"http://127.0.0.1:{trio.ports[1]}/v1", api_key=tok, max_retries=0)
+    try:
+        raw = await sdk.chat.completions.with_raw_response.create(
+            model=SIM, messages=[{"role": "user", "content": "Say hello."}], max_tokens=4, temperature=0)
+        completion = raw.parse()
+        assert raw.headers.get("x-ratelimit-limit-requests") == "3"
+        assert raw.headers.get("x-ratelimit-remaining-requests") == "2"
+        assert raw.headers.get("x-ratelimit-reset-requests") == "1m0s"
+        assert raw.headers.get("x-ratelimit-limit-tokens") == "10000"
+        assert raw.headers.get("x-ratelimit-remaining-tokens") == str(10_000 - completion.usage.total_tokens)
+        stream = await sdk.chat.completions.with_raw_response.create(
+            model=SIM, messages=[{"role": "user", "content": "Say hello."}], max_tokens=4, stream=True)
+        assert stream.headers.get("x-ratelimit-remaining-requests") == "1"  # sent before the first event
+        assert int(stream.headers.get("x-ratelimit-remaining-tokens")) < 10_000 - completion.usage.total_tokens
+        async for _ in stream.parse():  # to its end
+            pass
+        await sdk.models.list()  # the third
+        with pytest.raises(RateLimitError) as refused:
+            await sdk.models.with_raw_response.list()
+        assert refused.value.response.headers.get("x-ratelimit-remaining-requests") == "0"
+        assert int(refused.value.response.headers.get("retry-after")) >= 1
+    finally:
+        await sdk.close()
+
+
 # -- token budgets while generating ----------------------------------------------------------------------
 
 
@@ -205,7 +288,7 @@ async def _budget_run(trio: Facades, claim: str) -> dict:
     assert all(s in (200, 429) for s, _ in results), [s for s, _ in results]
     used = [usage_of(events) for events in served]
     spent = sum(u["total_tokens"] for u in used)
-    cut = [(u, finish_of(e)) for u, e in zip(used, served) if u["completion_tokens"] < max_tokens]
+    cut = [(u, finish_of(e)) for u, e in zip(used, served, strict=True) if u["completion_tokens"] < max_tokens]
     assert not any("error" in e for events in served for e in events)
     return {"budget": budget, "reservation": want, "spent": spent, "served": len(served),
             "refused": len(refused), "cut": cut, "errors": refused}

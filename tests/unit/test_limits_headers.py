@@ -365,3 +365,35 @@ async def test_any_other_429_gets_retry_after_from_the_hook(aiohttp_client):
     app.on_response_prepare.append(add_rate_limit_headers)
     response = await (await aiohttp_client(app)).get("/x")
     assert response.status == 429 and response.headers["Retry-After"] == "1"
+
+
+# -- the contract's check (tests/e2e/contract.py) ------------------------------------------------------------
+
+
+class _Response:
+    def __init__(self, status: int, headers: dict[str, str], error_code: str | None = None) -> None:
+        self.status_code, self.headers = status, {k: [v] for k, v in headers.items()}
+        self._body = {"error": {"message": "m", "type": "t", "param": None, "code": error_code}}
+
+    def json(self):
+        return self._body
+
+
+def test_the_contract_check_of_the_headers():
+    from tests.e2e.contract import rate_limit_problems
+
+    limits = {"requests": 100, "tokens": 5000}
+    six = {"x-ratelimit-limit-requests": "100", "x-ratelimit-remaining-requests": "99",
+           "x-ratelimit-reset-requests": "1m0s", "x-ratelimit-limit-tokens": "5000",
+           "x-ratelimit-remaining-tokens": "4990", "x-ratelimit-reset-tokens": "120ms"}
+    assert rate_limit_problems(_Response(200, six), limits, secured=True) == []
+    assert rate_limit_problems(_Response(200, {}), limits, secured=False) == []  # a public operation
+    assert rate_limit_problems(_Response(200, {}), None, secured=True) == []  # a key without limits
+    assert len(rate_limit_problems(_Response(200, {}), limits, secured=True)) == 2
+    bad = {**six, "x-ratelimit-remaining-tokens": "-1", "x-ratelimit-reset-requests": "60",
+           "x-ratelimit-limit-requests": "7"}
+    assert len(rate_limit_problems(_Response(400, bad), limits, secured=True)) == 3
+    assert rate_limit_problems(_Response(429, six, "rate_limit_exceeded"), limits, secured=True) == [
+        "a 429 with Retry-After None, not a number of seconds >= 1"]
+    overloaded = _Response(429, {"Retry-After": "1"}, "server_overloaded")  # refused before the credential
+    assert rate_limit_problems(overloaded, limits, secured=True) == []
