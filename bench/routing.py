@@ -604,6 +604,7 @@ def run_one(stack: LocalStack, label: str, strategy: str, pickers_count: int, wo
     finally:
         stop_pickers(stack, pickers)
     figures = summarise(outcomes, workload, tritons, routed, cpu, wall)
+    figures["cpu_cores_by_process"] = {k: round(v / wall, 3) for k, v in sorted(cpu.items()) if v > 0}
     figures["strategy"], figures["pickers"] = strategy, pickers_count
     figures["shared_view"] = bool((env or {}).get("HUBMESH_TEXT_ROUTING_BUS_URL"))
     print(f"  {workload.name:<17} {label:<18} TTFT p50 {figures['ttft_p50_ms']} ms, p99 {figures['ttft_p99_ms']} ms; "
@@ -684,6 +685,7 @@ def scale_out(stack: LocalStack, made: dict, parameters: dict, services: tuple[i
 
     out: dict = {"shared_prefix": {}, "no_shared_prefix": {}}
     bus = NatsServer(stack.config.run_dir, name="nats-bench").start()
+    stack.services["nats (routing bus)"] = bus.proc  # its CPU is the mesh's (bench.cpu reads stack.children())
     try:
         def view_env(tag: str) -> dict[str, str]:
             return {"HUBMESH_TEXT_ROUTING_BUS_URL": bus.url, "HUBMESH_TEXT_ROUTING_BUS_SUBJECT": f"bench.{tag}",
@@ -701,6 +703,7 @@ def scale_out(stack: LocalStack, made: dict, parameters: dict, services: tuple[i
                 out[workload][label] = run_one(stack, label, strategy, count, made[workload], ports_for(count),
                                                parameters, env)
     finally:
+        stack.services.pop("nats (routing bus)", None)
         bus.stop()
     return out
 
