@@ -6,6 +6,7 @@ from aiohttp import web
 from opentelemetry.instrumentation.aiohttp_server import AioHttpServerInstrumentor
 
 from facade import jsonio
+from facade.aliases import ALIASES, Aliases, add_model_header, check_catalogues_ctx
 from facade.api.images import handler as images
 from facade.api.keys.manage import MAX_KEYS_PER_OWNER
 from facade.auth.hub_keys import KEY_REGISTRY, KeyRegistry, registry_ctx
@@ -65,6 +66,9 @@ def create_app(settings: Settings) -> web.Application:
     app[URL_SIGNER] = UrlSigner(settings.url_signing_key)
     app[images.PUBLIC_URL] = settings.public_url
     app.cleanup_ctx.append(clients_ctx(settings))
+    # model aliases; those that shadow a model a service lists are dropped (and logged) once it answers
+    app[ALIASES] = Aliases(settings.model_aliases, settings.model_alias_cooldown_s)
+    app.cleanup_ctx.append(check_catalogues_ctx())
     # the Responses API's database: opened and migrated at start-up, swept while the app runs
     app.cleanup_ctx.append(store_ctx(settings.database_url, settings.responses_retention_s,
                                      settings.responses_sweep_interval_s, settings.database_pool_size))
@@ -80,6 +84,7 @@ def create_app(settings: Settings) -> web.Application:
     app[SUBJECT_METRICS] = SubjectMetrics(settings.usage_metric_subjects)
     app.on_response_prepare.append(add_request_id)
     app.on_response_prepare.append(add_rate_limit_headers)  # x-ratelimit-*, Retry-After on 429
+    app.on_response_prepare.append(add_model_header)  # x-hubmesh-model: the model an alias was served by
     app[OPENAPI] = jsonio.dumps(build_document(ROUTES))
     add_routes(app, ROUTES)
     return app

@@ -7,7 +7,9 @@ handler writes only its own part of it, in the order a request meets them:
 - auth (facade/auth/middleware.py): the principal, once the credential is verified;
 - limits (facade/limits/middleware.py): the meter, from admission to settlement;
 - intake (facade/api/intake.py): the model and OpenAI's `user`, once the body names them
-  (use_model: the credential's model allow-list, the caller's limits for that model);
+  (use_model: the credential's model allow-list, the caller's limits for that model; name_alias
+  for a model alias, whose chain's models are then tried in turn by facade/aliases.py's serve(),
+  each named on the Call by try_model: the model that serves is the Call's model in the end);
 - the handler: token reservations (reserve_tokens), usage (record_usage), and the SSE stream it
   opened (facade/sse.py);
 
@@ -57,7 +59,8 @@ class Call:
     route: Route | None  # None: an unknown URL
     principal: Principal | None = None  # None: not authenticated (a public route, a signed link)
     meter: Meter | None = None  # None: no limits apply (not authenticated)
-    model: str = ""  # the model the body names ("" when none)
+    model: str = ""  # the model the body names ("" when none); for an alias, the model tried or serving
+    alias: str = ""  # the model alias the body names (facade/aliases.py), "" when none
     user: str = ""  # OpenAI's `user` field
     usage: RequestUsage = RequestUsage()
     stream: EventStream | None = None  # the SSE response, once opened
@@ -95,6 +98,29 @@ class Call:
         self.require_model(model)
         if self.meter is not None:
             await self.meter.admit_model(model)
+
+    def name_alias(self, alias: str) -> None:
+        """The body names a model alias: 403 when the credential does not allow it. A credential that
+        may use an alias may use every model of its chain through it (facade/aliases.py)."""
+        self.alias = self.model = alias
+        self.require_model(alias)
+
+    async def try_model(self, model: str) -> None:
+        """A model of the alias's chain is about to be tried: it is the Call's model from now on
+        (429 over the caller's limits for it, its request log)."""
+        self.model = model
+        if self.meter is not None:
+            await self.meter.admit_model(model)
+
+    def reservations(self) -> int:
+        """How many token reservations the request holds (a mark for release_tokens)."""
+        return len(self.meter.grants) if self.meter is not None else 0
+
+    async def release_tokens(self, mark: int) -> None:
+        """Gives back in full the reservations made since `mark` (a model call refused before it
+        used anything)."""
+        if self.meter is not None:
+            await self.meter.release(mark)
 
     async def reserve_tokens(self, model: str, input_bytes: int, choices: int = 0,
                              max_tokens: int | None = None) -> int | None:

@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import Field, NonNegativeInt, PositiveInt, field_validator
 from pydantic_settings import SettingsConfigDict
 
+from facade.aliases import aliases_from
 from facade.limits.policy import LimitClaims, model_limits_from
 from services.common.settings import EnvSettings, NonNegativeSeconds, Port, Seconds, split_list
 
@@ -102,6 +103,12 @@ class Settings(EnvSettings):
     # at most keys_max_per_owner of them (IONOS's Auth API allows 100).
     keys_refresh_s: Seconds = 5.0
     keys_max_per_owner: PositiveInt = 100
+    # Model aliases with fallback chains (facade/aliases.py), JSON: {"chat-default": ["large/model",
+    # "small/model"]}: a request naming the alias is served by the first model of its chain that is not
+    # at capacity or unavailable. A model refused is skipped for model_alias_cooldown_s (in each
+    # process), except when it is the last of its chain.
+    model_aliases: dict[str, tuple[str, ...]] = {}
+    model_alias_cooldown_s: NonNegativeSeconds = 5.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -119,6 +126,11 @@ class Settings(EnvSettings):
     @classmethod
     def _model_limits(cls, value: Any) -> Any:
         return model_limits_from(value, "HUBMESH_MODEL_LIMITS")
+
+    @field_validator("model_aliases", mode="before")
+    @classmethod
+    def _model_aliases(cls, value: Any) -> Any:
+        return aliases_from(value, "HUBMESH_MODEL_ALIASES")
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -3,7 +3,8 @@
 accept() is the one sequence every handler starts with: the body validated into its request model
 (facade/api/validation.py, 400/413), then OpenAI's `user` and — for bodies that name a model — the
 model on the Call (Call.use_model: the credential's model allow-list, 403, and the caller's limits
-for that model, 429).
+for that model, 429). A model alias (facade/aliases.py) is named with Call.name_alias instead: the
+limits are those of the chain's model the handler's serve() tries.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import TypeVar
 import pydantic
 from aiohttp import web
 
+from facade.aliases import aliases_of
 from facade.api.validation import parse_body
 from facade.call import Call, call_of
 
@@ -25,5 +27,9 @@ async def accept(request: web.Request, model: type[Body]) -> tuple[Call, Body]:
     call = call_of(request)
     call.user = getattr(body, "user", None) or ""
     if "model" in model.model_fields:
-        await call.use_model(getattr(body, "model", None) or "")
+        name = getattr(body, "model", None) or ""
+        if name and aliases_of(request.app).chain(name) is not None:
+            call.name_alias(name)
+        else:
+            await call.use_model(name)
     return call, body

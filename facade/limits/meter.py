@@ -156,6 +156,17 @@ class Meter:
             return limit_error(binding, self.subject, 0)
         return limit_error(binding, self.subject, grant.tokens * binding.ttl_s / binding.limit)
 
+    async def release(self, since: int) -> None:
+        """Gives back in full the grants made from the `since`-th on (model calls refused before they
+        used anything: an alias's model at capacity, facade/aliases.py); their counters' levels are
+        forgotten, so that the headers read those of the calls that ran."""
+        released = self.grants[since:]
+        del self.grants[since:], self._bound_by[since:]
+        for grant in released:
+            await self.limiter.settle(grant, 0)
+            for spec in grant.specs:
+                self.tokens.pop(spec.key, None)
+
     async def settle(self) -> None:
         left = self.used or 0
         for grant in self.grants:

@@ -36,9 +36,9 @@ def test_serve_options_names_and_defaults():
     }
     options = ServeOptions.from_env({})
     assert (options.grace_s, options.internal_secret, options.metrics_port, options.max_in_flight) == (10.0, "", 9464, 64)
-    assert (options.admission, options.admission_wait_s, options.burst) == ("fair", 0.5, 8)
+    assert (options.admission, options.admission_wait_s, options.burst) == ("fair", 0.5, 16)
     assert ServeOptions.from_env({"HUBMESH_MAX_IN_FLIGHT": "12", "HUBMESH_ADMISSION_BURST": "0"}).burst == 0
-    assert ServeOptions.from_env({"HUBMESH_MAX_IN_FLIGHT": "12"}).burst == 2
+    assert ServeOptions.from_env({"HUBMESH_MAX_IN_FLIGHT": "10"}).burst == 3
 
 
 @pytest.mark.parametrize(
@@ -135,6 +135,8 @@ FACADE_NAMES = {
     "usage_metric_subjects": "HUBMESH_USAGE_METRIC_SUBJECTS",
     "keys_refresh_s": "HUBMESH_KEYS_REFRESH_S",
     "keys_max_per_owner": "HUBMESH_KEYS_MAX_PER_OWNER",
+    "model_aliases": "HUBMESH_MODEL_ALIASES",
+    "model_alias_cooldown_s": "HUBMESH_MODEL_ALIAS_COOLDOWN_S",
 }
 
 

@@ -27,7 +27,7 @@ from facade.api.response_bodies import (
     ChatCompletionMessageToolCall,
     ChatCompletionToolCallDelta,
 )
-from facade.api.text.generation import GenerationStream, generate, new_id, now, reserve_budget, usage_json
+from facade.api.text.generation import generate_served, new_id, now, open_streams, usage_json
 from facade.api.text.relay import ChunkRenderer, relay
 from facade.api.text.sampling import FINISH_REASONS, SYSTEM_FINGERPRINT
 from facade.jsonio import json_response
@@ -72,10 +72,9 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
     """Creates a model response for the given chat conversation (JSON or SSE)."""
     call, body = await accept(request, ChatCompletionRequest)
     proto = body.to_proto(call.caller())
-    await reserve_budget(request, proto)
     if body.stream:
         return await _stream(request, body, proto)
-    result = await generate(request, proto, input_param="messages")
+    result, = await generate_served(request, [proto], input_param="messages")  # on the model that serves it
     completion: ChatCompletion = {
         "id": new_id("chatcmpl"),
         "object": "chat.completion",
@@ -89,11 +88,12 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
 
 
 async def _stream(request: web.Request, body: ChatCompletionRequest, proto: pb.GenerateRequest) -> web.StreamResponse:
+    upstream, = await open_streams(request, [proto], input_param="messages")  # on the model that serves it
     base = {  # every chunk's fields but choices
         "id": new_id("chatcmpl"),
         "object": "chat.completion.chunk",
         "created": now(),
-        "model": body.model,
+        "model": proto.model,
         "system_fingerprint": SYSTEM_FINGERPRINT,
     }
     content = None if body.forces_tool_calls else ""  # as OpenAI: no content when only calls can follow
@@ -101,7 +101,6 @@ async def _stream(request: web.Request, body: ChatCompletionRequest, proto: pb.G
         {"index": i, "delta": {"role": "assistant", "content": content}, "logprobs": None, "finish_reason": None}
         for i in range(body.n or 1)
     ]
-    upstream = GenerationStream(request, proto, input_param="messages")
     render = _render_with_logprobs if body.logprobs else _render
     renderer = ChunkRenderer(base, body.include_usage, render, opening,
                              text_choice=None if body.logprobs else _text_choice)

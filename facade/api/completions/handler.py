@@ -10,22 +10,12 @@ echo with logprobs is a 400 rather than an answer that silently lacks them.
 
 from __future__ import annotations
 
-import asyncio
-
 from aiohttp import web
 
 from facade.api.completions.protocol import CompletionRequest
 from facade.api.intake import accept
 from facade.api.response_bodies import Completion, CompletionChoice, CompletionLogprobs
-from facade.api.text.generation import (
-    GenerationStream,
-    add_usage,
-    generate,
-    new_id,
-    now,
-    reserve_budget,
-    usage_json,
-)
+from facade.api.text.generation import add_usage, generate_served, new_id, now, open_streams, usage_json
 from facade.api.text.relay import ChunkRenderer, relay
 from facade.api.text.sampling import FINISH_REASONS, SYSTEM_FINGERPRINT
 from facade.jsonio import json_response
@@ -59,12 +49,12 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
     call, body = await accept(request, CompletionRequest)
     protos = body.to_protos(call.caller())
     n = body.n or 1
-    base = {"id": new_id("cmpl"), "object": "text_completion", "created": now(), "model": body.model}
+    completion_id, created = new_id("cmpl"), now()
     prompts = body.prompts
-    for proto in protos:  # every reservation before any call starts: a refusal leaves nothing running
-        await reserve_budget(request, proto)
     if body.stream:
-        upstreams = [(i * n, GenerationStream(request, p, input_param="prompt")) for i, p in enumerate(protos)]
+        streams = await open_streams(request, protos, input_param="prompt")  # on the model that serves them
+        upstreams = [(i * n, stream) for i, stream in enumerate(streams)]
+        base = {"id": completion_id, "object": "text_completion", "created": created, "model": protos[0].model}
 
         echoed: set[int] = set()  # with echo, each choice's first chunk starts with its prompt
         offsets: dict[int, int] = {}  # with logprobs: where each choice's next token starts in its text
@@ -85,7 +75,7 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
         plain = None if body.echo or with_logprobs else _text_choice
         return await relay(request, upstreams, ChunkRenderer(base, body.include_usage, render, text_choice=plain))
 
-    results = await asyncio.gather(*(generate(request, p, input_param="prompt") for p in protos))
+    results = await generate_served(request, protos, input_param="prompt")  # on the model that serves them
     choices: list[CompletionChoice] = []
     usage = pb.Usage()
     for i, result in enumerate(results):
@@ -100,6 +90,7 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
                 }
             )
     completion: Completion = {
-        **base, "system_fingerprint": SYSTEM_FINGERPRINT, "choices": choices, "usage": usage_json(usage)
+        "id": completion_id, "object": "text_completion", "created": created, "model": protos[0].model,
+        "system_fingerprint": SYSTEM_FINGERPRINT, "choices": choices, "usage": usage_json(usage),
     }
     return json_response(completion)

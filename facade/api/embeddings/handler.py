@@ -7,11 +7,13 @@ import base64
 import numpy as np
 from aiohttp import web
 
+from facade.aliases import serve
 from facade.api.embeddings.protocol import EmbeddingRequest
 from facade.api.intake import accept
 from facade.api.response_bodies import Embedding, EmbeddingList
 from facade.clients import CLIENTS, unary
 from facade.jsonio import json_response
+from hubmesh.embeddings.v1 import embeddings_pb2 as embeddings_pb
 
 
 def _encode(vector_f32le: bytes, encoding_format: str) -> list[float] | str:
@@ -25,10 +27,15 @@ async def create_embeddings(request: web.Request) -> web.Response:
     call, body = await accept(request, EmbeddingRequest)
     clients = request.app[CLIENTS]
     proto = body.to_proto(call.caller())
-    # input tokens never exceed the bytes of the input; what is used is settled when the call ends
-    await call.reserve_tokens(body.model, proto.ByteSize())
-    embed = clients.embeddings.Embed(proto, timeout=clients.timeout_s, metadata=clients.metadata)
-    result = await unary(embed, "embeddings", default_param="input")
+
+    async def attempt(model: str) -> embeddings_pb.EmbedResponse:
+        proto.model = model
+        # input tokens never exceed the bytes of the input; what is used is settled when the call ends
+        await call.reserve_tokens(model, proto.ByteSize())
+        embed = clients.embeddings.Embed(proto, timeout=clients.timeout_s, metadata=clients.metadata)
+        return await unary(embed, "embeddings", default_param="input")
+
+    result = await serve(request, body.model, attempt)  # an alias: the first model of its chain that serves it
     call.record_usage(result.prompt_tokens)
     data: list[Embedding] = [
         {"object": "embedding", "index": e.index, "embedding": _encode(e.vector_f32le, body.encoding_format)}

@@ -7,6 +7,7 @@ import time
 
 from aiohttp import web
 
+from facade.aliases import serve
 from facade.api.images.protocol import ImageRequest
 from facade.api.intake import accept
 from facade.api.response_bodies import Image, ImagesResponse
@@ -33,9 +34,14 @@ async def create_image(request: web.Request) -> web.Response:
     """Creates images from a prompt: base64 PNGs, or absolute URLs on this façade."""
     call, body = await accept(request, ImageRequest)
     clients = request.app[CLIENTS]
-    generation = clients.images.Generate(body.to_proto(call.caller()), timeout=clients.timeout_s,
-                                         metadata=clients.metadata)
-    result = await unary(generation, "images", default_param="prompt")
+    proto = body.to_proto(call.caller())
+
+    async def attempt(model: str) -> pb.GenerateResponse:
+        proto.model = model  # "": the service's default model
+        generation = clients.images.Generate(proto, timeout=clients.timeout_s, metadata=clients.metadata)
+        return await unary(generation, "images", default_param="prompt")
+
+    result = await serve(request, body.model or "", attempt)  # an alias: the first model of its chain that serves it
     call.record_usage(0, images=len(result.images))
     data: list[Image] = []
     for image in result.images:

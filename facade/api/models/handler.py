@@ -1,4 +1,6 @@
-"""GET /v1/models and GET /v1/models/{model}: the union of every modality service's models."""
+"""GET /v1/models and GET /v1/models/{model}: the union of every modality service's models, and the
+deployment's model aliases (facade/aliases.py: owned_by "hubmesh-alias", the chain in the description).
+A credential sees the models and aliases it may use."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import logging
 import grpc
 from aiohttp import web
 
+from facade.aliases import OWNED_BY, Aliases, aliases_of
 from facade.api.response_bodies import Model, ModelList
 from facade.call import call_of
 from facade.clients import CLIENTS, Clients
@@ -50,19 +53,34 @@ async def _all_models(clients: Clients) -> list[Model]:
     return models
 
 
+def _with_aliases(models: list[Model], aliases: Aliases) -> list[Model]:
+    """The models, then the aliases (each after Aliases.check: one that is also a model's id is dropped)."""
+    aliases.check((m["id"] for m in models), "the services' listing")
+    created = {m["id"]: m["created"] for m in models}
+    listed = list(models)
+    for name, chain in aliases.items():
+        listed.append({
+            "id": name, "object": "model", "created": next((created[m] for m in chain if m in created), 0),
+            "owned_by": OWNED_BY,
+            "description": f"Alias of {', then '.join(chain)}: served by the first of them that is ready and not "
+                           "at capacity (the response's model and its x-hubmesh-model header name it).",
+        })
+    return listed
+
+
 async def list_models(request: web.Request) -> web.Response:
-    """Lists the models every service can serve."""
-    models = await _all_models(request.app[CLIENTS])
+    """Lists the models every service can serve, and the aliases."""
+    models = _with_aliases(await _all_models(request.app[CLIENTS]), aliases_of(request.app))
     call = call_of(request)
     listing: ModelList = {"object": "list", "data": [m for m in models if call.may_use_model(m["id"])]}
     return json_response(listing)
 
 
 async def retrieve_model(request: web.Request) -> web.Response:
-    """One model by id (ids may contain '/', e.g. HuggingFaceTB/SmolLM2-135M-Instruct)."""
+    """One model (or alias) by id (ids may contain '/', e.g. HuggingFaceTB/SmolLM2-135M-Instruct)."""
     model_id = request.match_info["model"]
     call_of(request).require_model(model_id)
-    for model in await _all_models(request.app[CLIENTS]):
+    for model in _with_aliases(await _all_models(request.app[CLIENTS]), aliases_of(request.app)):
         if model["id"] == model_id:
             return json_response(model)
     raise OpenAIError(404, f"The model '{model_id}' does not exist", param="model", code="model_not_found")

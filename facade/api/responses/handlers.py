@@ -11,6 +11,7 @@ responses; anything else reads as unknown (404).
 from __future__ import annotations
 
 import logging
+from typing import Literal
 
 from aiohttp import web
 
@@ -28,7 +29,7 @@ from facade.api.responses.protocol import (
     shown,
 )
 from facade.api.responses.response_object import output_items, response_json, usage_json
-from facade.api.text.generation import GenerationStream, generate, now, reserve_budget
+from facade.api.text.generation import generate_served, now, open_streams
 from facade.api.text.relay import relay
 from facade.call import call_of
 from facade.errors import OpenAIError, invalid
@@ -76,6 +77,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     store = await _store(request) if body.stores or body.previous_response_id is not None else None
     prior: list[dict] = []
     if body.previous_response_id is not None:
+        assert store is not None, "opened above for a previous_response_id"
         found = await _stored(store.conversation(body.previous_response_id, subject))
         if found is None:
             raise previous_not_found(body.previous_response_id)
@@ -84,15 +86,16 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     items = conversation(prior, new_items)
     proto = to_proto(body, items, call.caller())
     created = Created(store if body.stores else None, subject, items)
-    await reserve_budget(request, proto)
     if body.stream:
-        events = ResponseEvents(body, created.id, created.at, created.save)
-        try:
-            return await relay(request, [(0, GenerationStream(request, proto, input_param="input"))], events)
+        try:  # on the model that serves it (an alias: the first of its chain that starts the stream)
+            upstream, = await open_streams(request, [proto], input_param="input")
+            events = ResponseEvents(body.model_copy(update={"model": proto.model}), created.id, created.at,
+                                    created.save)
+            return await relay(request, [(0, upstream)], events)
         except OpenAIError as err:  # before the first byte: its own HTTP status, the Responses request's params
             raise renamed(err) from None
     try:
-        result = await generate(request, proto, input_param="input")
+        result, = await generate_served(request, [proto], input_param="input")
     except OpenAIError as err:
         raise renamed(err) from None
     choice = result.choices[0] if result.choices else pb.Choice(finish_reason=pb.FINISH_REASON_STOP)
@@ -169,9 +172,14 @@ async def list_input_items(request: web.Request) -> web.Response:
     response_id = _response_id(request)
     _reject_query(request, ("include",))
     limit = _limit(request)
-    order = request.query.get("order", "desc")
-    if order not in ("asc", "desc"):
-        raise invalid("Invalid value for 'order': use 'asc' or 'desc'.", param="order")
+    order: Literal["asc", "desc"]
+    match request.query.get("order", "desc"):
+        case "asc":
+            order = "asc"
+        case "desc":
+            order = "desc"
+        case _:
+            raise invalid("Invalid value for 'order': use 'asc' or 'desc'.", param="order")
     after = request.query.get("after")
     store = await _store(request)
     if not RESPONSE_ID.match(response_id):

@@ -1,15 +1,21 @@
 """Generations on the text service for one HTTP request: reserving their cost, the unary call, the
-stream whose first message is read before any HTTP byte, and what they used."""
+stream whose first message is read before any HTTP byte, and what they used.
+
+Handlers call generate_served() and open_streams(): a request naming a model alias is tried on each
+model of its chain in turn until one serves it (facade/aliases.py), each attempt reserving its own
+tokens; a stream moves on only at its start, before any HTTP byte."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import grpc
 from aiohttp import web
 
+from facade.aliases import serve
 from facade.api.response_bodies import Usage
 from facade.call import Call, call_of
 from facade.clients import CLIENTS
@@ -105,6 +111,11 @@ async def generate(http: web.Request, request: pb.GenerateRequest, input_param: 
     return result
 
 
+def _message(read: pb.GenerateStreamResponse | object) -> pb.GenerateStreamResponse | None:
+    """What TextStream.read() gave: the next message, or None for grpc.aio.EOF (after the last)."""
+    return read if isinstance(read, pb.GenerateStreamResponse) else None
+
+
 class GenerationStream:
     """A GenerateStream call whose first message (or error) is read before any HTTP byte is sent,
     so that errors such as an unknown model still get their own HTTP status. The request's token
@@ -116,10 +127,15 @@ class GenerationStream:
         self._call = clients.text_streams.open(request, clients.timeout_s)
         self._input_param = input_param
         self._first: pb.GenerateStreamResponse | None = None
+        self._started = False
 
     async def start(self) -> None:
+        """Reads the first message (or error); once: a stream already started stays as it is."""
+        if self._started:
+            return
+        self._started = True
         try:
-            self._first = await self._call.read()
+            self._first = _message(await self._call.read())
         except grpc.aio.AioRpcError as err:
             raise from_grpc(err, "text", default_param=self._input_param) from err
 
@@ -127,9 +143,9 @@ class GenerationStream:
         """The stream's messages; raises OpenAIError on a mid-stream failure."""
         message = self._first
         try:
-            while message is not grpc.aio.EOF and message is not None:
+            while message is not None:
                 yield message
-                message = await self._call.read()
+                message = _message(await self._call.read())
         except grpc.aio.AioRpcError as err:
             raise from_grpc(err, "text", default_param=self._input_param) from err
 
@@ -137,3 +153,50 @@ class GenerationStream:
         """Stops the generation upstream (client gone, or done early)."""
         if not self._call.done():
             self._call.cancel()
+
+
+async def generate_served(http: web.Request, requests: Sequence[pb.GenerateRequest],
+                          input_param: str) -> list[pb.GenerateResponse]:
+    """The unary generation of each of `requests` (every budget reserved first, then the calls made
+    together): on the model they name or, for an alias, on the first model of its chain that serves
+    them (facade/aliases.py's serve). All requests name the same model (several prompts of one
+    completion request)."""
+
+    async def attempt(model: str) -> list[pb.GenerateResponse]:
+        for request in requests:
+            _use_model(request, model)
+        for request in requests:  # every reservation before any call starts: a refusal leaves nothing running
+            await reserve_budget(http, request)
+        return list(await asyncio.gather(*(generate(http, request, input_param) for request in requests)))
+
+    return await serve(http, requests[0].model, attempt)
+
+
+async def open_streams(http: web.Request, requests: Sequence[pb.GenerateRequest],
+                       input_param: str) -> list[GenerationStream]:
+    """A started stream for each of `requests` (every budget reserved first, then the streams
+    opened, the first one's first message read): on the model they name or, for an alias, on the
+    first model of its chain that starts them (facade/aliases.py's serve). All requests name the same
+    model (several prompts of one completion request)."""
+
+    async def attempt(model: str) -> list[GenerationStream]:
+        for request in requests:
+            _use_model(request, model)
+        for request in requests:  # every reservation before any call starts: a refusal leaves nothing running
+            await reserve_budget(http, request)
+        streams = [GenerationStream(http, request, input_param) for request in requests]
+        try:
+            await streams[0].start()
+        except BaseException:
+            for stream in streams:
+                stream.cancel()
+            raise
+        return streams
+
+    return await serve(http, requests[0].model, attempt)
+
+
+def _use_model(request: pb.GenerateRequest, model: str) -> None:
+    """The request, for one model of an alias's chain (no budget of an earlier attempt left on it)."""
+    request.model = model
+    request.ClearField("token_budget")
