@@ -19,6 +19,9 @@ stop it. Writes build/bench/report.{json,md,png}.
 - stalls: 3 simulated Tritons, 18 streams; the busiest replica frozen (SIGSTOP), then one cut off in its
   network namespace: time added to the round, time to quarantine and back; a saturated engine for 3
   minutes with no stall declared (bench/stalls.py, docs/stalls.md);
+- noisy_neighbour: tenant B at a modest rate alone, then beside tenant A flooding at 5x the text
+  service's capacity, with first_come and then fair admission: B's success rate and TTFT, A's goodput
+  against what B leaves (bench/noisy_neighbour.py, its own stack);
 - limits: the limiter's memory and cost per request with 100k subjects, in-process and in Redis
   (bench/limits.py);
 - keys: verifying a hub-issued key vs a JWT, and a revocation's delay across three façades sharing
@@ -30,8 +33,8 @@ import json
 import os
 
 from bench import (
-    bench_config, cpu, embeddings_throughput, grpc_floor, images_latency, keys, limits, overhead, peer_litellm, report,
-    routing, stalls, text_stream, token_rate,
+    bench_config, cpu, embeddings_throughput, grpc_floor, images_latency, keys, limits, noisy_neighbour, overhead,
+    peer_litellm, report, routing, stalls, text_stream, token_rate,
 )
 from local.stack import ROOT, LocalStack
 
@@ -65,6 +68,10 @@ def main() -> None:
         results["stalls"] = stalls.measure(saturation_s=180.0)
     except Exception as err:  # noqa: BLE001 - the other figures are still written
         results["stalls"] = {"error": f"{type(err).__name__}: {err}"}
+    try:  # its own stack (1 sim Triton): tenant A flooding beside tenant B, first_come then fair admission
+        results["noisy_neighbour"] = noisy_neighbour.measure()
+    except Exception as err:  # the other figures are still written
+        results["noisy_neighbour"] = {"error": f"{type(err).__name__}: {err}"}
     results["limits"] = limits.measure()  # no stack: the limiter's stores alone (a private redis-server)
     try:  # no stack: three façades in this process on a private redis-server
         results["keys"] = keys.measure()

@@ -264,6 +264,12 @@ def stall_rows(stalls: dict) -> list[str]:
 
 
 
+def noisy_neighbour_rows(noisy: dict) -> list[str]:
+    from bench.noisy_neighbour import rows
+
+    return rows(noisy)
+
+
 def keys_rows(keys: dict) -> list[str]:
     from bench.keys import rows
 
@@ -288,6 +294,9 @@ def write(report: dict, directory: Path) -> list[Path]:
     hung = report.get("stalls")
     if hung is not None:
         md += ["", "## A replica that hangs (engine simulator; docs/stalls.md)", "", *stall_rows(hung)]
+    if report.get("noisy_neighbour") is not None:
+        md += ["", "## A noisy neighbour: fair share at capacity (engine simulator; bench/noisy_neighbour.py)", "",
+               *noisy_neighbour_rows(report["noisy_neighbour"])]
     if report.get("keys") is not None:
         md += ["", "## Keys the hub issues (bench/keys.py)", "", *keys_rows(report["keys"])]
     peer = report.get("peer")

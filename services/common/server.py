@@ -88,12 +88,12 @@ class ServeOptions(EnvSettings):
     # fair: how long a call of a subject below its share may wait for a slot (0: never waits)
     admission_wait_s: NonNegativeSeconds = 0.5
     # fair: slots above max_in_flight a subject below its share may take at once (repaid by the
-    # subjects over theirs); unset: max_in_flight / 8, rounded up
+    # subjects over theirs); unset: max_in_flight / 4, rounded up
     admission_burst: NonNegativeInt | None = None
 
     @property
     def burst(self) -> int:
-        return -(-self.max_in_flight // 8) if self.admission_burst is None else self.admission_burst
+        return -(-self.max_in_flight // 4) if self.admission_burst is None else self.admission_burst
 
 
 def run_service(
