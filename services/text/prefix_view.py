@@ -313,8 +313,7 @@ class PrefixView:
         finally:
             self.live = False
             VIEW_LIVE.set(0)
-            with contextlib.suppress(Exception):
-                await self._nc.close()
+            await self.close()
 
     async def _reachable(self) -> None:
         """Raises OSError unless some server of the URL accepts a TCP connection now."""
@@ -425,6 +424,7 @@ class PrefixView:
         log.debug("shared routing view: NATS: %s", err)
 
     async def close(self) -> None:
+        """Closes the connection, within a second: a service that stops never waits on a lost bus."""
         if self._nc is not None:
             with contextlib.suppress(Exception):
-                await self._nc.close()
+                await asyncio.wait_for(self._nc.close(), 1.0)
