@@ -66,3 +66,35 @@ def test_a_private_nats_server_starts_with_jetstream_and_stops_by_its_pid(tmp_pa
     finally:
         server.stop()
     assert server.proc is None and server_info(server.port) is None
+
+
+def test_make_runs_supervisor_starts_a_crashed_bus_again_on_its_port(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from local.supervisor import Supervisor
+
+    if nats_binary() is None:
+        pytest.fail("nats-server is not installed (make test installs Debian's nats-server)")
+    monkeypatch.delenv("HUBMESH_TEXT_ROUTING_BUS_URL", raising=False)
+    config = StackConfig.with_free_ports(api_key="k", run_dir=tmp_path, text_services=2, routing_bus="private")
+    stack = LocalStack(config, modalities=tuple(m for m in MODALITIES if m.name == "text"))
+    stack.start_bus()
+    server = stack.bus.server
+    try:
+        (unit,) = [u for u in stack.units() if u.name == "nats"]
+        now = [0.0]
+        supervisor = Supervisor([unit], clock=lambda: now[0])
+        crashed = server.proc
+        os.killpg(crashed.pid, signal.SIGKILL)
+        crashed.wait(timeout=10)
+        supervisor.tick()
+        assert unit.state == "restarting"
+        now[0] += 60
+        supervisor.tick()  # started again, on the same port
+        assert server.proc is not crashed and unit.state == "starting"
+        from local import processes
+
+        processes.wait_until(server.is_ready, 20, "nats-server", server.proc, server.log_path)
+    finally:
+        server.stop()
