@@ -77,7 +77,7 @@ async def capacity_middleware(request: web.Request, handler) -> web.StreamRespon
     try:
         return await handler(request)
     except asyncio.CancelledError:
-        if not in_flight.interrupted(task):
+        if task is None or not in_flight.interrupted(task):
             raise  # the client went away: the work (and its gRPC call) stopped with it
         task.uncancel()  # the grace period is over: the request answers, as below
         stream = call.stream

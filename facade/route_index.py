@@ -11,7 +11,6 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from aiohttp import web
-from aiohttp.abc import AbstractMatchInfo
 from aiohttp.web_urldispatcher import AbstractResource, AbstractRoute
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -58,10 +57,12 @@ class RouteIndex:
         for method in methods:
             registered = router.add_route(method, route.path, route.handler)
             self._by_route[registered] = route
-        self._by_resource.append((registered.resource, route))
+        resource = registered.resource
+        assert resource is not None, "a route the router adds belongs to one of its resources"
+        self._by_resource.append((resource, route))
 
     def of(self, request: web.Request) -> Route | None:
-        match: AbstractMatchInfo = request.match_info
+        match = request.match_info
         route = self._by_route.get(match.route)
         if route is None and isinstance(match.http_exception, web.HTTPMethodNotAllowed):
             route = self._on_path(request.path)  # a known path, another method: 405 under that route's rules

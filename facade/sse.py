@@ -65,8 +65,9 @@ class ChunkEncoder:
             return None
         parts = []
         for index, text in items:
-            around = self._texts.get(index, False)
-            if around is False:
+            try:
+                around = self._texts[index]
+            except KeyError:
                 around = self._texts[index] = _around(self._text_choice(index, _MARK))
             if around is None:
                 return None

@@ -6,6 +6,6 @@ import os
 # in fork() starting a child). The launchers only fork to exec a child at once, which needs none of them.
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
-from services.common import grpc_runtime  # noqa: E402
+from services.common import grpc_runtime
 
 grpc_runtime.apply()  # the load generators' gRPC runs as the mesh's (and the children inherit it)

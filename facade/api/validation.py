@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar, cast
 
 import pydantic
 from aiohttp import web
 from pydantic import StrictInt
+from pydantic.json_schema import JsonDict
+from pydantic_core import ErrorDetails
 
 from facade import jsonio
 from facade.errors import OpenAIError, invalid
@@ -32,7 +34,9 @@ TokenId = Annotated[StrictInt, pydantic.Field(ge=0, le=2**31 - 1)]  # int32 toke
 def shows_limit(documented: Mapping[str, Mapping[str, object]], field: str, default: Any = None) -> Any:
     """A field whose limit a service checks, shown in /openapi.json from that service's one table
     (its limits module's DOCUMENTED keywords); the façade itself does not check it."""
-    return pydantic.Field(default=default, json_schema_extra=dict(documented[field]))
+    # the services' tables hold JSON-schema keywords with JSON values, typed `object` there: the
+    # services do not import pydantic for its JsonDict
+    return pydantic.Field(default=default, json_schema_extra=cast(JsonDict, dict(documented[field])))
 
 MAX_JSON_DEPTH = 64
 
@@ -63,7 +67,7 @@ def param_path(loc: tuple) -> str | None:
     return out or None
 
 
-def _message(error: dict, param: str | None) -> str:
+def _message(error: ErrorDetails, param: str | None) -> str:
     kind = error["type"]
     if kind == "missing":
         return f"Missing required parameter: '{param}'."

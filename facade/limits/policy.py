@@ -37,10 +37,7 @@ class Limits:
     tokens_per_month: int = 0
 
     def over(self, base: Limits) -> Limits:
-        """These limits where set (not None), `base`'s elsewhere (`base` itself when none is set:
-        the usual case, made on every request)."""
-        changes = {name: v for name in LIMIT_NAMES if (v := getattr(self, name)) is not None}
-        return replace(base, **changes) if changes else base
+        return _over(self, base)
 
     @property
     def counts_tokens(self) -> bool:
@@ -59,7 +56,15 @@ class LimitClaims:
     tokens_per_day: int | None = None
     tokens_per_month: int | None = None
 
-    over = Limits.over
+    def over(self, base: Limits) -> Limits:
+        return _over(self, base)
+
+
+def _over(limits: Limits | LimitClaims, base: Limits) -> Limits:
+    """`limits` where set (not None), `base`'s elsewhere (`base` itself when none is set:
+    the usual case, made on every request)."""
+    changes = {name: v for name in LIMIT_NAMES if (v := getattr(limits, name)) is not None}
+    return replace(base, **changes) if changes else base
 
 
 NO_LIMITS = Limits()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -47,7 +47,7 @@ class ResponsesStore:
         self.retention_s = retention_s
         self._clock = clock
 
-    async def save(self, subject: str, response: dict, input_items: Sequence[dict]) -> None:
+    async def save(self, subject: str, response: Mapping[str, Any], input_items: Sequence[dict]) -> None:
         """Keeps a response (the API's Response object, with its id) and its input items, in order;
         each item has an `id`."""
         now = self._clock()

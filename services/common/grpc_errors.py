@@ -34,7 +34,7 @@ def abort_on_service_error(method: Callable) -> Callable:
                     yield item
             except grpc.aio.AbortError:
                 raise
-            except Exception as err:  # noqa: BLE001 - the status is chosen in _abort
+            except Exception as err:  # any: the status is chosen in _abort
                 await _abort(context, err)
 
         return stream_wrapper
@@ -45,7 +45,7 @@ def abort_on_service_error(method: Callable) -> Callable:
             return await method(self, request, context)
         except grpc.aio.AbortError:
             raise
-        except Exception as err:  # noqa: BLE001 - the status is chosen in _abort
+        except Exception as err:  # any: the status is chosen in _abort
             await _abort(context, err)
 
     return unary_wrapper

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import orjson
 import logging
 import os
 import time
 
+import orjson
 from opentelemetry import trace
 
 # attributes that logging itself puts on every record; anything else was passed in `extra`

@@ -7,8 +7,8 @@ from typing import Any, Generic, TypeVar
 
 from hubmesh.common.v1 import common_pb2 as common_pb
 from services.common.catalog import CatalogEntry
-from services.common.triton_backend import all_ready
 from services.common.errors import ModelNotFound
+from services.common.triton_backend import all_ready
 
 Entry = TypeVar("Entry", bound=CatalogEntry)
 

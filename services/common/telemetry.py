@@ -14,9 +14,10 @@ from collections.abc import Mapping
 import grpc
 from opentelemetry import trace
 from opentelemetry.propagate import inject
+from opentelemetry.propagators.textmap import Setter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
 URL_ATTRIBUTES = ("url.full", "http.url", "http.target", "url.query")
 
@@ -38,14 +39,17 @@ def configure_tracing(default_service_name: str, env: Mapping[str, str] = os.env
     if env.get("OTEL_SDK_DISABLED", "").lower() == "true":
         return None
     protocol = env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+    exporter: type[SpanExporter]
     if protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpanExporter
+        exporter = GrpcSpanExporter
     else:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
+        exporter = HttpSpanExporter
     resource = Resource.create({"service.name": env.get("OTEL_SERVICE_NAME") or default_service_name})
     provider = TracerProvider(resource=resource)
     provider.add_span_processor(_DropQueryStrings())
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    provider.add_span_processor(BatchSpanProcessor(exporter()))
     trace.set_tracer_provider(provider)
     return provider
 
@@ -93,7 +97,7 @@ class TracingUnaryInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
         return call
 
 
-class _MetadataSetter:
+class _MetadataSetter(Setter[grpc.aio.Metadata]):
     def set(self, carrier: grpc.aio.Metadata, key: str, value: str) -> None:
         carrier[key] = value
 

@@ -126,8 +126,18 @@ def outputs(response: service_pb2.ModelInferResponse) -> dict[str, np.ndarray | 
         dtype, field = _NUMERIC[output.datatype]
         if raw is not None:
             array = np.frombuffer(raw, dtype=dtype)
+        elif field is None:  # FP16 has no typed contents: Triton always sends it raw
+            raise ValueError(f"output {output.name!r}: {output.datatype} without raw contents")
         else:
             array = np.array(list(getattr(output.contents, field)), dtype=dtype)
         shape = list(output.shape)
         result[output.name] = array.reshape(shape) if math.prod(shape) == array.size else array
     return result
+
+
+def numeric(values: dict[str, np.ndarray | list[str]], name: str) -> np.ndarray:
+    """A numeric output of outputs() by name (a BYTES output there is a list of text)."""
+    value = values[name]
+    if not isinstance(value, np.ndarray):
+        raise TypeError(f"output {name!r} is BYTES, not a numeric tensor")
+    return value

@@ -41,8 +41,8 @@ class TritonEmbeddingsBackend(TritonBackend):
 
     async def _infer(self, request: service_pb2.ModelInferRequest) -> tuple[np.ndarray, list[int]]:
         values = triton_tensors.outputs(await self._model_infer(request))
-        vectors = values["embedding"].astype(np.float32, copy=False)
-        return vectors, values["num_tokens"].reshape(-1).tolist()
+        vectors = triton_tensors.numeric(values, "embedding").astype(np.float32, copy=False)
+        return vectors, triton_tensors.numeric(values, "num_tokens").reshape(-1).tolist()
 
     async def embed_texts(self, model: str, texts: list[str]) -> tuple[np.ndarray, list[int]]:
         request = triton_tensors.new_request(model)

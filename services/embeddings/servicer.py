@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -44,7 +45,7 @@ class EmbeddingsServicer(CatalogServicer[EmbeddingModel], pb_grpc.EmbeddingsServ
 
     _backend: EmbeddingsBackend
 
-    def __init__(self, backend: EmbeddingsBackend, catalog: dict[str, EmbeddingModel], chunk_size: int = 32) -> None:
+    def __init__(self, backend: EmbeddingsBackend, catalog: Mapping[str, EmbeddingModel], chunk_size: int = 32) -> None:
         super().__init__(backend, catalog)
         self._chunk_size = chunk_size
 

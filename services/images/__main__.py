@@ -5,7 +5,7 @@ import logging
 from hubmesh.images.v1 import images_pb2_grpc as pb_grpc
 from services.common.server import Wiring, run_modality_service
 from services.images.backend import TritonImagesBackend
-from services.images.catalog import load_catalog
+from services.images.catalog import ImageModel, load_catalog
 from services.images.servicer import ImagesServicer
 from services.images.settings import Settings
 from services.images.storage import LocalDirectoryStore, sweep_forever
@@ -13,7 +13,7 @@ from services.images.storage import LocalDirectoryStore, sweep_forever
 log = logging.getLogger("services.images")
 
 
-def images_servicer(wiring: Wiring[Settings, TritonImagesBackend]) -> ImagesServicer:
+def images_servicer(wiring: Wiring[Settings, TritonImagesBackend, ImageModel]) -> ImagesServicer:
     """The servicer, its image store, and the sweeper that deletes expired images."""
     settings = wiring.settings
     store = LocalDirectoryStore(settings.store_dir)

@@ -46,4 +46,4 @@ class TritonImagesBackend(TritonBackend):
             triton_tensors.add_array(request, name, np.array([number], dtype=np.int32))
         if seed is not None:
             triton_tensors.add_array(request, "seed", np.array([seed], dtype=np.int64))
-        return triton_tensors.outputs(await self._model_infer(request))["images"]
+        return triton_tensors.numeric(triton_tensors.outputs(await self._model_infer(request)), "images")

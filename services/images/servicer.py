@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 
 from hubmesh.common.v1 import common_pb2 as common_pb
 from hubmesh.images.v1 import images_pb2 as pb
@@ -23,7 +24,7 @@ class ImagesServicer(CatalogServicer[ImageModel], pb_grpc.ImagesServicer):
 
     _backend: ImagesBackend
 
-    def __init__(self, backend: ImagesBackend, catalog: dict[str, ImageModel], store: ImageStore, ttl_s: float) -> None:
+    def __init__(self, backend: ImagesBackend, catalog: Mapping[str, ImageModel], store: ImageStore, ttl_s: float) -> None:
         super().__init__(backend, catalog)
         self._store = store
         self._ttl_s = ttl_s

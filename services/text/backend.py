@@ -16,7 +16,7 @@ import contextlib
 import logging
 import time
 import weakref
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any, Protocol
 
 import grpc
@@ -24,9 +24,9 @@ from opentelemetry import trace
 from tritonclient.grpc import service_pb2
 
 from services.common.call_context import CALL_NOTES
-from services.common.triton_backend import TritonBackend
 from services.common.metrics import MIGRATION_SECONDS, MIGRATIONS, STALLS
 from services.common.pickers import UNIT_CHARS
+from services.common.triton_backend import TritonBackend
 from services.common.triton_errors import classify_triton_error, from_triton_exception
 from services.text import migration
 from services.text.contract import GenerationChunk, generation_request, parse_response
@@ -49,7 +49,7 @@ class TextBackend(Protocol):
 
     def generate(
         self, model: str, prompt: str, sampling: Mapping[str, Any], stream: bool
-    ) -> AsyncIterator[GenerationChunk]:
+    ) -> AsyncGenerator[GenerationChunk, None]:
         """Chunks of one generation; closing the iterator early cancels the work in the model."""
         ...
 
@@ -85,7 +85,7 @@ class TritonTextBackend(TritonBackend):
 
     async def generate(
         self, model: str, prompt: str, sampling: Mapping[str, Any], stream: bool
-    ) -> AsyncIterator[GenerationChunk]:
+    ) -> AsyncGenerator[GenerationChunk, None]:
         first = generation_request(model, prompt, sampling, stream)
         if model not in self._models:
             self._models[model] = None
@@ -126,7 +126,8 @@ class TritonTextBackend(TritonBackend):
             except _Gone as gone:
                 if gone.stall is not None:
                     self._note_stall(decision, gone.stall)
-                if progress.unfinished() is None:
+                unfinished = progress.unfinished()
+                if unfinished is None:
                     return  # every choice had finished: nothing was lost
                 if not progress.tokens and not answered and segment.choice is None:
                     if not self.may_retry(decision, gone.err, tried):
@@ -138,7 +139,7 @@ class TritonTextBackend(TritonBackend):
                 migrations += 1
                 lost_at = time.monotonic()
                 self._note_migration(model, decision, progress, migrations)
-                segment = migration.continuation(first, progress, progress.unfinished(), prompt, sampling)
+                segment = migration.continuation(first, progress, unfinished, prompt, sampling)
             finally:
                 self.stalls.unwatch(watch)
                 self.picker.done(decision, *reported)

@@ -12,7 +12,7 @@ output.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from services.common.errors import TokenBudgetExceeded
 from services.text.contract import GenerationChunk
@@ -30,7 +30,9 @@ def shares(left: int, n: int) -> list[int]:
     return [left // n + (1 if i < left % n else 0) for i in range(n)]
 
 
-async def within_budget(chunks: AsyncIterator[GenerationChunk], budget: int, n: int) -> AsyncIterator[GenerationChunk]:
+async def within_budget(
+    chunks: AsyncGenerator[GenerationChunk, None], budget: int, n: int
+) -> AsyncGenerator[GenerationChunk, None]:
     allowed: list[int] | None = None
     used = [0] * n
     done = [False] * n

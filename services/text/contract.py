@@ -28,14 +28,13 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from tritonclient.grpc import service_pb2
 
 from services.common import triton_tensors
-
 
 UNLIKELY = -9999.0  # OpenAI's logprob for a token the model gives (next to) no probability
 

@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass, field
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from services.common import triton_tensors
-from services.text.contract import GenerationChunk
+from services.text.contract import GenerationChunk, TokenLogprob
 
 
 @dataclass
@@ -85,15 +85,17 @@ class Segment:
         if self.choice is None:
             return chunk
         c, n = self.choice, self.n
-        texts, reasons, counts = [""] * n, [None] * n, [0] * n
+        texts: list[str] = [""] * n
+        reasons: list[str | None] = [None] * n
+        counts: list[int] = [0] * n
         texts[c] = chunk.texts[0] if chunk.texts else ""
         reasons[c] = chunk.finish_reasons[0] if chunk.finish_reasons else None
         counts[c] = chunk.num_output_tokens[0] if chunk.num_output_tokens else 0
-        ids = None
+        ids: list[list[int]] | None = None
         if chunk.token_ids is not None:
             ids = [[] for _ in range(n)]
             ids[c] = chunk.token_ids[0] if chunk.token_ids else []
-        logprobs = None
+        logprobs: list[list[TokenLogprob] | None] | None = None
         if chunk.logprobs is not None:
             logprobs = [None] * n
             logprobs[c] = chunk.logprobs[0] if chunk.logprobs else None

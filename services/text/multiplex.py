@@ -219,7 +219,7 @@ class Multiplexer:
             return abort.status_bytes()
         except TimeoutError:
             return DEADLINE_EXCEEDED
-        except Exception:  # noqa: BLE001 - GenerateStream ends its own errors; this is a bug elsewhere
+        except Exception:  # GenerateStream ends its own errors; this is a bug elsewhere
             log.exception("stream %d of a GenerateMany call failed", stream_id)
             return INTERNAL
         return b""

@@ -12,7 +12,13 @@ from hubmesh.text.v1 import text_generation_pb2 as pb
 from hubmesh.text.v1 import text_generation_pb2_grpc as pb_grpc
 from services.common.errors import InvalidArgument
 from services.common.grpc_errors import abort_on_service_error
+from services.common.metrics import StreamTimer, count_tokens
 from services.common.servicer import CatalogServicer
+from services.common.telemetry import set_genai_attributes
+from services.text import budget
+from services.text.backend import GenerationChunk, TextBackend
+from services.text.catalog import ModelEntry
+from services.text.contract import TokenLogprob
 from services.text.limits import (
     LOGIT_BIAS_RANGE,
     MAX_CHOICES,
@@ -21,17 +27,10 @@ from services.text.limits import (
     MAX_TOP_LOGPROBS,
     RANGES,
 )
-from services.common.metrics import StreamTimer, count_tokens
-from services.common.telemetry import set_genai_attributes
-from services.text import budget
-from services.text.backend import GenerationChunk, TextBackend
-from services.text.catalog import ModelEntry
-from services.text.contract import TokenLogprob
 from services.text.multiplex import Multiplexer
 from services.text.sampling_plan import SamplingPlan
 from services.text.structured import Mode, OutputPlan, plan_output
 from services.text.tool_calls import CallStart, Content, Event, ToolCallParser
-
 
 FINISH_REASONS = {"stop": pb.FINISH_REASON_STOP, "length": pb.FINISH_REASON_LENGTH}
 TOOL_CHOICE_NAMES = {pb.TOOL_CHOICE_MODE_AUTO: "auto", pb.TOOL_CHOICE_MODE_REQUIRED: "required"}
@@ -176,7 +175,7 @@ class TextGenerationServicer(CatalogServicer[ModelEntry], pb_grpc.TextGeneration
     ) -> AsyncIterator[pb.GenerateStreamResponse]:
         entry, prompt, sampling, plan = self._prepare(request)
         usage = pb.Usage()
-        finished: dict[int, int] = {}  # backends repeat a choice's finish_reason in later responses
+        finished: dict[int, pb.FinishReason] = {}  # backends repeat a choice's finish_reason in later responses
         parsers: dict[int, ToolCallParser] = {}
         top_k = sampling.get("logprobs")
         held: dict[int, list[pb.TokenLogprob]] = {}  # tokens whose choice had no delta to carry them yet
@@ -194,7 +193,10 @@ class TextGenerationServicer(CatalogServicer[ModelEntry], pb_grpc.TextGeneration
                     events = parser.feed(text) + (parser.finish() if reason else [])
                     deltas = [_delta(i, event) for event in events]
                 if reason:  # on a delta of its own, as OpenAI sends it
-                    finished[i] = FINISH_REASONS.get(reason, 0) if plan.mode is Mode.TEXT else _finish_reason(reason, parser)
+                    if plan.mode is Mode.TEXT:
+                        finished[i] = FINISH_REASONS.get(reason, pb.FINISH_REASON_UNSPECIFIED)
+                    else:
+                        finished[i] = _finish_reason(reason, parser)
                     deltas.append(pb.ChoiceDelta(index=i, finish_reason=finished[i]))
                 if top_k is not None:
                     _carry_logprobs(deltas, held, i, chunk, top_k)
@@ -234,7 +236,9 @@ class TextGenerationServicer(CatalogServicer[ModelEntry], pb_grpc.TextGeneration
 def _render_chat(entry: ModelEntry, request: pb.GenerateRequest, plan: OutputPlan) -> str:
     """The prompt of a chat request: the model's template, or its tool template when tools,
     tool calls or tool results are in play (transformers' message and tool shapes)."""
-    messages, names_by_id, uses_tools = [], {}, plan.prompt_tools is not None
+    messages: list[dict[str, Any]] = []
+    names_by_id: dict[str, str] = {}
+    uses_tools = plan.prompt_tools is not None
     for m in request.chat.messages:
         message: dict[str, Any] = {"role": m.role, "content": m.content}
         if m.HasField("name"):
@@ -277,11 +281,11 @@ def _parser(plan: OutputPlan) -> ToolCallParser:
     return ToolCallParser(plan.mode, plan.tool_names, plan.parallel)
 
 
-def _finish_reason(reason: str | None, parser: ToolCallParser) -> int:
+def _finish_reason(reason: str | None, parser: ToolCallParser) -> pb.FinishReason:
     """tool_calls when the choice ended with complete calls (even if the budget ran out after them)."""
     if parser.calls and parser.complete:
         return pb.FINISH_REASON_TOOL_CALLS
-    return FINISH_REASONS.get(reason or "", 0)
+    return FINISH_REASONS.get(reason or "", pb.FINISH_REASON_UNSPECIFIED)
 
 
 def _reason_name(reason: int) -> str:

@@ -303,6 +303,7 @@ class StallGuard:
             await asyncio.sleep(self.policy.tick_s)
             try:
                 for watch in self.check(self.clock()):
+                    assert watch.stall is not None, "check() returns the calls it declared stalled"
                     log.warning("%s", watch.stall.describe(watch.replica.address))
             except Exception:  # a failing check never stops the guard
                 log.exception("stall check failed")

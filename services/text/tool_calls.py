@@ -206,7 +206,11 @@ class ToolCallParser:
         if self.calls:
             return  # text after the calls is not part of the message
         text = self._held + text
-        cut = _HELD_BEFORE_CALL.search(text).start() if self.mode is not Mode.TEXT else len(text)
+        if self.mode is Mode.TEXT:
+            cut = len(text)
+        else:
+            held = _HELD_BEFORE_CALL.search(text)  # always matches: all of it is optional
+            cut = held.start() if held else len(text)
         self._held = text[cut:]
         if cut:
             self._events.append(Content(text[:cut]))
@@ -229,7 +233,7 @@ class ToolCallParser:
     def _auto(self) -> None:
         while self._pending:
             if self._scanner is not None:
-                self._auto_arguments()
+                self._auto_arguments(self._scanner)
             elif self._closing:
                 stripped = self._pending.lstrip()
                 if not stripped:
@@ -246,7 +250,7 @@ class ToolCallParser:
                 if not self._auto_text():
                     return
         if self._scanner is not None and self._scanner.done:
-            self._auto_arguments()
+            self._auto_arguments(self._scanner)
 
     def _auto_text(self) -> bool:
         """Consumes text up to a call's beginning; False when the rest must wait for more output."""
@@ -270,21 +274,21 @@ class ToolCallParser:
         self._pending = self._pending[safe:]
         return False
 
-    def _auto_arguments(self) -> None:
+    def _auto_arguments(self, scanner: _ValueScanner) -> None:
         fragment, consumed = [], 0
         for ch in self._pending:
-            if self._scanner.take(ch):
+            if scanner.take(ch):
                 fragment.append(ch)
                 consumed += 1
-            elif self._scanner.done:
+            elif scanner.done:
                 break  # the delimiter after a bare value belongs to what follows
             else:
                 consumed += 1  # whitespace before the value
-            if self._scanner.done:
+            if scanner.done:
                 break
         self._arguments(len(self.calls) - 1, "".join(fragment))
         self._pending = self._pending[consumed:]
-        if self._scanner.done:
+        if scanner.done:
             self._scanner = None
             self._closing = True
 
@@ -343,21 +347,24 @@ class ToolCallParser:
         self._state = "object"
         self._call_name, self._call_args, self._call_index = None, [], None
 
-    def _name_read(self, name: str) -> None:
+    def _name_read(self, name: str) -> int:
         self._call_name = name
-        self._call_index = self._start_call(name)
+        self._call_index = index = self._start_call(name)
         for fragment in self._call_args:
-            self._arguments(self._call_index, fragment)
+            self._arguments(index, fragment)
         self._call_args = []
+        return index
 
     def _value_char(self, ch: str) -> None:
-        belongs = self._scanner.take(ch)
+        scanner = self._scanner
+        assert scanner is not None, "the value state always has its scanner"
+        belongs = scanner.take(ch)
         if belongs and self._key == "arguments":
             if self._call_index is None:
                 self._call_args.append(ch)
             else:
                 self._arguments(self._call_index, ch)
-        if self._scanner.done:
+        if scanner.done:
             self._value_done()
             if not belongs:
                 self._calls_char(ch)
@@ -366,11 +373,12 @@ class ToolCallParser:
         self._scanner, self._state, self._key = None, "object", ""
 
     def _close_call(self) -> None:
-        if self._call_index is None:
-            self._name_read(self._call_name or "")
-        call = self.calls[self._call_index]
+        index = self._call_index
+        if index is None:
+            index = self._name_read(self._call_name or "")
+        call = self.calls[index]
         if not call.arguments:
-            self._arguments(self._call_index, "{}")
+            self._arguments(index, "{}")
         call.complete = True
         self._state = "items" if self._array else "done"
 

@@ -3,6 +3,8 @@ server honours) and its mapping to the text service's GenerateRequests (one per 
 
 from __future__ import annotations
 
+from typing import cast
+
 from pydantic import Field, StrictBool, StrictInt, StrictStr, field_validator
 
 from facade.api.text.sampling import SamplingFields, max_tokens_of, shows_limit
@@ -38,7 +40,9 @@ class CompletionRequest(SamplingFields):
     def prompts(self) -> list[str]:
         if self.prompt is None:
             return [""]
-        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+        if isinstance(self.prompt, str):
+            return [self.prompt]
+        return list(cast("list[str]", self.prompt))  # _prompt refuses lists of token ids
 
     def to_protos(self, caller: common_pb.Caller | None = None) -> list[pb.GenerateRequest]:
         self.check_stream_options()

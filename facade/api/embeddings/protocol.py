@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, cast
 
 from pydantic import BaseModel, ConfigDict, StrictStr
 
@@ -31,8 +31,10 @@ class EmbeddingRequest(BaseModel):
         elif value and isinstance(value[0], int):  # one input given as token ids
             inputs = [pb.EmbedInput(tokens=pb.TokenIds(ids=value))]
         else:  # texts, or inputs of token ids (an empty list is the service's to refuse)
+            # no int first: validation took the list whole as texts or as lists of token ids
+            items = cast("list[str] | list[list[int]]", value)
             inputs = [pb.EmbedInput(tokens=pb.TokenIds(ids=item)) if isinstance(item, list) else pb.EmbedInput(text=item)
-                      for item in value]
+                      for item in items]
         request = pb.EmbedRequest(model=self.model, inputs=inputs, caller=caller)
         if self.dimensions is not None:
             request.dimensions = self.dimensions

@@ -9,10 +9,17 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from facade.api.response_bodies import Response
+from facade.api.response_bodies import (
+    ItemStatus,
+    Response,
+    ResponseFunctionToolCall,
+    ResponseOutputItem,
+    ResponseOutputMessage,
+    ResponseOutputText,
+)
 from facade.api.responses.conversation import renamed
 from facade.api.responses.protocol import ResponseRequest, new_id, output_text
-from facade.api.responses.response_object import failure, response_json, usage_json
+from facade.api.responses.response_object import ResponseStatus, failure, response_json, usage_json
 from facade.errors import OpenAIError
 from facade.sse import EventStream
 from hubmesh.text.v1 import text_generation_pb2 as pb
@@ -32,7 +39,8 @@ class ResponseEvents:
         self._events: _Numbered | None = None
         self._output: _StreamedOutput | None = None
 
-    def _response(self, status: str, output: list[dict], usage: pb.Usage | None, **extra: Any) -> Response:
+    def _response(self, status: ResponseStatus, output: list[ResponseOutputItem], usage: pb.Usage | None,
+                  **extra: Any) -> Response:
         return response_json(self._body, self._id, self._at, status=status, output=output,
                              usage=usage_json(usage) if usage is not None else None, model=self._model, **extra)
 
@@ -94,13 +102,14 @@ class _StreamedOutput:
 
     def __init__(self, events: _Numbered) -> None:
         self.events = events
-        self.output: list[dict] = []
-        self.message: dict | None = None  # the open message item, its text in content[0]
-        self.call: dict | None = None  # the open function call item
+        self.output: list[ResponseOutputItem] = []
+        self.message: ResponseOutputMessage | None = None  # the open message item
+        self.text: ResponseOutputText | None = None  # the open message's text: its content[0]
+        self.call: ResponseFunctionToolCall | None = None  # the open function call item
         self.finish = pb.FINISH_REASON_UNSPECIFIED
 
     @property
-    def status(self) -> str:
+    def status(self) -> ItemStatus:
         return "incomplete" if self.finish == pb.FINISH_REASON_LENGTH else "completed"
 
     async def add(self, delta: pb.ChoiceDelta) -> bool:
@@ -108,9 +117,9 @@ class _StreamedOutput:
         wrote = False
         if delta.text:
             await self._close_call("completed")
-            if self.message is None:
-                await self._open_message()
-            self.message["content"][0]["text"] += delta.text
+            if self.message is None or self.text is None:
+                self.message, self.text = await self._open_message()
+            self.text["text"] += delta.text
             wrote = True
             await self.events.send("response.output_text.delta", item_id=self.message["id"],
                                    output_index=len(self.output) - 1, content_index=0, delta=delta.text, logprobs=[])
@@ -136,26 +145,28 @@ class _StreamedOutput:
         """Closes what is open (incomplete when the token budget ran out); an answer with no text
         and no call is one empty message."""
         if not self.output:
-            await self._open_message()
+            self.message, self.text = await self._open_message()
         await self._close_message(self.status)
         await self._close_call(self.status)
 
-    async def _open_message(self) -> None:
-        self.message = {"type": "message", "id": new_id("msg"), "status": "in_progress", "role": "assistant",
-                        "content": []}
-        self.output.append(self.message)
+    async def _open_message(self) -> tuple[ResponseOutputMessage, ResponseOutputText]:
+        """A new message item, and its text part (empty)."""
+        message: ResponseOutputMessage = {"type": "message", "id": new_id("msg"), "status": "in_progress",
+                                          "role": "assistant", "content": []}
+        self.output.append(message)
         index = len(self.output) - 1
-        await self.events.send("response.output_item.added", output_index=index, item=self.message)
-        self.message["content"].append(output_text(""))
-        await self.events.send("response.content_part.added", item_id=self.message["id"], output_index=index,
-                               content_index=0, part=self.message["content"][0])
+        await self.events.send("response.output_item.added", output_index=index, item=message)
+        part = output_text("")
+        message["content"].append(part)
+        await self.events.send("response.content_part.added", item_id=message["id"], output_index=index,
+                               content_index=0, part=part)
+        return message, part
 
-    async def _close_message(self, status: str) -> None:
-        item, self.message = self.message, None
-        if item is None:
+    async def _close_message(self, status: ItemStatus) -> None:
+        item, part, self.message, self.text = self.message, self.text, None, None
+        if item is None or part is None:
             return
         index = self.output.index(item)
-        part = item["content"][0]
         await self.events.send("response.output_text.done", item_id=item["id"], output_index=index,
                                content_index=0, text=part["text"], logprobs=[])
         await self.events.send("response.content_part.done", item_id=item["id"], output_index=index,
@@ -163,7 +174,7 @@ class _StreamedOutput:
         item["status"] = status
         await self.events.send("response.output_item.done", output_index=index, item=item)
 
-    async def _close_call(self, status: str) -> None:
+    async def _close_call(self, status: ItemStatus) -> None:
         item, self.call = self.call, None
         if item is None:
             return

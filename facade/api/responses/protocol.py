@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import re
 import uuid
-from typing import Annotated, Any, ClassVar, Literal
+from collections.abc import Sequence
+from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
 
 import pydantic
 from pydantic import (
@@ -25,7 +26,15 @@ from pydantic import (
 )
 
 from facade.api.chat.protocol import NAME_PATTERN
-from facade.api.response_bodies import ResponseStreamEventType
+from facade.api.response_bodies import (
+    ResponseFormatJsonObjectConfig,
+    ResponseFormatJsonSchemaConfig,
+    ResponseFormatTextConfig,
+    ResponseInputText,
+    ResponseOutputText,
+    ResponseRefusal,
+    ResponseStreamEventType,
+)
 from facade.api.text.sampling import shows_limit
 from facade.api.validation import UInt32
 from facade.errors import OpenAIError, invalid
@@ -49,7 +58,10 @@ def shown(value: str, most: int = 100) -> str:
     return value if len(value) <= most else value[:most] + "..."
 
 
-def output_text(text: str) -> dict:
+CanonicalPart = ResponseInputText | ResponseOutputText | ResponseRefusal  # a content part as kept and sent
+
+
+def output_text(text: str) -> ResponseOutputText:
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
 
 
@@ -104,10 +116,11 @@ class ContentPart(BaseModel):
             raise ValueError("a refusal part needs its refusal")
         return value
 
-    def canonical(self, assistant: bool) -> dict:
+    def canonical(self, assistant: bool) -> CanonicalPart:
+        # the validators leave no text part without its text, and no refusal without its refusal
         if self.type == "refusal":
-            return {"type": "refusal", "refusal": self.refusal}
-        return output_text(self.text or "") if assistant else {"type": "input_text", "text": self.text}
+            return {"type": "refusal", "refusal": self.refusal or ""}
+        return output_text(self.text or "") if assistant else {"type": "input_text", "text": self.text or ""}
 
 
 class AssistantContentPart(ContentPart):
@@ -116,18 +129,21 @@ class AssistantContentPart(ContentPart):
     ALLOWED: ClassVar[tuple[str, ...]] = (*TEXT_PARTS, "refusal")
 
 
-def _parts(content: str | list[ContentPart], assistant: bool) -> list[dict]:
+def _parts(content: str | Sequence[ContentPart], assistant: bool) -> list[CanonicalPart]:
     if isinstance(content, str):
         return [output_text(content) if assistant else {"type": "input_text", "text": content}]
     return [part.canonical(assistant) for part in content]
 
 
-class MessageItem(_Item):
-    """A message of the user, the system or the developer (any role but the assistant's)."""
+Part = TypeVar("Part", bound=ContentPart)
+
+
+class _Message(_Item, Generic[Part]):
+    """A message; `Part`: the content parts its role may send."""
 
     type: Literal["message"] = "message"
     role: Any = Field(None, validate_default=True)
-    content: StrictStr | list[ContentPart]
+    content: StrictStr | list[Part]
 
     @field_validator("role")
     @classmethod
@@ -144,10 +160,12 @@ class MessageItem(_Item):
                 "content": _parts(self.content, self.role == "assistant")}
 
 
-class AssistantMessageItem(MessageItem):
-    """An assistant's message: its parts may be refusals."""
+class MessageItem(_Message[ContentPart]):
+    """A message of the user, the system or the developer (any role but the assistant's)."""
 
-    content: StrictStr | list[AssistantContentPart]
+
+class AssistantMessageItem(_Message[AssistantContentPart]):
+    """An assistant's message: its parts may be refusals."""
 
 
 class FunctionCallItem(_Item):
@@ -167,23 +185,30 @@ class FunctionCallOutputItem(_Item):
     output: StrictStr | list[ContentPart]  # content parts: their text
 
     def canonical(self) -> dict:
-        output = self.output if isinstance(self.output, str) else "".join(
-            part["text"] for part in _parts(self.output, assistant=False))
+        # content parts: text parts (a ContentPart is no refusal), each with its text
+        output = self.output if isinstance(self.output, str) else "".join(part.text or "" for part in self.output)
         return {"type": "function_call_output", "id": self._id("fco"), "call_id": self.call_id, "output": output,
                 "status": self._status()}
 
 
-class UntypedItem(BaseModel):
-    """An object with neither `type` nor `role`: what it lacks is its type."""
+class _Refused(BaseModel):
+    """An item the union's tag marks as one validation refuses (its error names what is wrong)."""
 
     model_config = ConfigDict(extra="ignore", strict=True)
+
+    def canonical(self) -> dict:
+        raise AssertionError(f"{type(self).__name__} never validates")
+
+
+class UntypedItem(_Refused):
+    """An object with neither `type` nor `role`: what it lacks is its type."""
+
     type: StrictStr
 
 
-class UnsupportedItem(BaseModel):
+class UnsupportedItem(_Refused):
     """An item of a type this server does not take."""
 
-    model_config = ConfigDict(extra="ignore", strict=True)
     type: Any
 
     @field_validator("type")
@@ -303,17 +328,22 @@ class ResponsesTextFormat(BaseModel):
     def to_chat(self) -> dict:
         if self.type != "json_schema":
             return {"type": self.type}
-        schema = {"name": self.name, "schema": self.schema_}
+        schema: dict[str, Any] = {"name": self.name, "schema": self.schema_}
         if self.description is not None:
             schema["description"] = self.description
         if self.strict is not None:
             schema["strict"] = self.strict
         return {"type": "json_schema", "json_schema": schema}
 
-    def echo(self) -> dict:
-        if self.type != "json_schema":
-            return {"type": self.type}
-        echoed = {"type": "json_schema", "name": self.name, "schema": self.schema_, "strict": self.strict}
+    def echo(self) -> ResponseFormatTextConfig | ResponseFormatJsonObjectConfig | ResponseFormatJsonSchemaConfig:
+        if self.type == "text":
+            return {"type": "text"}
+        if self.type == "json_object":
+            return {"type": "json_object"}
+        # _json_schema_needs_name_and_schema: a json_schema format has both
+        assert self.name is not None and self.schema_ is not None
+        echoed: ResponseFormatJsonSchemaConfig = {"type": "json_schema", "name": self.name, "schema": self.schema_,
+                                                  "strict": self.strict}
         if self.description is not None:
             echoed["description"] = self.description
         return echoed

@@ -3,11 +3,26 @@ filled in), its output items and usage."""
 
 from __future__ import annotations
 
-from facade.api.response_bodies import Response, ResponseError, ResponseFunctionTool, ResponseTextConfig, ResponseUsage
+from typing import Literal
+
+from facade.api.response_bodies import (
+    ItemStatus,
+    Response,
+    ResponseError,
+    ResponseFunctionTool,
+    ResponseFunctionToolCall,
+    ResponseOutputItem,
+    ResponseOutputMessage,
+    ResponseTextConfig,
+    ResponseToolChoiceFunction,
+    ResponseUsage,
+)
 from facade.api.responses.protocol import ResponseRequest, ResponsesToolChoiceFunction, new_id, output_text
 from facade.api.text.generation import now
 from facade.errors import OpenAIError
 from hubmesh.text.v1 import text_generation_pb2 as pb
+
+ResponseStatus = Literal["in_progress", "completed", "incomplete", "failed"]  # Response's status
 
 
 def usage_json(usage: pb.Usage) -> ResponseUsage:
@@ -26,13 +41,16 @@ def _tools_json(body: ResponseRequest) -> list[ResponseFunctionTool]:
              "strict": True} for t in body.tools or ()]
 
 
-def response_json(body: ResponseRequest, response_id: str, created_at: int, *, status: str, output: list[dict],
-                  usage: ResponseUsage | None, model: str, error: ResponseError | None = None) -> Response:
+def response_json(body: ResponseRequest, response_id: str, created_at: int, *, status: ResponseStatus,
+                  output: list[ResponseOutputItem], usage: ResponseUsage | None, model: str,
+                  error: ResponseError | None = None) -> Response:
     """The Response object: the outcome, and the request's settings with the defaults filled in."""
     text: ResponseTextConfig = {"format": body.format.echo() if body.format is not None else {"type": "text"}}
-    tool_choice = body.tool_choice
-    if isinstance(tool_choice, ResponsesToolChoiceFunction):
-        tool_choice = {"type": "function", "name": tool_choice.name}
+    tool_choice: Literal["none", "auto", "required"] | ResponseToolChoiceFunction | None
+    if isinstance(body.tool_choice, ResponsesToolChoiceFunction):
+        tool_choice = {"type": "function", "name": body.tool_choice.name}
+    else:
+        tool_choice = body.tool_choice
     response: Response = {
         "id": response_id,
         "object": "response",
@@ -67,22 +85,24 @@ def response_json(body: ResponseRequest, response_id: str, created_at: int, *, s
     return response
 
 
-def message_item(text: str, status: str, item_id: str | None = None) -> dict:
+def message_item(text: str, status: ItemStatus, item_id: str | None = None) -> ResponseOutputMessage:
     return {"type": "message", "id": item_id or new_id("msg"), "status": status, "role": "assistant",
             "content": [output_text(text)]}
 
 
-def output_items(choice: pb.Choice) -> tuple[list[dict], str]:
+def output_items(choice: pb.Choice) -> tuple[list[ResponseOutputItem], ResponseStatus]:
     """A finished choice as output items (text first, then each call), and the response's status."""
     incomplete = choice.finish_reason == pb.FINISH_REASON_LENGTH
-    status = "incomplete" if incomplete else "completed"
-    output = []
+    status: ResponseStatus = "incomplete" if incomplete else "completed"
+    output: list[ResponseOutputItem] = []
     if choice.text or not choice.tool_calls:
         output.append(message_item(choice.text, "incomplete" if incomplete and not choice.tool_calls else "completed"))
     for i, call in enumerate(choice.tool_calls):
         cut = incomplete and i == len(choice.tool_calls) - 1
-        output.append({"type": "function_call", "id": new_id("fc"), "call_id": call.id, "name": call.name,
-                       "arguments": call.arguments, "status": "incomplete" if cut else "completed"})
+        item: ResponseFunctionToolCall = {"type": "function_call", "id": new_id("fc"), "call_id": call.id,
+                                          "name": call.name, "arguments": call.arguments,
+                                          "status": "incomplete" if cut else "completed"}
+        output.append(item)
     return output, status
 
 

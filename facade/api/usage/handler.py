@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import cast
 
 from aiohttp import web
 
-from facade.api.response_bodies import UsageList
+from facade.api.response_bodies import UsageList, UsageTotals
 from facade.api.usage.protocol import DEFAULT_WINDOW_S, UsageQuery
 from facade.api.validation import parse_query
 from facade.errors import OpenAIError, invalid
@@ -43,6 +44,9 @@ async def get_usage(request: web.Request) -> web.Response:
     except StoreError as err:
         log.error("usage ledger: %s", err)
         raise _unavailable() from None
-    usage: UsageList = {"object": "list", "data": rows[:query.limit], "has_more": len(rows) > query.limit,
+    # the ledger's rows are UsageTotals: the names of group_by, then its TOTALS (the store does not
+    # import the API's types)
+    data = cast(list[UsageTotals], rows[:query.limit])
+    usage: UsageList = {"object": "list", "data": data, "has_more": len(rows) > query.limit,
                         "start": start, "end": end}
     return json_response(usage)

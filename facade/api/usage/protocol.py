@@ -19,7 +19,7 @@ _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 def _groups(value: Any) -> tuple[str, ...]:
     """ "model, day" -> ("model", "day"): names of GROUPS, comma-separated, each once."""
-    names = [name.strip() for name in value.split(",")] if isinstance(value, str) else [None]
+    names = [name.strip() for name in value.split(",")] if isinstance(value, str) else []
     if not names or any(name not in GROUPS for name in names):
         raise ValueError(f"a comma-separated list of {', '.join(GROUPS)}")
     return tuple(dict.fromkeys(names))

@@ -13,12 +13,12 @@ import sys
 # model slowed tenfold beside a busy embedder); passive waits cost nothing measurable here.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import triton_python_backend_utils as pb_utils  # noqa: E402
+import numpy as np
+import torch
+import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from encoder import SentenceEncoder, packaged_model_path  # noqa: E402
+from encoder import SentenceEncoder, packaged_model_path
 
 
 class _BadInput(ValueError):

@@ -21,11 +21,11 @@ import numpy as np
 # take 8-24 s instead of about 2 s on two cores; uncontended, both take about 1.1-1.3 s.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import torch  # noqa: E402
-import triton_python_backend_utils as pb_utils  # noqa: E402
+import torch
+import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from pipeline import ensure_tiny_pipeline, generate, load_pipeline  # noqa: E402
+from pipeline import ensure_tiny_pipeline, generate, load_pipeline
 
 MAX_IMAGES = 10
 MAX_SIDE = 4096  # pixels; far beyond any size the service offers, but bounds memory
@@ -118,7 +118,7 @@ class TritonPythonModel:
             return pb_utils.InferenceResponse(
                 error=pb_utils.TritonError(f"invalid argument: {err}", pb_utils.TritonError.INVALID_ARG)
             )
-        except Exception as err:  # noqa: BLE001 - never raise out of execute(): the whole batch would fail
+        except Exception as err:  # never raise out of execute(): the whole batch would fail
             pb_utils.Logger.log_error(f"[{self.name}] generation failed: {err!r}")
             return pb_utils.InferenceResponse(
                 error=pb_utils.TritonError(f"image generation failed: {err}", pb_utils.TritonError.INTERNAL)

@@ -62,6 +62,6 @@ class TritonPythonModel:
                         reasons[choice] = "length"
                     final = last and choice == n - 1
                     sender.send(self._response(texts, reasons, n_in, counts), flags=FINAL if final else 0)
-        except Exception as err:  # noqa: BLE001 - always a final response
+        except Exception as err:  # always a final response
             sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"Error generating stream: {err}")),
                         flags=FINAL)

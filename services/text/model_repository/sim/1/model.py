@@ -31,7 +31,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from engine import Engine, EngineConfig, InvalidRequest, new_request  # noqa: E402
+from engine import Engine, EngineConfig, InvalidRequest, new_request
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 METRICS_INTERVAL_S = 0.1
@@ -188,7 +188,7 @@ class TritonPythonModel:
                 continue
             try:
                 result = self.engine.step()
-            except Exception as err:  # noqa: BLE001 - every request must still get a final response
+            except Exception as err:  # every request must still get a final response
                 pb_utils.Logger.log_error(f"[{self.name}] engine step failed: {err!r}")
                 self._fail_all(f"Error generating stream: {err}", pb_utils.TritonError.INTERNAL)
                 self.engine = Engine(self.engine.config)
@@ -245,7 +245,7 @@ class TritonPythonModel:
             _, sender = request.handle
             try:
                 sender.send(_error(message, code), flags=FINAL)
-            except Exception as err:  # noqa: BLE001 - the others must still be answered
+            except Exception as err:  # the others must still be answered
                 pb_utils.Logger.log_error(f"[{self.name}] could not fail a request: {err!r}")
 
     def _update_metrics(self, force=False):
@@ -265,7 +265,7 @@ class TritonPythonModel:
             self.late.increment(self.late_s - self.reported_late_s)
             self.reported_late_s = self.late_s
         values = (self.engine.num_running, self.engine.num_waiting, self.engine.pool.usage())
-        for i, (metric, value) in enumerate(zip(self.gauges, values)):
+        for i, (metric, value) in enumerate(zip(self.gauges, values, strict=True)):
             if value != self.reported_gauges[i]:
                 metric.set(value)
                 self.reported_gauges[i] = value

@@ -23,7 +23,6 @@ import warnings
 
 import llguidance
 import numpy as np
-
 from sampling import InvalidSampling
 
 JSON_LAYOUT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}

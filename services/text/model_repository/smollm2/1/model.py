@@ -48,11 +48,10 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from constraint import Constraint, tokenizer_from_llama  # noqa: E402
-from sampling import InvalidSampling, Sampler, SamplingConfig, StopMatcher  # noqa: E402
-from weights import packaged_gguf, widened  # noqa: E402
-
-import llama_cpp  # noqa: E402
+import llama_cpp
+from constraint import Constraint, tokenizer_from_llama
+from sampling import InvalidSampling, Sampler, SamplingConfig, StopMatcher
+from weights import packaged_gguf, widened
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
@@ -162,7 +161,7 @@ class TritonPythonModel:
             except InvalidSampling as err:
                 self.m_outcome["error"].increment(1)
                 self._send_error(sender, f"invalid argument: {err}", pb_utils.TritonError.INVALID_ARG)
-            except Exception as err:  # noqa: BLE001 - the request must always get a final response
+            except Exception as err:  # the request must always get a final response
                 self.m_outcome["error"].increment(1)
                 pb_utils.Logger.log_error(f"[{self.name}] generation failed: {err!r}")
                 self._send_error(sender, f"Error generating stream: {err}", pb_utils.TritonError.INTERNAL)

@@ -234,7 +234,7 @@ def token_logprobs(
     lse = max(lse, top_score + float(np.log(np.exp(listed - top_score).sum())))
     rank = None
     entries: list[tuple[int, float, int]] = []
-    for place, (tid, value) in enumerate(zip(best.tolist(), values.tolist()), start=1):
+    for place, (tid, value) in enumerate(zip(best.tolist(), values.tolist(), strict=True), start=1):
         if tid == token:
             rank = place
         else:
