@@ -210,6 +210,7 @@ class PrefixView:
             if picker is not None:
                 picker.index.insert(address, hashes)
             if replay:
+                VIEW_EVENTS.labels("replayed", "placed").inc()
                 return
             f = self._peer(origin, now).load.setdefault(address, InFlight())
             f.calls += 1

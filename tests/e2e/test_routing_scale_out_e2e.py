@@ -1,7 +1,8 @@
 """Three text services in front of three simulated Tritons, their prefix pickers sharing one routing
 view over a private nats-server (services/text/prefix_view.py): a prefix placed through one service is
 a cache hit through every other; the bus SIGKILLed costs no client an error (each service routes on
-its own index) and the view is live again once the bus is back."""
+its own index) and the view is live again once the bus is back; a text service that crashes and starts
+again learns the placements from the bus's stream."""
 
 from __future__ import annotations
 
@@ -153,3 +154,30 @@ def test_a_lost_bus_costs_no_client_an_error_and_the_view_comes_back(stack):
              10, "peers heard again")
     later = [asyncio.run(generate(stack, s, 300, f"through service {s}")) for s in (1, 2)]
     assert all(hit(u) >= 0.9 for u in later), later
+
+
+def test_a_restarted_service_replays_the_placements_and_hits_at_once(stack):
+    import os
+    import signal
+
+    tenants = range(400, 404)
+    for t in tenants:  # placed through service 0
+        assert hit(asyncio.run(generate(stack, 0, t, "before the crash"))) < 0.1
+    proc = stack.services["text-2"]
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    listen = stack.config.text_ports()[2][0]
+    restarted = stack.spawn_text_service(2)
+    def serving() -> bool:
+        try:
+            return restarted.poll() is None and stack.service_ready("text", listen)
+        except grpc.RpcError:
+            return False  # not listening yet
+
+    wait_for(serving, 60, "text-2 serving again")
+    wait_for(lambda: metric(stack, 2, "hubmesh_prefix_view_live") == 1, 20, "text-2's view live")
+    # everything the others placed since the bus came back, these tenants included, came from the stream
+    assert metric(stack, 2, "hubmesh_prefix_view_events_total", direction="replayed", kind="placed") >= len(tenants)
+    usages = [asyncio.run(generate(stack, 2, t, "after the restart")) for t in tenants]
+    assert all(hit(u) >= 0.9 for u in usages), usages
+    assert metric(stack, 2, "hubmesh_route_decisions_total", reason="prefix") >= len(tenants)
