@@ -22,6 +22,7 @@ import collections
 import itertools
 import logging
 import time
+from typing import cast
 
 import grpc
 from google.rpc import status_pb2
@@ -243,7 +244,7 @@ class TextStreams:
         """What Generate would answer (or raise); cancelling the caller cancels the generation."""
         stream = self._link().open(request, timeout_s, unary=True)
         try:
-            return await stream.read()
+            return cast(pb.GenerateResponse, await stream.read())  # a unary stream's one message: its answer
         finally:
             stream.cancel()  # a no-op once answered
 

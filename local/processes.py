@@ -104,7 +104,7 @@ def wait_until(check: Callable[[], bool], timeout_s: float, what: str, proc: sub
         try:
             if check():
                 return
-        except Exception:  # noqa: BLE001 - not up yet
+        except Exception:  # not up yet
             pass
         time.sleep(0.2)
     raise TimeoutError(f"{what} not ready after {timeout_s:.0f} s{_tail(log_path)}")

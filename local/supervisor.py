@@ -108,7 +108,7 @@ class Supervisor:
             unit.checked_at = now
             try:
                 ready = unit.ready()
-            except Exception:  # noqa: BLE001 - not up yet
+            except Exception:  # not up yet
                 ready = False
             if ready:
                 unit.state = "up"

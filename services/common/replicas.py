@@ -27,7 +27,7 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import aiohttp
@@ -187,7 +187,8 @@ class ReplicaSet:
         # async (replica) -> bool: whether a quarantined replica really computes again (see quarantine)
         self.canary = canary
         self.canary_timeout_s = canary_timeout_s
-        self.canary_deadline = None  # (replica) -> seconds a canary may take there (at least canary_timeout_s)
+        # (replica) -> seconds a canary may take there (at least canary_timeout_s)
+        self.canary_deadline: Callable[[Replica], float] | None = None
         self._canaries: dict[str, asyncio.Task] = {}
         for target in self._targets:
             if not target.discover:
@@ -267,7 +268,7 @@ class ReplicaSet:
                 ok = bool(await self.canary(replica))
         except asyncio.CancelledError:
             raise
-        except Exception as err:  # noqa: BLE001 - whatever went wrong, the replica stays out
+        except Exception as err:  # whatever went wrong, the replica stays out
             log.info("canary on Triton replica %s failed: %s", replica.address, err or type(err).__name__)
             ok = False
         CANARIES.labels(replica.address, "ok" if ok else "failed").inc()
@@ -333,7 +334,7 @@ class ReplicaSet:
                 replies = await asyncio.gather(*(
                     replica.stub.ModelReady(service_pb2.ModelReadyRequest(name=m), timeout=2.0) for m in self.models
                 ))
-                ready = frozenset(m for m, reply in zip(self.models, replies) if reply.ready)
+                ready = frozenset(m for m, reply in zip(self.models, replies, strict=True) if reply.ready)
                 answered = True
             else:  # no model list: the server's own readiness stands for every model
                 answered = (await replica.stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=2.0)).ready
@@ -367,7 +368,7 @@ class ReplicaSet:
                 seen |= self._discovered
                 continue
             for *_, sockaddr in infos:
-                seen.add(self._add(sockaddr[0], target.port, target.metrics_port, discovered=True).address)
+                seen.add(self._add(str(sockaddr[0]), target.port, target.metrics_port, discovered=True).address)
         for address in [a for a in self._replicas if a not in seen]:
             replica = self._replicas.pop(address)
             self._discovered.discard(address)
@@ -403,6 +404,8 @@ class ReplicaSet:
                 await asyncio.sleep(max(0.0, self._scrape_interval_s - (time.monotonic() - started)))
 
     async def _scrape_one(self, http: aiohttp.ClientSession, replica: Replica) -> None:
+        if replica.metrics_url is None:
+            return
         try:
             async with http.get(replica.metrics_url) as response:
                 text = await response.text()
