@@ -9,6 +9,7 @@ from aiohttp import web
 
 from facade.api.response_bodies import ErrorResponse
 from facade.jsonio import json_response
+from facade.route_index import route_of
 from services.common.errors import reason_and_field
 
 log = logging.getLogger(__name__)
@@ -106,19 +107,46 @@ def _from_http_exception(exc: web.HTTPException, request: web.Request) -> OpenAI
     return OpenAIError(exc.status, exc.reason or "HTTP error", type="invalid_request_error")
 
 
+# Anthropic's error type by HTTP status, for the routes that speak its dialect (POST /v1/messages)
+ANTHROPIC_TYPES: dict[int, str] = {
+    400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error",
+    405: "invalid_request_error", 413: "request_too_large", 429: "rate_limit_error", 500: "api_error",
+    502: "api_error", 503: "overloaded_error", 504: "timeout_error", 529: "overloaded_error",
+}
+
+
+def anthropic_body(err: OpenAIError, request_id: str | None = None) -> dict:
+    """Anthropic's error object: {"type": "error", "error": {"type", "message"}, "request_id"}."""
+    kind = ANTHROPIC_TYPES.get(err.status, "api_error" if err.status >= 500 else "invalid_request_error")
+    return {"type": "error", "error": {"type": kind, "message": err.message}, "request_id": request_id}
+
+
+def _answer(err: OpenAIError, request: web.Request) -> web.Response:
+    """The error in the dialect of the route it happened on (OpenAI's unless the route says otherwise)."""
+    route = route_of(request)
+    if route is not None and route.dialect == "anthropic":
+        from facade.call import call_of  # facade.call needs this module first
+
+        request_id = call_of(request).request_id
+        return json_response(anthropic_body(err, request_id), status=err.status, headers=err.headers)
+    return err.response()
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
-    """Every failure leaves as an OpenAI error body; nothing internal leaks."""
+    """Every failure leaves as an error body in the route's dialect (OpenAI's, or Anthropic's);
+    nothing internal leaks."""
     try:
         return await handler(request)
     except OpenAIError as err:
-        return err.response()
+        return _answer(err, request)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return _from_http_exception(exc, request).response()
+        return _answer(_from_http_exception(exc, request), request)
     except grpc.aio.AioRpcError as err:
-        return from_grpc(err, "model").response()
+        return _answer(from_grpc(err, "model"), request)
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return OpenAIError(500, "The server had an error while processing your request.", type="server_error").response()
+        return _answer(OpenAIError(500, "The server had an error while processing your request.", type="server_error"),
+                       request)

@@ -14,7 +14,7 @@ from typing import Any
 import pydantic
 from aiohttp import web
 
-from facade.api.response_bodies import ErrorResponse
+from facade.api.response_bodies import AnthropicErrorResponse, ErrorResponse
 from facade.route_index import Route
 
 REF = "#/components/schemas/{model}"
@@ -67,7 +67,7 @@ def _json(ref: str) -> dict:
 
 
 def _operation(route: Route, schemas: _Schemas) -> dict:
-    error = schemas.response(ErrorResponse)
+    error = schemas.response(AnthropicErrorResponse if route.dialect == "anthropic" else ErrorResponse)
     errors = (*(BODY_ERRORS if route.request is not None else QUERY_ERRORS if route.query is not None else ()),
               *ERRORS)
     ok: dict[str, Any] = {"description": "OK"}

@@ -33,6 +33,7 @@ class Route:
     query: type | None = None  # the pydantic model that validates the query parameters
     response: type | None = None  # the TypedDict of the JSON answer
     stream: type | None = None  # the TypedDict of each SSE `data:` event (with `stream: true`)
+    dialect: str = "openai"  # whose API it is: the shape of its errors ("anthropic": POST /v1/messages)
 
     @property
     def openapi_path(self) -> str:

@@ -23,8 +23,13 @@ from facade.api.keys.protocol import (
     KeyRegenerate,
     KeyUpdate,
 )
+from facade.api.messages import handler as messages
+from facade.api.messages.protocol import CountTokensRequest, MessagesRequest
 from facade.api.models import handler as models
 from facade.api.response_bodies import (
+    AnthropicMessage,
+    AnthropicStreamEvent,
+    AnthropicTokenCount,
     ApiKey,
     ApiKeyDeleted,
     ApiKeyList,
@@ -75,6 +80,13 @@ ROUTES: tuple[Route, ...] = (
           summary="Create embeddings", request=EmbeddingRequest, response=EmbeddingList),
     Route("POST", "/v1/images/generations", images.create_image, family="images", operation="image_generation",
           summary="Create images", request=ImageRequest, response=ImagesResponse),
+    # Anthropic's Messages API, on the chat path (its errors in Anthropic's shape)
+    Route("POST", "/v1/messages", messages.create_message, family="chat", operation="chat", dialect="anthropic",
+          summary="Create a message (Anthropic's Messages API)", request=MessagesRequest, response=AnthropicMessage,
+          stream=AnthropicStreamEvent),
+    Route("POST", "/v1/messages/count_tokens", messages.count_tokens, family="chat", operation="chat",
+          dialect="anthropic", summary="Count the tokens of a message (Anthropic's Messages API)",
+          request=CountTokensRequest, response=AnthropicTokenCount),
     # the Responses API: stored state in the façade's database (facade/store), one subject's own
     Route("POST", "/v1/responses", responses.create_response, family="responses", operation="chat",
           summary="Create a model response", request=ResponseRequest, response=Response,

@@ -78,12 +78,13 @@ class ChunkEncoder:
 class EventStream:
     """An SSE response: `text/event-stream`, `X-Accel-Buffering: no`, a `: ping` comment every ping_s."""
 
-    def __init__(self, request: web.Request) -> None:
+    def __init__(self, request: web.Request, done_marker: bool = True) -> None:
         self._request = request
         self._response = EventSourceResponse(
             sep="\n", allow_all_methods=True, ping_interval=request.app[SSE_PING_S]
         )
         self._ended = False
+        self._done_marker = done_marker  # OpenAI's streams end with `data: [DONE]`, Anthropic's do not
 
     async def open(self) -> None:
         await self._response.prepare(self._request)
@@ -111,10 +112,11 @@ class EventStream:
         await self.send(err.body())
 
     async def close(self) -> web.StreamResponse:
-        """Sends `data: [DONE]` and ends the response (once, whoever asks first)."""
+        """Sends `data: [DONE]` (where the dialect has it) and ends the response (once, whoever asks first)."""
         if not self._ended:
             self._ended = True
-            await self._response.send("[DONE]")
+            if self._done_marker:
+                await self._response.send("[DONE]")
             self._response.stop_streaming()
             await self._response.write_eof()
         return self._response

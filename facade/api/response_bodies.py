@@ -647,3 +647,84 @@ class IonosTokenList(TypedDict):
 
 class IonosSuccess(TypedDict):
     success: bool
+
+
+# -- Anthropic's Messages API (POST /v1/messages; facade/api/messages) -------------------------------
+
+
+class AnthropicTextBlock(TypedDict):
+    type: Literal["text"]
+    text: str
+    citations: None
+
+
+class AnthropicToolUseBlock(TypedDict):
+    type: Literal["tool_use"]
+    id: str
+    name: str
+    input: dict
+
+
+class AnthropicUsage(TypedDict):
+    """Tokens of a message; the prompt tokens the model server's prefix cache served are cache reads."""
+
+    input_tokens: int
+    output_tokens: int
+    cache_creation_input_tokens: int | None
+    cache_read_input_tokens: int | None
+    cache_creation: None
+    server_tool_use: None
+    service_tier: Literal["standard"] | None
+    inference_geo: None
+    output_tokens_details: None
+
+
+AnthropicStopReason = Literal["end_turn", "max_tokens", "stop_sequence", "tool_use"]
+
+
+class AnthropicMessage(TypedDict):
+    """Anthropic's Message."""
+
+    id: str
+    type: Literal["message"]
+    role: Literal["assistant"]
+    content: list[AnthropicTextBlock | AnthropicToolUseBlock]
+    model: str
+    stop_reason: AnthropicStopReason | None
+    stop_sequence: str | None
+    stop_details: None
+    usage: AnthropicUsage
+    container: None
+
+
+class AnthropicError(TypedDict):
+    type: Literal["invalid_request_error", "authentication_error", "permission_error", "not_found_error",
+                  "request_too_large", "rate_limit_error", "api_error", "overloaded_error", "timeout_error"]
+    message: str
+
+
+class AnthropicErrorResponse(TypedDict):
+    """Anthropic's error body, what the routes of its dialect answer on failure."""
+
+    type: Literal["error"]
+    error: AnthropicError
+    request_id: str | None
+
+
+class AnthropicTokenCount(TypedDict):
+    input_tokens: int
+
+
+class AnthropicStreamEvent(TypedDict):
+    """One event of a streamed message (named by its `event:` line too): message_start, content_block_start,
+    ping, content_block_delta (text_delta or input_json_delta), content_block_stop, message_delta,
+    message_stop, or error."""
+
+    type: Literal["message_start", "content_block_start", "ping", "content_block_delta", "content_block_stop",
+                  "message_delta", "message_stop", "error"]
+    message: NotRequired[AnthropicMessage]
+    index: NotRequired[int]
+    content_block: NotRequired[AnthropicTextBlock | AnthropicToolUseBlock]
+    delta: NotRequired[dict]
+    usage: NotRequired[dict]
+    error: NotRequired[dict]

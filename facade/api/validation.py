@@ -75,10 +75,31 @@ def _message(error: ErrorDetails, param: str | None) -> str:
     return f"Invalid value for '{param}': {text}." if param else f"{text}."
 
 
-def _invalid(exc: pydantic.ValidationError) -> OpenAIError:
-    """The 400 of a failed validation: its first error, naming the param."""
-    first = exc.errors(include_url=False)[0]
-    param = param_path(first["loc"])
+def field_path(loc: tuple) -> str:
+    """Like param_path, but through unions: their member labels and tags are skipped, not the end
+    ('messages', 0, 'content', 'list[...]', 1, 'block:image', 'type') -> 'messages[0].content[1].type'."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif isinstance(part, str) and part.isidentifier() and part not in _BUILTIN_LABELS:
+            out += f".{part}" if out else part
+    return out
+
+
+_BUILTIN_LABELS = {"str", "int", "float", "list", "dict", "bool"}
+
+
+def _invalid(exc: pydantic.ValidationError, model: type[pydantic.BaseModel] | None = None) -> OpenAIError:
+    """The 400 of a failed validation: its first error, naming the param; for a model that asks for
+    it (`precise_errors = True`: its unions are tagged), the deepest error, named through its unions."""
+    errors = exc.errors(include_url=False)
+    if getattr(model, "precise_errors", False):
+        first = max(errors, key=lambda e: len(field_path(e["loc"])))  # max keeps the first of equals
+        param = field_path(first["loc"]) or None
+    else:
+        first = errors[0]
+        param = param_path(first["loc"])
     return invalid(_message(first, param), param=param)
 
 
@@ -112,7 +133,7 @@ async def parse_body(request: web.Request, model: type[Model]) -> Model:
     try:
         parsed = model.model_validate(data)
     except pydantic.ValidationError as exc:
-        raise _invalid(exc) from exc
+        raise _invalid(exc, model) from exc
     if log.isEnabledFor(logging.DEBUG) and (ignored := set(data) - set(model.model_fields)):
         log.debug("ignoring unknown fields %s", sorted(ignored))
     return parsed

@@ -39,9 +39,13 @@ def auth_middleware(allow: Callable[[web.Request], bool] = lambda request: False
             return await handler(request)
         header = request.headers.get("Authorization", "")
         scheme, _, credential = header.partition(" ")
-        if not header:
+        api_key = request.headers.get("x-api-key", "")  # Anthropic's SDKs send the key here
+        if not header and api_key:
+            scheme, credential = "bearer", api_key
+        elif not header:
             raise _unauthorized(
-                "You didn't provide an API key. Send it in the Authorization header as 'Bearer YOUR_KEY'.",
+                "You didn't provide an API key. Send it in the Authorization header as 'Bearer YOUR_KEY' "
+                "(or in x-api-key).",
                 "missing_api_key",
             )
         if scheme.lower() != "bearer" or not credential.strip():

@@ -53,6 +53,8 @@ def sampling_to_contract(sampling: pb.SamplingParameters, entry: ModelEntry, cha
             params[name] = getattr(sampling, name)
     if params.get("top_p") == 0.0:
         raise InvalidArgument("top_p must be greater than 0", "top_p")
+    if sampling.HasField("top_k") and sampling.top_k > 0:  # 0: every token, as unset
+        params["top_k"] = sampling.top_k
     if len(sampling.stop) > MAX_STOP_SEQUENCES:
         raise InvalidArgument(f"stop takes at most {MAX_STOP_SEQUENCES} sequences, got {len(sampling.stop)}", "stop")
     if any(s == "" for s in sampling.stop):

@@ -73,6 +73,24 @@ MAX_EXAMPLES = {  # fuzzing examples per operation, by path (hubmesh's own paths
     ("POST", "/images/generations"): 40,
     ("GET", "/models"): 15,
     ("GET", "/models/{model}"): 40,
+    # hubmesh's own: Anthropic's Messages API (its document's contract: tests/e2e/test_messages_e2e.py),
+    # the keys the hub issues and IONOS's Auth API for them (plain CRUD: a few examples each)
+    ("POST", "/messages"): 20,
+    ("POST", "/messages/count_tokens"): 10,
+    ("POST", "/keys"): 15,
+    ("GET", "/keys"): 5,
+    ("DELETE", "/keys"): 5,
+    ("GET", "/keys/{key_id}"): 5,
+    ("PATCH", "/keys/{key_id}"): 10,
+    ("DELETE", "/keys/{key_id}"): 5,
+    ("POST", "/keys/{key_id}/block"): 5,
+    ("POST", "/keys/{key_id}/unblock"): 5,
+    ("POST", "/keys/{key_id}/regenerate"): 5,
+    ("GET", "/auth/v1/tokens/generate"): 10,  # IONOS's paths: not under /v1
+    ("GET", "/auth/v1/tokens"): 5,
+    ("DELETE", "/auth/v1/tokens"): 5,
+    ("GET", "/auth/v1/tokens/{token_id}"): 5,
+    ("DELETE", "/auth/v1/tokens/{token_id}"): 5,
 }
 CAP_TOKENS = 8  # max_tokens / max_completion_tokens
 CAP_N = 2  # n (and best_of) of text generation; images get n=1
@@ -92,7 +110,8 @@ def schemathesis_config(prefix: str = "") -> schemathesis.Config:
         "output": {"sanitization": {"keys-to-sanitize": ["authorization"], "sensitive-markers": ["authorization"]},
                    "truncation": {"max-payload-size": 2048}},
         "operations": [
-            {"include-name": f"{method} {prefix}{path}", "generation": {"max-examples": max(1, round(n * SCALE))}}
+            {"include-name": f"{method} {'' if path.startswith('/auth/') else prefix}{path}",
+             "generation": {"max-examples": max(1, round(n * SCALE))}}
             for (method, path), n in MAX_EXAMPLES.items()
         ],
     })

@@ -53,7 +53,9 @@ async def test_openapi_document_lists_the_five_families(client):
                                  # keys the hub issues (a hubmesh extension), and IONOS's Auth API for them
                                  "/v1/keys", "/v1/keys/{key_id}", "/v1/keys/{key_id}/block", "/v1/keys/{key_id}/unblock",
                                  "/v1/keys/{key_id}/regenerate", "/auth/v1/tokens", "/auth/v1/tokens/generate",
-                                 "/auth/v1/tokens/{token_id}"}
+                                 "/auth/v1/tokens/{token_id}",
+                                 # Anthropic's Messages API
+                                 "/v1/messages", "/v1/messages/count_tokens"}
     chat = doc["components"]["schemas"]["CreateChatCompletionRequest"]
     assert {"model", "messages"} <= set(chat["required"])
     assert chat["properties"]["temperature"]["anyOf"][0]["type"] == "number"  # its range is the service's rule

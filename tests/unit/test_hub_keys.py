@@ -49,7 +49,7 @@ def make_client(aiohttp_client, services, database_url):
     return make
 
 
-async def create(client, token: str = ADMIN, status: int = 201, **body) -> dict:
+async def create(client, token: str = ADMIN, status: int = 200, **body) -> dict:
     reply = await client.post("/v1/keys", json=body, headers=bearer(token))
     answer = await reply.json()
     assert reply.status == status, answer

@@ -26,7 +26,7 @@ async def create_key(request: web.Request) -> web.Response:
     call, spec = await accept(request, KeyCreate)
     record, secret = await manage.create(call, request.app[KEY_REGISTRY], spec,
                                          request.app[manage.MAX_KEYS_PER_OWNER])
-    return json_response(manage.key_json(record, secret), status=201)
+    return json_response(manage.key_json(record, secret))
 
 
 async def list_keys(request: web.Request) -> web.Response:

@@ -28,7 +28,8 @@ ChunkChoice = ChatCompletionChunkChoice | CompletionChoice
 
 
 class Renderer(Protocol):
-    """An endpoint's events for the messages of its generation streams."""
+    """An endpoint's events for the messages of its generation streams. A renderer whose dialect
+    ends its streams without `data: [DONE]` (Anthropic's) says so with `done_marker = False`."""
 
     async def open(self, events: EventStream) -> None:
         """The response has started: the opening events, if any."""
@@ -51,7 +52,7 @@ async def relay(request: web.Request, upstreams: Sequence[tuple[int, GenerationS
     call = call_of(request)
     try:
         await upstreams[0][1].start()
-        events = EventStream(request)
+        events = EventStream(request, done_marker=getattr(renderer, "done_marker", True))
         await events.open()
         await renderer.open(events)
         timer = StreamTimer(call.model)

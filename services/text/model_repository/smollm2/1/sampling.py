@@ -78,6 +78,7 @@ class SamplingConfig:
     n: int = 1
     temperature: float = 1.0
     top_p: float = 1.0
+    top_k: int = 0  # 0 (or vLLM's -1): every token
     max_tokens: int | None = None
     stop: list[str] = field(default_factory=list)
     presence_penalty: float = 0.0
@@ -108,6 +109,7 @@ class SamplingConfig:
             n=int(raw.get("n", 1)),
             temperature=float(raw.get("temperature", 1.0)),
             top_p=float(raw.get("top_p", 1.0)),
+            top_k=max(0, int(raw.get("top_k", 0) or 0)),
             max_tokens=None if max_tokens is None else int(max_tokens),
             stop=[s for s in stop if s],
             presence_penalty=float(raw.get("presence_penalty", 0.0)),
@@ -191,10 +193,13 @@ class Sampler:
             probs = np.exp(scaled)
             probs /= probs.sum()
             u = self.uniform(self.position)
-            if cfg.top_p < 1.0:
+            if cfg.top_p < 1.0 or 0 < cfg.top_k < len(probs):
                 order = np.argsort(-probs, kind="stable")
+                if 0 < cfg.top_k < len(order):  # top-k first, then top-p over what is left (as vLLM)
+                    order = order[: cfg.top_k]
+                    probs = probs / probs[order].sum()
                 cumulative = np.cumsum(probs[order])
-                kept = order[: int(np.searchsorted(cumulative, cfg.top_p)) + 1]
+                kept = order[: int(np.searchsorted(cumulative, cfg.top_p)) + 1] if cfg.top_p < 1.0 else order
                 token = int(kept[_inverse_cdf(probs[kept], u)])
             else:
                 token = _inverse_cdf(probs, u)
