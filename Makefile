@@ -47,6 +47,12 @@ run: setup nats-server
 test: setup redis-server promtool nats-server
 	$(PY) -m pytest
 
+# ruff (lint and import order) and mypy, configured in pyproject.toml; CI runs it before the tests
+.PHONY: lint
+lint: setup
+	$(PY) -m ruff check facade services local bench/stats.py
+	$(PY) -m mypy
+
 # The limits' tests start private redis-servers (to stop and start them); Debian's package where the
 # machine lacks one. Only the binary is needed: nothing is started here.
 .PHONY: redis-server

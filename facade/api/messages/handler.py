@@ -50,7 +50,7 @@ async def count_tokens(request: web.Request) -> web.Response:
         tokens = None
         while tokens is None:
             message = await stream.read()
-            if message is grpc.aio.EOF or message is None:
+            if not isinstance(message, pb.GenerateStreamResponse):  # EOF before the size was said
                 raise OpenAIError(502, "The model server did not report the prompt's size.", type="server_error")
             if message.HasField("prompt_tokens"):
                 tokens = message.prompt_tokens
