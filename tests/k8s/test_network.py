@@ -131,7 +131,8 @@ def _routed(rule: dict, path: str) -> bool:
 def test_the_ingress_routes_the_api_and_keeps_unauthenticated_endpoints_inside(manifests):
     (ingress,) = manifests.of_kind("Ingress")
     (rule,) = ingress["spec"]["rules"]
-    for path in ("/v1/chat/completions", "/v1/models", "/v1/images/files/abc123", "/openapi.json"):
+    for path in ("/v1/chat/completions", "/v1/models", "/v1/images/files/abc123", "/openapi.json", "/v1/messages",
+                 "/v1/keys", "/auth/v1/tokens/generate"):
         assert _routed(rule, path), path
     for path in ("/metrics", "/health", "/ready", "/", "/v1x"):
         assert not _routed(rule, path), path
