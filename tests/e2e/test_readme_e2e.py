@@ -85,7 +85,7 @@ def test_the_readmes_python_and_curl_blocks_run_against_make_run(make_run):
     assert MODEL in printed[0] and "sentence-transformers/all-MiniLM-L6-v2" in printed[0]
     assert "Paris" in printed[1]  # the greedy answer the README shows
     assert "384" in printed, done.stdout
-    assert "remaining requests: 59" in printed and "blocked: 401" in printed, done.stdout  # a tenant's key
+    assert "remaining requests: 59" in done.stdout and "blocked: 401" in done.stdout, done.stdout  # a tenant's key
 
     curls = [b for b in readme_blocks("bash") if "curl " in b]
     assert sum(b.count("curl ") for b in curls) >= 4  # chat, embeddings, images, a stream

@@ -43,7 +43,7 @@ CATALOG = load_catalog(Path(__file__).resolve().parents[2] / "services" / "text"
 
 def bearer(sub: str = "erin", scope: str = "chat completions responses embeddings images models", **claims) -> dict:
     now = int(time.time())
-    body = {"sub": sub, "scope": scope, "iat": now, "exp": now + 600, **claims}
+    body = {"sub": sub, "scope": scope, "iat": now, "exp": now + 24 * 3600, **claims}  # AUTH is made at import
     return {"Authorization": "Bearer " + jwt.encode(body, SECRET, algorithm="HS256")}
 
 
