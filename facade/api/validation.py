@@ -54,15 +54,20 @@ def _too_deep(value, limit: int) -> bool:
     return False
 
 
-def param_path(loc: tuple) -> str | None:
-    """('messages', 0, 'role') -> 'messages[0].role'; union/type tags in loc are dropped."""
+_BUILTIN_LABELS = {"str", "int", "float", "list", "dict", "bool"}
+
+
+def param_path(loc: tuple, through_unions: bool = False) -> str | None:
+    """('messages', 0, 'role') -> 'messages[0].role'. A union's member label or tag ends the path, or
+    with `through_unions` is skipped: ('messages', 0, 'content', 'list[...]', 1, 'block:image', 'type')
+    -> 'messages[0].content' / 'messages[0].content[1].type'."""
     out = ""
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif isinstance(part, str) and part.isidentifier() and part not in {"str", "int", "float", "list", "dict", "bool"}:
+        elif isinstance(part, str) and part.isidentifier() and part not in _BUILTIN_LABELS:
             out += f".{part}" if out else part
-        else:
+        elif not through_unions:
             break
     return out or None
 
@@ -75,28 +80,13 @@ def _message(error: ErrorDetails, param: str | None) -> str:
     return f"Invalid value for '{param}': {text}." if param else f"{text}."
 
 
-def field_path(loc: tuple) -> str:
-    """Like param_path, but through unions: their member labels and tags are skipped, not the end
-    ('messages', 0, 'content', 'list[...]', 1, 'block:image', 'type') -> 'messages[0].content[1].type'."""
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif isinstance(part, str) and part.isidentifier() and part not in _BUILTIN_LABELS:
-            out += f".{part}" if out else part
-    return out
-
-
-_BUILTIN_LABELS = {"str", "int", "float", "list", "dict", "bool"}
-
-
 def _invalid(exc: pydantic.ValidationError, model: type[pydantic.BaseModel] | None = None) -> OpenAIError:
     """The 400 of a failed validation: its first error, naming the param; for a model that asks for
     it (`precise_errors = True`: its unions are tagged), the deepest error, named through its unions."""
     errors = exc.errors(include_url=False)
     if getattr(model, "precise_errors", False):
-        first = max(errors, key=lambda e: len(field_path(e["loc"])))  # max keeps the first of equals
-        param = field_path(first["loc"]) or None
+        first = max(errors, key=lambda e: len(param_path(e["loc"], through_unions=True) or ""))  # first of equals
+        param = param_path(first["loc"], through_unions=True)
     else:
         first = errors[0]
         param = param_path(first["loc"])

@@ -63,7 +63,7 @@ async def delete_tokens(request: web.Request) -> web.Response:
     query = parse_query(request, IonosDeleteQuery)
     call, registry = call_of(request), request.app[KEY_REGISTRY]
     if query.criteria == "CURRENT":
-        principal = manage.principal_of(call)
+        principal = manage.principal_or_401(call)
         if principal.key_id is None:
             raise invalid("criteria CURRENT needs a request made with a token this hub issued.", param="criteria")
         await manage.delete(call, registry, principal.key_id)

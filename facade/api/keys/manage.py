@@ -46,7 +46,7 @@ def not_found(key_id: str) -> OpenAIError:
     return OpenAIError(404, f"No key with id '{shown}'.", param="key_id", code="key_not_found")
 
 
-def principal_of(call: Call) -> Principal:
+def principal_or_401(call: Call) -> Principal:
     if call.principal is None:  # the keys' routes are never public: auth has run
         raise OpenAIError(401, "Authentication is required.", type="authentication_error")
     return call.principal
@@ -92,7 +92,7 @@ def _granted_models(principal: Principal, wanted: list[str] | None) -> tuple[str
 
 async def create(call: Call, registry: KeyRegistry, spec: KeyCreate, max_per_owner: int) -> tuple[KeyRecord, str]:
     """A new key and its secret (shown once)."""
-    principal = principal_of(call)
+    principal = principal_or_401(call)
     owner = owner_for(principal, spec.owner)
     now = time.time()
     key_id, secret, secret_hash = new_key()
@@ -115,7 +115,7 @@ async def _store(registry: KeyRegistry) -> KeyStore:
 async def find(call: Call, registry: KeyRegistry, key_id: str) -> KeyRecord:
     """A key the caller manages, from the database (never a stale copy); 404 otherwise."""
     record = await stored((await _store(registry)).get(key_id)) if len(key_id) <= 64 else None
-    if record is None or not manages(principal_of(call), record):
+    if record is None or not manages(principal_or_401(call), record):
         raise not_found(key_id)
     return record
 
@@ -130,7 +130,7 @@ async def save(registry: KeyRegistry, record: KeyRecord) -> KeyRecord:
 
 async def update(call: Call, registry: KeyRegistry, key_id: str, spec: KeyUpdate) -> KeyRecord:
     record = await find(call, registry, key_id)
-    principal = principal_of(call)
+    principal = principal_or_401(call)
     given = spec.model_fields_set
     changes: dict = {}
     if "name" in given and spec.name is not None:
@@ -171,7 +171,7 @@ async def delete(call: Call, registry: KeyRegistry, key_id: str) -> None:
 
 async def delete_many(call: Call, registry: KeyRegistry, owner: str | None, expired_only: bool) -> int:
     """Deletes an owner's keys (all, or the expired ones); how many."""
-    owner = owner_for(principal_of(call), owner)
+    owner = owner_for(principal_or_401(call), owner)
     store = await _store(registry)
     now = time.time()
     doomed = [r.id for r in await stored(store.list(owner)) if not expired_only or r.expired(now)]
@@ -182,7 +182,7 @@ async def delete_many(call: Call, registry: KeyRegistry, owner: str | None, expi
 
 
 async def listed(call: Call, registry: KeyRegistry, owner: str | None) -> list[KeyRecord]:
-    return await stored((await _store(registry)).list(owner_for(principal_of(call), owner)))
+    return await stored((await _store(registry)).list(owner_for(principal_or_401(call), owner)))
 
 
 def key_json(record: KeyRecord, secret: str | None = None) -> ApiKey:

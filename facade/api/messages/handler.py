@@ -4,7 +4,6 @@ in Anthropic's shapes (message.py, events.py; errors: facade/errors.py, the rout
 
 from __future__ import annotations
 
-import grpc
 from aiohttp import web
 
 from facade.aliases import resolve
@@ -13,10 +12,9 @@ from facade.api.messages.events import MessageEvents
 from facade.api.messages.message import content_blocks, new_message, stop_reason
 from facade.api.messages.protocol import CountTokensRequest, MessagesRequest, renamed
 from facade.api.response_bodies import AnthropicTokenCount
-from facade.api.text.generation import generate_served, open_streams
+from facade.api.text.generation import GenerationStream, generate_served, open_streams
 from facade.api.text.relay import relay
-from facade.clients import CLIENTS
-from facade.errors import OpenAIError, from_grpc
+from facade.errors import OpenAIError
 from facade.jsonio import json_response
 from hubmesh.text.v1 import text_generation_pb2 as pb
 
@@ -44,22 +42,16 @@ async def count_tokens(request: web.Request) -> web.Response:
     call, body = await accept(request, CountTokensRequest)
     proto = body.to_proto(call.caller())
     proto.model = resolve(request, body.model)  # an alias: its first model's prompt
-    clients = request.app[CLIENTS]
-    stream = clients.text_streams.open(proto, clients.timeout_s)
+    upstream = GenerationStream(request, proto, input_param="messages")
     try:
-        tokens = None
-        while tokens is None:
-            message = await stream.read()
-            if not isinstance(message, pb.GenerateStreamResponse):  # EOF before the size was said
-                raise OpenAIError(502, "The model server did not report the prompt's size.", type="server_error")
-            if message.HasField("prompt_tokens"):
-                tokens = message.prompt_tokens
-            elif message.HasField("usage"):
-                tokens = message.usage.prompt_tokens
-    except grpc.aio.AioRpcError as err:
-        raise renamed(from_grpc(err, "text", default_param="messages")) from err
+        await upstream.start()
+        async for message in upstream.messages():
+            if message.HasField("prompt_tokens") or message.HasField("usage"):
+                tokens = message.prompt_tokens if message.HasField("prompt_tokens") else message.usage.prompt_tokens
+                count: AnthropicTokenCount = {"input_tokens": tokens}
+                return json_response(count)
+    except OpenAIError as err:
+        raise renamed(err) from None
     finally:
-        if not stream.done():
-            stream.cancel()
-    count: AnthropicTokenCount = {"input_tokens": tokens}
-    return json_response(count)
+        upstream.cancel()
+    raise OpenAIError(502, "The model server did not report the prompt's size.", type="server_error")

@@ -36,7 +36,7 @@ from facade.api.response_bodies import (
     ResponseStreamEventType,
 )
 from facade.api.text.sampling import shows_limit
-from facade.api.validation import UInt32
+from facade.api.validation import UInt32, param_path
 from facade.errors import OpenAIError, invalid
 
 RESPONSE_ID = re.compile(r"^resp_[A-Za-z0-9]{1,128}$")
@@ -242,26 +242,19 @@ InputItem = Annotated[
     Discriminator(_item_kind),
 ]
 _INPUT_ITEMS = pydantic.TypeAdapter(list[InputItem])
-_BUILTIN_LABELS = {"str", "int", "float", "list", "dict", "bool"}
 
 
 def item_param(loc: tuple) -> str:
-    """An input item error's location as a param: ('input', 0, 'item:message', 'content',
-    'list[ContentPart]', 1, 'text') -> 'input[0].content[1].text' (union tags and member labels dropped)."""
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif isinstance(part, str) and part.isidentifier() and part not in _BUILTIN_LABELS:
-            out += f".{part}" if out else part
-    return out
+    """An input item error's location as a param, through the union's tags: ('input', 0,
+    'item:message', 'content', 'list[ContentPart]', 1, 'text') -> 'input[0].content[1].text'."""
+    return param_path(("input", *loc), through_unions=True) or "input"
 
 
 def _item_error(exc: pydantic.ValidationError) -> OpenAIError:
     """The 400 of invalid input items: the most specific (deepest) error, naming its param."""
     errors = exc.errors(include_url=False)
-    first = max(errors, key=lambda e: len(item_param(("input", *e["loc"]))))  # max keeps the first of equals
-    param = item_param(("input", *first["loc"]))
+    first = max(errors, key=lambda e: len(item_param(e["loc"])))  # max keeps the first of equals
+    param = item_param(first["loc"])
     if first["type"] == "missing":
         return invalid(f"Missing required parameter: '{param}'.", param=param)
     text = first["msg"].removeprefix("Value error, ")
