@@ -14,6 +14,7 @@ from facade.auth.middleware import VERIFIER, auth_middleware, jwks_refresher
 from facade.auth.tokens import JwtSettings, TokenVerifier
 from facade.capacity import IN_FLIGHT, InFlight, capacity_middleware
 from facade.clients import clients_ctx
+from facade.dependencies import dependencies_ctx
 from facade.errors import error_middleware
 from facade.limits.headers import add_rate_limit_headers
 from facade.limits.middleware import METERING, limits_middleware
@@ -81,6 +82,7 @@ def create_app(settings: Settings) -> web.Application:
     app[VERIFIER].keys = registry
     app[MAX_KEYS_PER_OWNER] = settings.keys_max_per_owner
     app.cleanup_ctx.append(registry_ctx(registry))
+    app.cleanup_ctx.append(dependencies_ctx())  # hubmesh_dependency_up: the database, Redis
     app[SUBJECT_METRICS] = SubjectMetrics(settings.usage_metric_subjects)
     app.on_response_prepare.append(add_request_id)
     app.on_response_prepare.append(add_rate_limit_headers)  # x-ratelimit-*, Retry-After on 429
