@@ -12,6 +12,7 @@ handler writes only its own part of it, in the order a request meets them:
   each named on the Call by try_model: the model that serves is the Call's model in the end);
 - the handler: token reservations (reserve_tokens), usage (record_usage), and the SSE stream it
   opened (facade/sse.py);
+- the error middleware (facade/errors.py): the refusal reason of a 429 (facade/refusals.py);
 
 and the access log reads all of it when the request has ended, for its line, its metrics and the
 usage ledger's record.
@@ -64,6 +65,7 @@ class Call:
     user: str = ""  # OpenAI's `user` field
     usage: RequestUsage = RequestUsage()
     stream: EventStream | None = None  # the SSE response, once opened
+    refusal: str = ""  # why it was answered 429 (facade/refusals.py), set by the error middleware
 
     @property
     def subject(self) -> str:

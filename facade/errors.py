@@ -9,6 +9,7 @@ from aiohttp import web
 
 from facade.api.response_bodies import ErrorResponse
 from facade.jsonio import json_response
+from facade.refusals import refusal_reason
 from facade.route_index import route_of
 from services.common.errors import reason_and_field
 
@@ -122,11 +123,14 @@ def anthropic_body(err: OpenAIError, request_id: str | None = None) -> dict:
 
 
 def _answer(err: OpenAIError, request: web.Request) -> web.Response:
-    """The error in the dialect of the route it happened on (OpenAI's unless the route says otherwise)."""
+    """The error in the dialect of the route it happened on (OpenAI's unless the route says otherwise);
+    a 429 leaves its reason on the Call, for the access log's hubmesh_requests_refused_total."""
+    from facade.call import call_of  # facade.call needs this module first
+
+    if err.status == 429:
+        call_of(request).refusal = refusal_reason(err)
     route = route_of(request)
     if route is not None and route.dialect == "anthropic":
-        from facade.call import call_of  # facade.call needs this module first
-
         request_id = call_of(request).request_id
         return json_response(anthropic_body(err, request_id), status=err.status, headers=err.headers)
     return err.response()

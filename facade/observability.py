@@ -14,6 +14,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 
 from facade.call import Call, call_of, open_call
+from facade.refusals import OTHER, REFUSED
 from facade.route_index import Route
 from facade.store.usage import USAGE_LEDGER, UsageRecord
 from facade.usage_metrics import SUBJECT_METRICS
@@ -55,6 +56,8 @@ async def access_middleware(request: web.Request, handler) -> web.StreamResponse
         if route is not None and route.operation is not None:
             set_genai_attributes(operation__name=route.operation, request__model=model or None)
         metrics.REQUESTS.labels(endpoint, model, str(status)).inc()
+        if status == 429:
+            REFUSED.labels(endpoint, model, call.refusal or OTHER).inc()
         metrics.LATENCY.labels(endpoint, model).observe(elapsed)
         access_log.info(
             "%s %s %s", request.method, endpoint, status,

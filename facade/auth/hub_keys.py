@@ -194,7 +194,7 @@ class KeyRegistry:
             return
         if self.in_flight.get(key_id, 0) >= most:
             raise OpenAIError(429, f"This API key allows at most {most} requests in parallel; retry when one "
-                              "has finished.", type="requests", code="rate_limit_exceeded",
+                              "has finished.", type="max_parallel_requests", code="rate_limit_exceeded",
                               headers={"Retry-After": "1"})
         self.in_flight[key_id] = self.in_flight.get(key_id, 0) + 1
         try:
