@@ -6,8 +6,9 @@
 - every metric a query names is one the code exports (read from the metric objects of the modules of
   facade/ and services/ and from prometheus_client's registry, never from a hand-kept list), with
   labels those metrics carry or Prometheus adds;
-- every alert says what it means and links its section of docs/runbooks.md, and every section belongs
-  to an alert;
+- every alert says what it means and links its section of docs/runbooks.md (under the project's
+  repository's address as shipped, and under an overlay's own once the replacement that
+  docs/runbooks.md documents is applied), and every section belongs to an alert;
 - the dashboards are valid JSON with unique panel ids, a Prometheus `datasource` variable every query
   uses, and a `model` variable where they filter by model; they are shipped as ConfigMaps for
   Grafana's sidecar.
@@ -22,6 +23,7 @@ import copy
 import functools
 import importlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -30,7 +32,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.k8s.render import K8S_DIR, KUBERNETES_VERSIONS, ROOT, render, validate
+from tests.k8s.render import K8S_DIR, KUBERNETES_VERSIONS, ROOT, kubectl, render, validate
 
 COMPONENT = K8S_DIR / "components" / "monitoring"
 DASHBOARDS = sorted((COMPONENT / "dashboards").glob("*.json"))
@@ -44,7 +46,8 @@ TARGET_LABELS = {"namespace", "pod", "job", "instance", "service", "container", 
 SERIES_LABELS = {"le", "quantile"}
 # Grafana's variables, as a query would read once Grafana has substituted them
 GRAFANA_VALUES = {"__rate_interval": "5m", "__interval": "1m", "__range": "1h", "namespace": "hubmesh", "model": ".+"}
-CONFIG_RULE = "hubmesh:budget_tokens_per_day:config"
+# runbook_url as shipped: this base, "#", the alert's anchor (docs/runbooks.md, "Where the alerts link")
+RUNBOOKS_URL = "https://github.com/hubmesh/hubmesh/blob/main/docs/runbooks.md"
 
 
 # --- the tool ---------------------------------------------------------------------------------------
@@ -124,9 +127,13 @@ def test_the_exported_metrics_are_found():
     for name in ("hubmesh_requests_total", "hubmesh_time_to_first_token_seconds_bucket", "hubmesh_requests_in_flight",
                  "hubmesh_replica_quarantined", "hubmesh_text_migrations_total", "hubmesh_subject_tokens_total",
                  "hubmesh_limiter_redis_failures_total", "hubmesh_usage_records_dropped_total",
-                 "hubmesh_asyncio_tasks", "process_cpu_seconds_total"):
+                 "hubmesh_asyncio_tasks", "process_cpu_seconds_total", "hubmesh_requests_refused_total",
+                 "hubmesh_dependency_up", "hubmesh_dependency_last_success_timestamp_seconds",
+                 "hubmesh_budget_tokens_per_day"):
         assert name in metrics, name
     assert metrics["hubmesh_requests_total"] == {"endpoint", "model", "status"}
+    assert metrics["hubmesh_requests_refused_total"] == {"endpoint", "model", "reason"}
+    assert metrics["hubmesh_dependency_up"] == {"dependency"}
     assert "hubmesh_requests" not in metrics  # a counter is exposed with _total only
 
 
@@ -280,11 +287,48 @@ def test_every_alert_says_what_it_means_and_links_its_runbook():
         assert alert.get("labels", {}).get("severity") in ("critical", "warning", "info"), alert["alert"]
         url = annotations["runbook_url"]
         assert re.fullmatch(r"https://[^#\s]+/docs/runbooks\.md#[a-z0-9-]+", url), url
-        fragment = url.split("#", 1)[1]
+        base, fragment = url.split("#", 1)
+        assert base == RUNBOOKS_URL, url
         assert fragment == _anchor(alert["alert"]), f"{alert['alert']} links #{fragment}"
         assert fragment in anchors, f"docs/runbooks.md has no section for {alert['alert']}"
         linked.add(fragment)
     assert anchors == linked, f"runbook sections no alert links: {sorted(anchors - linked)}"
+
+
+def _runbooks_snippet() -> str:
+    """The kustomization lines docs/runbooks.md tells an overlay to add (its one YAML block)."""
+    blocks = re.findall(r"^```yaml\n(.*?)^```", RUNBOOKS.read_text(encoding="utf-8"), re.M | re.S)
+    assert len(blocks) == 1, "docs/runbooks.md shows one yaml block: the runbook URL replacement"
+    return blocks[0]
+
+
+def test_an_overlay_points_the_runbook_urls_at_its_own_copy(tmp_path):
+    # the overlay of docs/runbooks.md's "Where the alerts link", over overlays/gpu
+    snippet = yaml.safe_load(_runbooks_snippet())
+    url = snippet["configMapGenerator"][0]["literals"][0].split("=", 1)[1]
+    assert url != RUNBOOKS_URL and url.endswith("/docs/runbooks.md")
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": [os.path.relpath(K8S_DIR / "overlays" / "gpu", tmp_path)], **snippet,
+    }))
+    result = subprocess.run([kubectl(), "kustomize", str(tmp_path)], capture_output=True, text=True, timeout=60,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    objects = [o for o in yaml.safe_load_all(result.stdout) if o]
+    assert not [o for o in objects if o["metadata"]["name"] == "hubmesh-runbooks"]  # a source, never applied
+    [rule] = [o for o in objects if o["kind"] == "PrometheusRule"]
+    shipped = {a["alert"]: a["annotations"]["runbook_url"] for a in alerts()}
+    pointed = {r["alert"]: r["annotations"]["runbook_url"] for g in rule["spec"]["groups"] for r in g["rules"]
+               if "alert" in r}
+    assert pointed == {name: url + "#" + link.split("#", 1)[1] for name, link in shipped.items()}
+    # nothing else of the rule changed
+    for group in rule["spec"]["groups"]:
+        for r in group["rules"]:
+            r.get("annotations", {}).pop("runbook_url", None)
+    for group in (shipped_rule := copy.deepcopy(_rule_object()))["spec"]["groups"]:
+        for r in group["rules"]:
+            r.get("annotations", {}).pop("runbook_url", None)
+    assert rule == shipped_rule
 
 
 def _anchor(heading: str) -> str:
@@ -300,9 +344,11 @@ def test_the_alerts_cover_what_an_operator_must_hear_of():
         "hubmesh_replica_ejections_total",
         "hubmesh_text_migrations_total",
         "hubmesh_text_stalls_total",
-        "hubmesh_limiter_redis_failures_total",  # Redis
+        "hubmesh_dependency_up",  # Redis and the database, probed
+        "hubmesh_limiter_redis_failures_total",  # Redis, as the requests find it
         "hubmesh_usage_records_dropped_total",  # the database
         "hubmesh_subject_tokens_total",  # budgets
+        "hubmesh_budget_tokens_per_day",
     )}
     assert all(watched.values()), [name for name, names in watched.items() if not names]
 
@@ -427,14 +473,15 @@ def _fired(alert: str, **labels: str) -> dict:
     return {"exp_labels": {"severity": rule["labels"]["severity"], **labels}}
 
 
-def _budget(limit: int) -> list[dict]:
-    """The rules with the daily budget set to `limit` tokens, as an operator's patch sets it."""
-    groups = rule_groups()
-    for group in groups:
-        for rule in group["rules"]:
-            if rule.get("record") == CONFIG_RULE:
-                rule["expr"] = f"vector({limit})"
-    return groups
+def _budget(limit: int, minutes: int, pods: tuple[str, ...] = ("facade-1", "facade-2")) -> list[dict]:
+    """Each façade pod's hubmesh_budget_tokens_per_day (HUBMESH_BUDGET_TOKENS_PER_DAY = `limit`)."""
+    return [{"series": f'hubmesh_budget_tokens_per_day{{namespace="hubmesh", job="facade", pod="{pod}"}}',
+             "values": f"{limit}x{minutes}"} for pod in pods]
+
+
+def _up(dependency: str, values: str, pod: str = "facade-1") -> dict:
+    return {"series": f'hubmesh_dependency_up{{namespace="hubmesh", job="facade", pod="{pod}", '
+                      f'dependency="{dependency}"}}', "values": values}
 
 
 def _subject_tokens(subject: str, per_min: int, minutes: int) -> dict:
@@ -500,17 +547,34 @@ UNIT_TESTS = {
         ], []),
     ],
     "redis and the database": [
+        # the probe: Redis stopped answering at minute 2, and the alert waits 2 minutes
+        _alert("HubmeshLimiterRedisUnreachable", "6m", [_up("redis", "1 1 0x20"), _up("database", "1x22")],
+               [_fired("HubmeshLimiterRedisUnreachable", namespace="hubmesh", pod="facade-1")]),
+        _alert("HubmeshLimiterRedisUnreachable", "3m", [_up("redis", "1 1 0x20")], []),  # not 2 minutes yet
+        _alert("HubmeshLimiterRedisUnreachable", "10m", [  # up, one pod's blip of a minute; no Redis at all
+            _up("redis", "1x20"), _up("redis", "1 1 1 0 1x20", pod="facade-2"), _up("database", "1x20", pod="facade-3"),
+        ], []),
+        # the second signal: the limiter's failed calls (a pod whose probe does not run)
         _alert("HubmeshLimiterRedisUnreachable", "10m", [
             {"series": f"hubmesh_limiter_redis_failures_total{{{FACADE}}}", "values": "0 0 0+30x20"},
         ], [_fired("HubmeshLimiterRedisUnreachable", namespace="hubmesh", pod="facade-1")]),
         _alert("HubmeshLimiterRedisUnreachable", "30m", [  # an outage that is over
             {"series": f"hubmesh_limiter_redis_failures_total{{{FACADE}}}", "values": "0 30 60 90 120x30"},
+            _up("redis", "1 0 0 0 1x30"),
+        ], []),
+        # the database's probe: down from minute 2, for the alert's 5 minutes
+        _alert("HubmeshDatabaseUnavailable", "8m", [_up("database", "1 1 0x20"), _up("redis", "1x20")],
+               [_fired("HubmeshDatabaseUnavailable", namespace="hubmesh", pod="facade-1")]),
+        _alert("HubmeshDatabaseUnavailable", "6m", [_up("database", "1 1 0x20")], []),  # 4 minutes: not yet
+        _alert("HubmeshDatabaseUnavailable", "15m", [  # up; Redis down is no database's
+            _up("database", "1x20"), _up("redis", "0x20"), _requests("/v1/usage", "200", "0+1x30"),
         ], []),
         _alert("HubmeshDatabaseUnavailable", "15m", [
             _requests("/v1/usage", "503", "0+2x30"), _requests("/v1/chat/completions", "200", "0+60x30"),
-        ], [_fired("HubmeshDatabaseUnavailable", namespace="hubmesh")]),
+        ], [_fired("HubmeshDatabaseUnavailable", namespace="hubmesh", pod="facade-1")]),
         _alert("HubmeshDatabaseUnavailable", "15m", [  # a 503 of a generation is no database's
             _requests("/v1/responses", "503", "0+2x30"), _requests("/v1/usage", "200", "0+1x30"),
+            _up("database", "1x30"),
         ], []),
         _alert("HubmeshUsageRecordsDropped", "5m", [
             {"series": f"hubmesh_usage_records_dropped_total{{{FACADE}}}", "values": "0 0 0 500x10"},
@@ -549,11 +613,20 @@ def test_the_budget_alert_fires_once_the_budget_is_set(tmp_path):
     series = [_subject_tokens("key:alice", 8, 120), _subject_tokens("key:bob", 2, 120),
               _subject_tokens("other", 100, 120)]
     fired = [_fired("HubmeshTokenBudgetNearlySpent", namespace="hubmesh", subject="key:alice")]
-    # alice: ~960 tokens of 1000 in the window, bob ~240, "other" (many subjects together) never alerts
-    result = _run_unit_tests(tmp_path, _without_annotations(_budget(1000)), [_alert("HubmeshTokenBudgetNearlySpent", "2h", series, fired)])
+    # alice: ~960 tokens of 1000 in the window, bob ~240, "other" (many subjects together) never alerts;
+    # every façade pod exports the budget: one alert per subject, not one per pod
+    result = _run_unit_tests(tmp_path, _without_annotations(rule_groups()),
+                             [_alert("HubmeshTokenBudgetNearlySpent", "2h", series + _budget(1000, 120), fired)])
     assert result.returncode == 0, result.stdout + result.stderr
-    # as shipped the budget is 0 (unlimited): nothing to alert on
-    result = _run_unit_tests(tmp_path, rule_groups(), [_alert("HubmeshTokenBudgetNearlySpent", "2h", series, [])])
+    # the façade's default budget is 0 (unlimited), and without a façade there is no budget: nothing to alert on
+    for budget in (_budget(0, 120), []):
+        result = _run_unit_tests(tmp_path, rule_groups(),
+                                 [_alert("HubmeshTokenBudgetNearlySpent", "2h", series + budget, [])])
+        assert result.returncode == 0, result.stdout + result.stderr
+    # another namespace's budget is not this one's
+    other = [{"series": 'hubmesh_budget_tokens_per_day{namespace="staging", job="facade", pod="facade-1"}',
+              "values": "1000x120"}]
+    result = _run_unit_tests(tmp_path, rule_groups(), [_alert("HubmeshTokenBudgetNearlySpent", "2h", series + other, [])])
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -569,7 +642,7 @@ def test_the_annotations_are_rendered(tmp_path):
         "summary": "Triton replica 10.0.0.7:8001 of text quarantined for 5 minutes",
         "description": "The text service quarantined Triton replica 10.0.0.7:8001 after a stall and no canary "
                        "generation has succeeded there since (hubmesh_replica_quarantined).",
-        "runbook_url": "https://hubmesh.example.com/docs/runbooks.md#hubmeshtritonreplicaquarantined",
+        "runbook_url": RUNBOOKS_URL + "#hubmeshtritonreplicaquarantined",
     }
     test = _alert("HubmeshTritonReplicaQuarantined", "10m", [
         {"series": f'hubmesh_replica_quarantined{{{TEXT}, replica="10.0.0.7:8001"}}', "values": "0 0 1x20"},
@@ -633,8 +706,11 @@ def test_the_dashboards_cover_their_concerns():
     assert {"hubmesh_route_decisions_total", "hubmesh_route_prefix_match_ratio_bucket", "hubmesh_replica_ready",
             "hubmesh_replica_quarantined", "hubmesh_replica_ejections_total", "hubmesh_replica_in_flight",
             "hubmesh_text_migrations_total", "hubmesh_text_stalls_total", "hubmesh_replica_canaries_total"} <= routing
-    assert {"hubmesh_requests_total", "hubmesh_subject_tokens_total", "hubmesh_limiter_redis_failures_total",
-            "hubmesh_usage_records_dropped_total"} <= limits
+    assert {"hubmesh_requests_total", "hubmesh_requests_refused_total", "hubmesh_subject_tokens_total",
+            "hubmesh_budget_tokens_per_day", "hubmesh_limiter_redis_failures_total", "hubmesh_dependency_up",
+            "hubmesh_dependency_last_success_timestamp_seconds", "hubmesh_usage_records_dropped_total"} <= limits
+    # the configured budget is the façade's gauge, no longer a constant kept in a recording rule
+    assert not [name for name in recorded() if "config" in name]
 
 
 def test_the_dashboards_are_configmaps_for_grafanas_sidecar():
