@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 from aiohttp import web
@@ -14,6 +14,7 @@ from grpc_health.v1 import health_pb2_grpc
 from facade.errors import from_grpc
 from facade.settings import Settings
 from facade.text_streams import TextStreams
+from hubmesh.common.v1 import mesh_pb2_grpc
 from hubmesh.embeddings.v1 import embeddings_pb2_grpc as embeddings_grpc
 from hubmesh.images.v1 import images_pb2_grpc as images_grpc
 from hubmesh.text.v1 import text_generation_pb2_grpc as text_grpc
@@ -55,6 +56,8 @@ class Clients:
     health: dict[str, health_pb2_grpc.HealthStub]
     timeout_s: float
     internal_secret: str = ""
+    # each modality service's Mesh (its replicas and counters: GET /v1/mesh), on the same channels
+    mesh: dict[str, mesh_pb2_grpc.MeshStub] = field(default_factory=dict)
 
     @functools.cached_property
     def metadata(self) -> tuple[tuple[str, str], ...]:
@@ -94,6 +97,7 @@ def clients_ctx(settings: Settings):
             health={name: health_pb2_grpc.HealthStub(channel) for name, channel in channels.items()},
             timeout_s=settings.request_timeout_s,
             internal_secret=settings.internal_secret,
+            mesh={name: mesh_pb2_grpc.MeshStub(channel) for name, channel in channels.items()},
         )
         yield
         await app[CLIENTS].text_streams.close()

@@ -4,6 +4,7 @@ admission middlewares and the access log read each request's Route (facade/route
 
 from __future__ import annotations
 
+from facade import console
 from facade.api.chat import handler as chat
 from facade.api.chat.protocol import ChatCompletionRequest
 from facade.api.completions import handler as completions
@@ -23,6 +24,7 @@ from facade.api.keys.protocol import (
     KeyRegenerate,
     KeyUpdate,
 )
+from facade.api.mesh import handler as mesh
 from facade.api.messages import handler as messages
 from facade.api.messages.protocol import CountTokensRequest, MessagesRequest
 from facade.api.models import handler as models
@@ -43,6 +45,7 @@ from facade.api.response_bodies import (
     IonosToken,
     IonosTokenInfo,
     IonosTokenList,
+    Mesh,
     Model,
     ModelList,
     Response,
@@ -65,6 +68,8 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/ready", ready, public=True, admitted=False),
     Route("GET", "/metrics", metrics_endpoint, public=True, admitted=False),
     Route("GET", "/openapi.json", openapi, public=True, admitted=False),
+    # the web console: static pages, public; every number on them comes from the API with the user's key
+    *(Route("GET", path, console.serve, public=True, admitted=False) for path in console.paths()),
     Route("GET", "/v1/models", models.list_models, family="models", operation="list_models",
           summary="List models", response=ModelList),
     # ids may contain '/', e.g. HuggingFaceTB/SmolLM2-135M-Instruct
@@ -103,6 +108,9 @@ ROUTES: tuple[Route, ...] = (
     # the usage ledger's totals, every subject's: the operator's (a hubmesh extension; no GenAI operation)
     Route("GET", "/v1/usage", usage.get_usage, family="admin", summary="Usage totals per subject, user, model, day",
           query=UsageQuery, response=UsageList),
+    # each modality service's Triton replicas and counters, asked over gRPC (a hubmesh extension)
+    Route("GET", "/v1/mesh", mesh.get_mesh, family="admin", summary="The modality services' Triton replicas",
+          response=Mesh),
     # keys the hub issues (a hubmesh extension): the keys scope manages the caller's own, the admin
     # scope every owner's too (facade/api/keys/manage.py)
     Route("POST", "/v1/keys", keys.create_key, family="keys", summary="Issue a key", request=KeyCreate, response=ApiKey),

@@ -526,6 +526,8 @@ hubmesh is running.
   API key  : {config.api_key}
   JWT      : {issue_local_token(config.jwt_secret)}
              (HS256, every scope, valid 30 days: either one works as the Bearer credential)
+  Console  : {config.base_url.removesuffix('/v1')}/console
+             (usage, keys, the mesh, a playground: sign in by pasting the API key or the JWT above)
 {services}
   Logs     : {config.run_dir / 'logs'}
   Database : {redact(database)} (Responses store, usage ledger)

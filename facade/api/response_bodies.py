@@ -555,6 +555,7 @@ class UsageTotals(TypedDict):
     user: NotRequired[str]  # OpenAI's `user` field; "" when requests gave none
     model: NotRequired[str]
     day: NotRequired[str]  # YYYY-MM-DD, UTC
+    hour: NotRequired[str]  # YYYY-MM-DDTHH:00Z, UTC
     endpoint: NotRequired[str]  # the route's path, e.g. /v1/chat/completions
     status: NotRequired[int]  # the HTTP status (499: the client went away)
     requests: int
@@ -574,6 +575,65 @@ class UsageList(TypedDict):
     has_more: bool  # more groups than `limit`
     start: float
     end: float
+
+
+# -- the mesh: each modality service's Triton replicas (a hubmesh extension; facade/api/mesh) ----------
+
+
+class MeshReplica(TypedDict):
+    """One Triton replica as the service that answered sees it."""
+
+    address: str  # host:port of its gRPC endpoint
+    state: Literal["ready", "quarantined", "ejected", "not_ready", "unprobed"]
+    ready_models: list[str]  # the service's Triton models ready there, as last probed
+    in_flight: int  # the answering service process's calls running there now
+    engine_running: float  # what its engine last reported (vllm:num_requests_running), 0 where none
+    engine_waiting: float  # vllm:num_requests_waiting
+    ejections: float  # counters of the answering process
+    stalls: float
+    canaries: float
+    routed: float  # calls routed there
+
+
+class MeshRouting(TypedDict):
+    """The service's routing decisions by reason, and its replicas' prefix-cache hit ratio."""
+
+    decisions: dict[str, float]  # reason ("prefix", "load", "least_request", ...) -> calls
+    prompt_tokens: float
+    cached_tokens: float
+    hit_ratio: float | None  # cached_tokens / prompt_tokens; null before any prompt token
+
+
+class MeshEvent(TypedDict):
+    at: float  # unix seconds
+    address: str
+    event: str  # ejected, admitted, quarantined, removed
+
+
+class MeshService(TypedDict):
+    """One modality service: its answer, or `available: false` and why."""
+
+    service: str  # text, embeddings, images
+    available: bool
+    error: NotRequired[str]  # why it could not be asked (available: false)
+    instance: NotRequired[str]  # which service process answered: host, pid, listen address
+    uptime_s: NotRequired[float]
+    models: NotRequired[list[str]]
+    replicas: NotRequired[list[MeshReplica]]
+    in_flight: NotRequired[int]  # calls the answering process has running on its replicas now
+    queued: NotRequired[int]  # calls waiting for its admission
+    routing: NotRequired[MeshRouting]
+    migrations: NotRequired[dict[str, float]]  # outcome (moved, failed) -> generations
+    stalls: NotRequired[dict[str, float]]  # phase -> generations
+    events: NotRequired[list[MeshEvent]]  # the replica set's latest changes of state, newest last
+
+
+class Mesh(TypedDict):
+    """Every modality service's view of its replicas, asked now (GET /v1/mesh)."""
+
+    object: Literal["mesh"]
+    services: list[MeshService]
+    at: float  # unix seconds
 
 
 # -- keys the hub issues (a hubmesh extension; facade/api/keys) --------------------------------------

@@ -57,8 +57,11 @@ DROPPED = Counter(
 # what GET /v1/usage may group by, and the column each name is
 GROUPS: dict[str, str] = {
     "subject": "subject", "user": "user_id", "model": "model", "day": "day", "endpoint": "endpoint",
-    "status": "status",
+    "status": "status", "hour": "hour",
 }
+# hour: the UTC hour a request arrived in, counted from the epoch (whole hours: floor(created_at / 3600),
+# each dialect's own way of writing it), shown as YYYY-MM-DDTHH:00Z
+_HOUR_SQL = {"sqlite": "CAST(created_at / 3600 AS INTEGER)", "postgresql": "CAST(FLOOR(created_at / 3600) AS BIGINT)"}
 TOTALS = ("requests", "prompt_tokens", "completion_tokens", "cached_tokens", "total_tokens", "images", "errors")
 _TOTALS_SQL = (
     "COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), SUM(cached_tokens), "
@@ -75,6 +78,11 @@ INSERT = (
 def utc_day(epoch_s: float) -> str:
     """The UTC date of an instant, YYYY-MM-DD."""
     return datetime.fromtimestamp(epoch_s, UTC).date().isoformat()
+
+
+def utc_hour(hours: int) -> str:
+    """Whole hours since the epoch as that hour's UTC start, YYYY-MM-DDTHH:00Z."""
+    return datetime.fromtimestamp(int(hours) * 3600, UTC).strftime("%Y-%m-%dT%H:00Z")
 
 
 def storable(text: str) -> str:
@@ -262,7 +270,8 @@ class UsageLedger:
         flush() first to count this process's pending records. StoreError when the database fails."""
         if not group_by or set(group_by) - set(GROUPS):
             raise ValueError(f"group_by: one or more of {', '.join(GROUPS)}")
-        columns = ", ".join(GROUPS[name] for name in group_by)
+        db = await self._database()
+        columns = ", ".join(_HOUR_SQL[db.dialect] if name == "hour" else GROUPS[name] for name in group_by)
         args: list[Any] = [float(start), float(end)]
         where = ["created_at >= $1", "created_at < $2"]
         for column, value in (("subject", subject), ("user_id", user), ("model", model)):
@@ -270,14 +279,15 @@ class UsageLedger:
                 args.append(storable(value))
                 where.append(f"{column} = ${len(args)}")
         args.append(int(limit))
-        db = await self._database()
         rows = await db.fetch(
             f"SELECT {columns}, {_TOTALS_SQL} FROM usage_records WHERE {' AND '.join(where)} "
             f"GROUP BY {columns} ORDER BY {columns} LIMIT ${len(args)}",
             *args,
         )
         width = len(group_by)
-        return [{**dict(zip(group_by, row[:width], strict=True)), **dict(zip(TOTALS, (int(v or 0) for v in row[width:]), strict=True))}
+        return [{**{name: utc_hour(value) if name == "hour" else value
+                    for name, value in zip(group_by, row[:width], strict=True)},
+                 **dict(zip(TOTALS, (int(v or 0) for v in row[width:]), strict=True))}
                 for row in rows]
 
 
@@ -299,4 +309,4 @@ def usage_ctx(flush_interval_s: float = DEFAULT_FLUSH_INTERVAL_S, buffer_records
     return ctx
 
 
-__all__ = ["GROUPS", "TOTALS", "USAGE_LEDGER", "UsageLedger", "UsageRecord", "storable", "usage_ctx", "utc_day"]
+__all__ = ["GROUPS", "TOTALS", "USAGE_LEDGER", "UsageLedger", "UsageRecord", "storable", "usage_ctx", "utc_day", "utc_hour"]

@@ -24,6 +24,7 @@ from services.common.catalog import CatalogEntry, CatalogError
 from services.common.grpc_options import SERVER_OPTIONS
 from services.common.interceptors import AdmissionInterceptor, MetricsInterceptor
 from services.common.internal_auth import RequireSecret
+from services.common.mesh import add_mesh
 from services.common.replicas import ReplicaSet, parse_targets
 from services.common.settings import EnvSettings, NonNegativeSeconds, Port, ServiceSettings, settings_or_exit
 
@@ -236,9 +237,14 @@ def run_modality_service(
         try:
             servicer = make_servicer(wiring)
             log.info("models: %s; Triton replicas: %s", ", ".join(catalog), settings.triton_url)
+
+            def register(server: grpc.aio.Server) -> None:  # the modality's servicer, and Mesh (its replicas)
+                add_to_server(servicer, server)
+                add_mesh(server, component, replicas, settings.listen)
+
             await serve(
                 settings.listen,
-                lambda server: add_to_server(servicer, server),
+                register,
                 [service_name],
                 servicer.is_ready,
                 options,

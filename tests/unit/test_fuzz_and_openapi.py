@@ -50,6 +50,7 @@ async def test_openapi_document_lists_the_five_families(client):
                                  "/v1/images/generations", "/v1/models", "/v1/models/{model}", "/v1/responses",
                                  "/v1/responses/{response_id}", "/v1/responses/{response_id}/input_items",
                                  "/v1/usage",  # the usage ledger's totals: a hubmesh extension
+                                 "/v1/mesh",  # the services' Triton replicas: a hubmesh extension
                                  # keys the hub issues (a hubmesh extension), and IONOS's Auth API for them
                                  "/v1/keys", "/v1/keys/{key_id}", "/v1/keys/{key_id}/block", "/v1/keys/{key_id}/unblock",
                                  "/v1/keys/{key_id}/regenerate", "/auth/v1/tokens", "/auth/v1/tokens/generate",

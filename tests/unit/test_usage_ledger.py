@@ -15,7 +15,7 @@ from prometheus_client import REGISTRY
 from facade.store import StoreHolder
 from facade.store.database import StoreError, open_database
 from facade.store.migrations import migrate
-from facade.store.usage import UsageLedger, UsageRecord, storable, utc_day
+from facade.store.usage import UsageLedger, UsageRecord, storable, utc_day, utc_hour
 from tests.unit.test_responses_store import database_url  # noqa: F401 (the fixture: each kind of database)
 
 T0 = datetime(2024, 5, 31, 23, 0, tzinfo=timezone.utc).timestamp()  # an hour before a UTC midnight
@@ -36,6 +36,7 @@ class Door:
 
     def __init__(self, db) -> None:
         self.db = db
+        self.dialect = db.dialect
         self.down = False
         self.fail_after_commit = False  # the batch commits, then the caller hears of a failure
         self.batches: list[int] = []
@@ -286,3 +287,13 @@ async def test_filters_time_range_and_limit(filled):
         await filled.query(["subject", "nothing"], T0, T0 + 1)
     with pytest.raises(ValueError):
         await filled.query([], T0, T0 + 1)
+
+
+async def test_totals_per_hour_on_either_database(filled):
+    filled.record(rec(3599.9))  # the last instant of T0's hour: floor, never rounded up
+    await filled.flush()
+    by_hour = await filled.query(["hour", "model"], T0, T0 + 10_000)
+    assert [(r["hour"], r["model"], r["requests"]) for r in by_hour] == [
+        ("2024-05-31T23:00Z", "m1", 3), ("2024-05-31T23:00Z", "m2", 1),
+        ("2024-06-01T00:00Z", "img", 1), ("2024-06-01T00:00Z", "m1", 1), ("2024-06-01T01:00Z", "", 1)]
+    assert utc_hour(int(T0 // 3600)) == "2024-05-31T23:00Z"

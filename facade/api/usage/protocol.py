@@ -53,7 +53,7 @@ class UsageQuery(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     group_by: Groups = Field("subject", validate_default=True, description=(
-        f"What the totals are per: a comma-separated list of {', '.join(GROUPS)} (day: the UTC date)."))
+        f"What the totals are per: a comma-separated list of {', '.join(GROUPS)} (day: the UTC date; hour: the UTC hour, YYYY-MM-DDTHH:00Z)."))
     start: Instant | None = Field(None, description=(
         "From this instant on (inclusive): unix seconds or YYYY-MM-DD (midnight UTC). Default: 30 days before end."))
     end: Instant | None = Field(None, description=(
