@@ -44,7 +44,7 @@ $(GEN)/.stamp: $(PROTOS) | $(VENV)/.installed
 run: setup nats-server
 	$(PY) -m local
 
-test: setup redis-server promtool nats-server
+test: setup redis-server promtool nats-server chromium console-node
 	$(PY) -m pytest
 
 # ruff (lint and import order) and mypy, configured in pyproject.toml; CI runs it before the tests
@@ -80,6 +80,28 @@ promtool:
 		echo "promtool is missing: installing Debian's prometheus package (the monitoring tests run promtool)"; \
 		{ apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus; } \
 		|| echo "could not install prometheus: the monitoring tests will fail and say so"; }
+
+# The console's browser test (tests/e2e/test_console_e2e.py) drives Debian's Chromium headless with the npm
+# package playwright-core (pinned in tests/e2e/console/package-lock.json, installed into build/console-node;
+# it never downloads a browser). Without either the test fails and says which is missing.
+CONSOLE_NODE := build/console-node
+.PHONY: chromium console-node
+chromium:
+	@test -x /usr/bin/chromium || { \
+		echo "chromium is missing: installing Debian's chromium (the console's browser test drives it)"; \
+		{ apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium; } \
+		|| echo "could not install chromium: the console's browser test will fail and say so"; }
+
+console-node: $(CONSOLE_NODE)/.installed
+$(CONSOLE_NODE)/.installed: tests/e2e/console/package.json tests/e2e/console/package-lock.json
+	@command -v npm >/dev/null || { \
+		echo "npm is missing: installing Debian's nodejs and npm (the console's browser test runs playwright-core)"; \
+		{ apt-get update -qq && apt-get install -y -qq --no-install-recommends nodejs npm; } || true; }
+	@rm -rf $(CONSOLE_NODE) && mkdir -p $(CONSOLE_NODE) \
+		&& cp tests/e2e/console/package.json tests/e2e/console/package-lock.json $(CONSOLE_NODE)/ \
+		&& (cd $(CONSOLE_NODE) && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error) \
+		&& touch $@ \
+		|| echo "could not install playwright-core: the console's browser test will fail and say so"
 
 unit: setup
 	$(PY) -m pytest -m 'not e2e'

@@ -99,13 +99,13 @@ async def test_describe_over_grpc_with_the_internal_secret():
     def register(server):
         mesh_pb2_grpc.add_MeshServicer_to_server(MeshServicer("embeddings", replicas), server)
 
-    async with serving(register, interceptors=[RequireSecret("s3cret")]) as target:
-        async with grpc.aio.insecure_channel(target) as channel:
-            stub = mesh_pb2_grpc.MeshStub(channel)
-            with pytest.raises(grpc.aio.AioRpcError) as refused:
-                await stub.Describe(mesh_pb2.DescribeRequest())
-            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
-            state = await stub.Describe(mesh_pb2.DescribeRequest(), metadata=service_metadata("s3cret"))
+    async with serving(register, interceptors=[RequireSecret("s3cret")]) as target, \
+            grpc.aio.insecure_channel(target) as channel:
+        stub = mesh_pb2_grpc.MeshStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.Describe(mesh_pb2.DescribeRequest())
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        state = await stub.Describe(mesh_pb2.DescribeRequest(), metadata=service_metadata("s3cret"))
     assert state.service == "embeddings" and len(state.replicas) == 4
 
 
