@@ -81,19 +81,22 @@ def test_the_console_in_a_real_browser(stack, client):
 
     # usage: the page showed this test's requests
     assert result["usage_requests"] == CHAT_REQUESTS
-    # keys: the key made and revoked in the UI is refused through the API, and gone from the list
-    secret, key_id = result["secret"], result["key_id"]
-    assert secret.startswith("sk-hm-") and key_id
-    revoked = OpenAI(base_url=base, api_key=secret, max_retries=0, timeout=30)
+    # keys: the key made, regenerated and revoked in the UI is refused through the API (its first secret
+    # and its regenerated one), and gone from the list
+    key_id = result["key_id"]
+    assert key_id and len(set(result["secrets"])) == 2
+    for secret in result["secrets"]:
+        assert secret.startswith("sk-hm-")
+        revoked = OpenAI(base_url=base, api_key=secret, max_retries=0, timeout=30)
 
-    def refused() -> bool:
-        try:
-            revoked.models.list()
-        except openai.AuthenticationError as err:
-            return err.status_code == 401
-        return False
+        def refused(revoked: OpenAI = revoked) -> bool:
+            try:
+                revoked.models.list()
+            except openai.AuthenticationError as err:
+                return err.status_code == 401
+            return False
 
-    wait_for(refused, timeout_s=10, what="the revoked key refused with 401")
+        wait_for(refused, timeout_s=10, what="the revoked key refused with 401")
     assert admin.get(f"/keys/{key_id}").status_code == 404
     # playground: an answer streamed into the page
     assert result["streamed"].strip()

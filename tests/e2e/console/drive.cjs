@@ -100,6 +100,18 @@ async function main() {
     // the CSV is made from the same JSON
     const csv = await page.evaluate(async () => (await import("/console/usage.js")).csv());
     check(csv.startsWith("day,subject,requests,") && csv.includes(USAGE_SUBJECT), `unexpected CSV: ${csv.slice(0, 200)}`);
+    // per hour: the same requests, in this hour's bucket
+    answered = usageAnswer({ group_by: "hour,subject", subject: USAGE_SUBJECT });
+    await page.selectOption("#usage-form select[name=period]", "hour");
+    await answered;
+    const hourly = page.locator(`#usage-table tbody tr[data-series="${USAGE_SUBJECT}"]`);
+    await hourly.first().waitFor();
+    const hours = await hourly.evaluateAll((rows) => rows.map((r) => [r.dataset.period, Number(r.children[2].textContent)]));
+    check(hours.every(([hour]) => /^\d{4}-\d{2}-\d{2}T\d{2}:00Z$/.test(hour)), `hours: ${JSON.stringify(hours)}`);
+    check(hours.reduce((sum, [, n]) => sum + n, 0) === USAGE_REQUESTS, `per hour: ${JSON.stringify(hours)}`);
+    answered = usageAnswer({ group_by: "day,subject", subject: USAGE_SUBJECT });
+    await page.selectOption("#usage-form select[name=period]", "day");
+    await answered;
     // the whole picture (every subject, per model) for the screenshot
     answered = usageAnswer({ group_by: "day,model", subject: null });
     await page.fill("#usage-form input[name=subject]", "");
@@ -119,12 +131,23 @@ async function main() {
     await page.waitForFunction(() => document.getElementById("key-secret-value").textContent.startsWith("sk-hm-"));
     const secretValue = await page.locator("#key-secret-value").textContent();
     check(await page.locator("#key-secret").isVisible(), "the secret is not shown");
-    result.secret = secretValue;
     const keyRow = page.locator(`#keys-table tbody tr[data-key-name="${KEY_NAME}"]`);
     await keyRow.waitFor();
     result.key_id = await keyRow.getAttribute("data-key-id");
-    const works = await fetch(new URL("/v1/models", CONSOLE_URL), { headers: { Authorization: `Bearer ${secretValue}` } });
-    check(works.status === 200, `the new key gets ${works.status}, not 200`);
+    const status = async (secret) => (await fetch(new URL("/v1/models", CONSOLE_URL),
+      { headers: { Authorization: `Bearer ${secret}` } })).status;
+    check(await status(secretValue) === 200, "the new key is refused");
+    await page.click("#key-secret-done");
+    await page.locator("#key-secret").waitFor({ state: "hidden" });
+    // regenerated: a new secret shown once, the first one refused from now on (no grace period)
+    await keyRow.locator("button[data-action=regenerate]").click();
+    await page.waitForFunction((old) => {
+      const shown = document.getElementById("key-secret-value").textContent;
+      return shown.startsWith("sk-hm-") && shown !== old;
+    }, secretValue);
+    const regenerated = await page.locator("#key-secret-value").textContent();
+    check(await status(regenerated) === 200, "the regenerated key is refused");
+    result.secrets = [secretValue, regenerated];
     await page.click("#key-secret-done");
     await keyRow.locator("button[data-action=block]").click();
     await page.locator(`#keys-table tbody tr[data-key-name="${KEY_NAME}"][data-status=blocked]`).waitFor();
@@ -171,7 +194,7 @@ async function main() {
     await page.locator("#signin-key").waitFor();
     check(await page.evaluate(() => sessionStorage.getItem("hubmesh.console.key")) === null, "the key outlived sign-out");
 
-    check(!urls.some((u) => u.includes(ADMIN_KEY) || u.includes(secretValue)), "a key appeared in a URL");
+    check(!urls.some((u) => [ADMIN_KEY, ...result.secrets].some((k) => u.includes(k))), "a key appeared in a URL");
     check(!problems.length, problems.join("\n"));
     result.requests_seen = urls.length;
   } finally {
