@@ -12,7 +12,8 @@ new call the next replica): a stream goes to the link with the fewest open strea
 takes no new streams and closes once its own have ended — when it is `max_age_s` old (so that links
 follow replicas added or removed, as the server's connection age would make calls do) or when its
 replica says it is stopping; the next stream opens a link in its place. A link that breaks (its
-replica gone) fails its open streams with UNAVAILABLE, as their calls would have.
+replica gone) fails its open streams with LinkLost (UNAVAILABLE, as their calls would have failed), which
+the façade may resume on another link (facade/api/text/generation.py).
 """
 
 from __future__ import annotations
@@ -42,6 +43,11 @@ DEADLINE_GRACE_S = 1.0  # past a stream's deadline, the façade gives up waiting
 
 def _error(code: grpc.StatusCode, details: str, *trailing: tuple[str, bytes]) -> grpc.aio.AioRpcError:
     return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(*trailing), details=details)
+
+
+class LinkLost(grpc.aio.AioRpcError):
+    """A stream's end because its link broke (the text service went away, or the connection to it):
+    the generation may still go on elsewhere (facade/api/text/generation.py resumes it)."""
 
 
 def status_error(status_bytes: bytes) -> grpc.aio.AioRpcError:
@@ -210,12 +216,14 @@ class _Link:
             self._wake.set()
             if self.streams:
                 if error is None or error.code() == grpc.StatusCode.CANCELLED:
-                    error = _error(grpc.StatusCode.UNAVAILABLE, "the text service ended the stream")
+                    lost = LinkLost(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(),
+                                    details="the text service ended the stream")
                 else:
                     log.warning("GenerateMany link failed with %d streams open: %s %s", len(self.streams),
                                 error.code(), error.details())
+                    lost = LinkLost(error.code(), grpc.aio.Metadata(), grpc.aio.Metadata(), details=error.details())
                 for stream in self.streams.values():
-                    stream._end(error)
+                    stream._end(lost)
                 self.streams.clear()
 
     async def close(self) -> None:

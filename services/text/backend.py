@@ -48,9 +48,12 @@ class TextBackend(Protocol):
         ...
 
     def generate(
-        self, model: str, prompt: str, sampling: Mapping[str, Any], stream: bool
+        self, model: str, prompt: str, sampling: Mapping[str, Any], stream: bool,
+        resume: migration.Progress | None = None,
     ) -> AsyncGenerator[GenerationChunk, None]:
-        """Chunks of one generation; closing the iterator early cancels the work in the model."""
+        """Chunks of one generation; closing the iterator early cancels the work in the model.
+        `resume`: what another text service had produced of it (GenerateRequest.resume): only what
+        follows comes."""
         ...
 
     async def close(self) -> None:
@@ -84,13 +87,19 @@ class TritonTextBackend(TritonBackend):
             lambda replica, event: self.stalls.forget(replica) if event == "removed" else None)
 
     async def generate(
-        self, model: str, prompt: str, sampling: Mapping[str, Any], stream: bool
+        self, model: str, prompt: str, sampling: Mapping[str, Any], stream: bool,
+        resume: migration.Progress | None = None,
     ) -> AsyncGenerator[GenerationChunk, None]:
         first = generation_request(model, prompt, sampling, stream)
         if model not in self._models:
             self._models[model] = None
         segment = migration.Segment(first, n=sampling.get("n", 1))
-        progress = migration.Progress(segment.n)
+        progress = resume or migration.Progress(segment.n)
+        if resume is not None:  # another text service's generation: its unfinished choices continue here
+            following = resume.unfinished()
+            if following is None:
+                return
+            segment = migration.continuation(first, progress, following, prompt, sampling)
         tried: list = []
         migrations = 0
         lost_at: float | None = None  # when the last replica was lost (until the next one answers)

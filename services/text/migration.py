@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from services.common import triton_tensors
+from services.common.errors import InvalidArgument
 from services.text.contract import GenerationChunk, TokenLogprob
 
 
@@ -101,6 +102,21 @@ class Segment:
             logprobs[c] = chunk.logprobs[0] if chunk.logprobs else None
         # the prompt's count stays what it is; its cache hits are the first replica's
         return GenerationChunk(texts, reasons, chunk.num_input_tokens, counts, None, ids, logprobs)
+
+
+def resumed(choices: Sequence[Any], n: int) -> Progress:
+    """The progress a caller reports of a generation of `n` choices (hubmesh.text.v1.ResumedChoice
+    each): by ids where every choice's tokens came with theirs."""
+    if len(choices) != n:
+        raise InvalidArgument(f"resume has {len(choices)} choices, the request {n}", "resume")
+    progress = Progress(n)
+    for choice, reported in zip(progress.choices, choices, strict=True):
+        choice.ids = list(reported.token_ids)
+        choice.texts = [reported.text] if reported.text else []
+        choice.tokens = reported.tokens
+        choice.finished = reported.finished
+    progress.with_ids = all(len(c.ids) == c.tokens for c in progress.choices)
+    return progress
 
 
 def can_continue(progress: Progress, sampling: Mapping[str, Any]) -> bool:

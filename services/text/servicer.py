@@ -15,7 +15,7 @@ from services.common.grpc_errors import abort_on_service_error
 from services.common.metrics import StreamTimer, count_tokens
 from services.common.servicer import CatalogServicer
 from services.common.telemetry import set_genai_attributes
-from services.text import budget
+from services.text import budget, migration
 from services.text.backend import GenerationChunk, TextBackend
 from services.text.catalog import ModelEntry
 from services.text.contract import TokenLogprob
@@ -132,13 +132,15 @@ class TextGenerationServicer(CatalogServicer[ModelEntry], pb_grpc.TextGeneration
         return entry, prompt, sampling, plan
 
     def _chunks(self, entry: ModelEntry, prompt: str, sampling: SamplingPlan, request: pb.GenerateRequest,
-                stream: bool) -> AsyncIterator[GenerationChunk]:
-        """The model's responses; within the request's token budget when it has one (streamed from
-        the model then, so that each choice can be stopped at its share)."""
+                stream: bool, resume: migration.Progress | None = None) -> AsyncIterator[GenerationChunk]:
+        """The model's responses (after `resume`'s, for a resumed generation); within the request's
+        token budget when it has one (streamed from the model then, so that each choice can be
+        stopped at its share)."""
+        more = {"resume": resume} if resume is not None else {}
         if not request.HasField("token_budget"):
-            return self._backend.generate(entry.triton_model, prompt, sampling, stream=stream)
+            return self._backend.generate(entry.triton_model, prompt, sampling, stream=stream, **more)
         clamped = budget.clamp_sampling(sampling, request.token_budget)
-        chunks = self._backend.generate(entry.triton_model, prompt, clamped, stream=True)
+        chunks = self._backend.generate(entry.triton_model, prompt, clamped, stream=True, **more)
         return budget.within_budget(chunks, request.token_budget, clamped.n)
 
     @abort_on_service_error
@@ -177,13 +179,19 @@ class TextGenerationServicer(CatalogServicer[ModelEntry], pb_grpc.TextGeneration
     ) -> AsyncIterator[pb.GenerateStreamResponse]:
         entry, prompt, sampling, plan = self._prepare(request)
         usage = pb.Usage()
+        resume = None
+        if request.HasField("resume"):  # another text service's generation, the caller relayed part of it
+            if plan.mode is not Mode.TEXT:
+                raise InvalidArgument("only a free-text generation can be resumed", "resume")
+            resume = migration.resumed(request.resume.choices, sampling["n"])
+            usage.prompt_tokens, usage.completion_tokens = request.resume.prompt_tokens, resume.tokens
         finished: dict[int, pb.FinishReason] = {}  # backends repeat a choice's finish_reason in later responses
         parsers: dict[int, ToolCallParser] = {}
         top_k = sampling.get("logprobs")
         held: dict[int, list[pb.TokenLogprob]] = {}  # tokens whose choice had no delta to carry them yet
         timer = StreamTimer(entry.id)
-        told_prompt = False  # whether a message carried prompt_tokens yet
-        async for chunk in self._chunks(entry, prompt, sampling, request, stream=True):
+        told_prompt = bool(usage.prompt_tokens)  # whether a message carried prompt_tokens yet
+        async for chunk in self._chunks(entry, prompt, sampling, request, stream=True, resume=resume):
             _add_usage(usage, chunk)
             rounds: list[list[pb.ChoiceDelta]] = []  # one stream message per round
             for i, text in enumerate(chunk.texts):
@@ -204,9 +212,14 @@ class TextGenerationServicer(CatalogServicer[ModelEntry], pb_grpc.TextGeneration
                     _carry_logprobs(deltas, held, i, chunk, top_k)
                 for position, delta in enumerate(deltas):
                     _in_round(rounds, position).append(delta)
-            for deltas in rounds:
-                timer.chunk()
-                message = pb.GenerateStreamResponse(model=entry.id, deltas=deltas)
+            progress = _progress(chunk) if plan.mode is Mode.TEXT else []
+            if progress and not rounds:  # tokens that made no text yet: the caller still counts them
+                rounds.append([])
+            for position, deltas in enumerate(rounds):
+                if deltas:
+                    timer.chunk()
+                message = pb.GenerateStreamResponse(model=entry.id, deltas=deltas,
+                                                    progress=progress if position == 0 else ())
                 if not told_prompt and usage.prompt_tokens:
                     message.prompt_tokens, told_prompt = usage.prompt_tokens, True
                 yield message
@@ -323,6 +336,13 @@ def _carry_logprobs(deltas: list[pb.ChoiceDelta], held: dict[int, list[pb.TokenL
         held.setdefault(index, []).extend(_logprobs(new, top_k))
     if deltas and index in held:
         deltas[0].logprobs.extend(held.pop(index))
+
+
+def _progress(chunk: GenerationChunk) -> list[pb.ChoiceProgress]:
+    """Each choice's tokens of `chunk`, with their ids where the model reports them."""
+    ids = chunk.token_ids
+    return [pb.ChoiceProgress(index=i, tokens=tokens, token_ids=ids[i] if ids is not None and i < len(ids) else ())
+            for i, tokens in enumerate(chunk.num_output_tokens) if tokens]
 
 
 def _in_round(rounds: list[list[pb.ChoiceDelta]], position: int) -> list[pb.ChoiceDelta]:
