@@ -236,7 +236,9 @@ def chaos_rows(chaos: dict | None) -> list[str]:
     lines = ["**Chaos** (4 text services, shared-prefix workload): " + "; ".join(
         f"{name} at {at} s" for name, at in chaos["events"]) + f". Requests {chaos['requests']}, errors "
         f"{chaos['errors'] or 0}; hit ratio before {chaos['hit_ratio_before']}; back within 0.05 of it after: "
-        + ", ".join(f"{k}: {v} s" for k, v in chaos["back_within_0.05_after_s"].items()) + ".", "",
+        + ", ".join(f"{k}: {v} s" for k, v in chaos["back_within_0.05_after_s"].items()) + "."
+        + (f" Streams moved to another text service: {chaos['streams_moved']}." if chaos.get("streams_moved") else ""),
+        "",
         "| second | requests | errors | hit ratio | TTFT p50 / p99 |", "| --- | --- | --- | --- | --- |"]
     for row in chaos["curve"]:
         lines.append(f"| {row['second']} | {row['requests']} | {row['errors']} | {row['hit_ratio']} | "

@@ -25,7 +25,8 @@ links do), their pickers sharing one routing view over a private nats-server (se
 a fresh subject per run, so nothing is replayed from the run before), and 4 of them each on its own
 index (the view off: the issue's failure); the no-shared-prefix workload with 1 and 4. `--chaos`: 4
 text services under the shared-prefix workload while the bus is SIGKILLed and restarted and one text
-service is stopped; the hit ratio and TTFT second by second.
+service is stopped, the requests sent as the façade sends them (its links; a stream whose text service
+is lost goes on through another: facade/resumable.py); the hit ratio and TTFT second by second.
 
 Per strategy and workload: TTFT (first delta with text) p50/p99, end-to-end p50/p99, output tokens/s,
 the prefix-cache hit ratio (the Tritons' counters, or the usage's cached tokens), the busiest replica's
@@ -54,6 +55,8 @@ import grpc
 
 from bench import SIM_CATALOG
 from bench.cpu import CpuMeter
+from facade.resumable import RESUMES, ResumableStream
+from facade.text_streams import TextStreams
 from hubmesh.text.v1 import text_generation_pb2 as pb
 from hubmesh.text.v1 import text_generation_pb2_grpc as pb_grpc
 from local import processes
@@ -217,11 +220,25 @@ def _has_cached_tokens() -> bool:
     return "cached_tokens" in pb.Usage.DESCRIPTOR.fields_by_name
 
 
-async def drive(targets: list[str], secret: str, workload: Workload, timeout_s: float = 120.0) -> list[Outcome]:
-    """Sends the workload's schedule (open loop) to the text services at `targets`, alternating."""
+async def drive(targets: list[str], secret: str, workload: Workload, timeout_s: float = 120.0,
+                as_facade: bool = False) -> list[Outcome]:
+    """Sends the workload's schedule (open loop) to the text services at `targets`, alternating;
+    `as_facade`: through the façade's own links instead of a call each, each stream going on through
+    another text service when its own is lost (facade/resumable.py)."""
     channels = [grpc.aio.insecure_channel(t, options=CHANNEL_OPTIONS) for t in targets]
     stubs = [pb_grpc.TextGenerationStub(c) for c in channels]
     metadata = ((SECRET_METADATA_KEY, secret),) if secret else ()
+    links = [TextStreams(stub, metadata) for stub in stubs] if as_facade else []
+
+    def messages(target: int, request: pb.GenerateRequest):
+        if not links:
+            return stubs[target].GenerateStream(request, metadata=metadata, timeout=timeout_s)
+        stream = ResumableStream(links[target], request, timeout_s)
+
+        async def read():
+            while (message := await stream.read()) is not grpc.aio.EOF:
+                yield message
+        return read()
     cached_field = _has_cached_tokens()
     loop = asyncio.get_running_loop()
     outcomes: list[Outcome] = []
@@ -238,7 +255,7 @@ async def drive(targets: list[str], secret: str, workload: Workload, timeout_s: 
         parts: list[str] = []
         outcome.sent = time.perf_counter()
         try:
-            async for message in stubs[outcome.target].GenerateStream(request, metadata=metadata, timeout=timeout_s):
+            async for message in messages(outcome.target, request):
                 for delta in message.deltas:
                     if delta.text:
                         if outcome.first is None:
@@ -281,6 +298,8 @@ async def drive(targets: list[str], secret: str, workload: Workload, timeout_s: 
             await at(turn.at)
             tasks.append(asyncio.create_task(one(turn, [], 0.0)))
     await asyncio.gather(*tasks)
+    for streams in links:
+        await streams.close()
     for channel in channels:
         await channel.close()
     return outcomes
@@ -834,7 +853,7 @@ def chaos(seed: int = 7, services: int = 4, duration_s: float = 45.0, bus_kill_a
                      asyncio.create_task(event(service_kill_at, f"text service {last} {signal_name}ed",
                                                lambda: _kill_service(stack, last, signal_name))),
                      asyncio.create_task(event(service_back_at, f"text service {last} started again", restart))]
-            outcomes = await drive([target], stack.config.internal_secret, workload)
+            outcomes = await drive([target], stack.config.internal_secret, workload, as_facade=True)
             await asyncio.gather(*tasks)
             return outcomes, t0
 
@@ -842,7 +861,18 @@ def chaos(seed: int = 7, services: int = 4, duration_s: float = 45.0, bus_kill_a
     finally:
         stack.stop()
         bus.stop()
-    return chaos_curve(outcomes, t0, events, duration_s)
+    return {**chaos_curve(outcomes, t0, events, duration_s), "streams_moved": _resumes()}
+
+
+def _resumes() -> dict[str, int]:
+    """The streams this process's façade links moved to another text service, by outcome."""
+    moved: dict[str, int] = {}
+    for metric in RESUMES.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_total") and sample.value:
+                outcome = sample.labels["outcome"]
+                moved[outcome] = moved.get(outcome, 0) + int(sample.value)
+    return moved
 
 
 def _kill_service(stack: LocalStack, name: str, signal_name: str = "SIGKILL") -> None:

@@ -13,7 +13,7 @@ takes no new streams and closes once its own have ended — when it is `max_age_
 follow replicas added or removed, as the server's connection age would make calls do) or when its
 replica says it is stopping; the next stream opens a link in its place. A link that breaks (its
 replica gone) fails its open streams with LinkLost (UNAVAILABLE, as their calls would have failed), which
-the façade may resume on another link (facade/api/text/generation.py).
+the façade resumes on another link (facade/resumable.py).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def _error(code: grpc.StatusCode, details: str, *trailing: tuple[str, bytes]) ->
 
 class LinkLost(grpc.aio.AioRpcError):
     """A stream's end because its link broke (the text service went away, or the connection to it):
-    the generation may still go on elsewhere (facade/api/text/generation.py resumes it)."""
+    the generation may still go on elsewhere (facade/resumable.py)."""
 
 
 def status_error(status_bytes: bytes) -> grpc.aio.AioRpcError:

@@ -14,7 +14,7 @@ _COMMON = [
 
 # Façade -> services: a keepalive ping every 5 s, idle or not, unanswered for 5 s, closes the
 # connection: a service replica that froze or was cut off is given up within 10 s, and the façade
-# resumes its generation streams through another (facade/api/text/generation.py). Our servers accept
+# resumes its generation streams through another (facade/resumable.py). Our servers accept
 # any number of such pings (SERVER_OPTIONS: no ping strikes). gRPC sends no keepalive ping while
 # another ping (its flow-control probe) awaits its answer, and gives that one up only after
 # `grpc.http2.ping_timeout_ms`, 60 s by default: measured with a SIGSTOPped server, 60-65 s to

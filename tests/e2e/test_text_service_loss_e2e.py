@@ -3,7 +3,7 @@ Tritons (real tritonserver), a dozen seeded streams through the façade, and one
 SIGKILLed — or frozen with SIGSTOP, which only the façade's keepalive notices — while they run. Every
 stream ends with [DONE], no error event, and the very text and usage an undisturbed run gives: the
 façade resumes each one through the other service from what it had relayed, and the model continues
-it token-exactly (facade/api/text/generation.py, services/text/migration.py)."""
+it token-exactly (facade/resumable.py, services/text/migration.py)."""
 
 from __future__ import annotations
 

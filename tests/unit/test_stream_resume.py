@@ -1,4 +1,4 @@
-"""A text service lost mid-stream (facade/api/text/generation.py's GenerationStream): the façade in
+"""A text service lost mid-stream (facade/resumable.py): the façade in
 front of two real text servicers, the one carrying the stream stopped after a few tokens; the
 stream goes on through the other from what was relayed (GenerateRequest.resume), with the whole
 text and usage, and no error. A stream whose deltas are not the model's own text (tool calls) is not
@@ -14,8 +14,8 @@ import grpc
 import jwt
 import pytest
 
-from facade.api.text.generation import Relayed
 from facade.app import create_app
+from facade.resumable import Relayed
 from facade.settings import Settings
 from hubmesh.text.v1 import text_generation_pb2 as pb
 from hubmesh.text.v1 import text_generation_pb2_grpc as pb_grpc

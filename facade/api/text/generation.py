@@ -8,24 +8,20 @@ tokens; a stream moves on only at its start, before any HTTP byte."""
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 
 import grpc
 from aiohttp import web
-from prometheus_client import Counter
 
+from facade import resumable
 from facade.aliases import serve
 from facade.api.response_bodies import Usage
 from facade.call import Call, call_of
 from facade.clients import CLIENTS
 from facade.errors import from_grpc
-from facade.text_streams import LinkLost
 from hubmesh.text.v1 import text_generation_pb2 as pb
-
-log = logging.getLogger(__name__)
 
 
 def new_id(prefix: str) -> str:
@@ -105,34 +101,16 @@ async def reserve_budget(http: web.Request, request: pb.GenerateRequest) -> None
 
 async def generate(http: web.Request, request: pb.GenerateRequest, input_param: str) -> pb.GenerateResponse:
     """Unary Generate; gRPC failures become OpenAI errors. Cancelling the caller cancels the call.
-    The request's token budget is reserved first (reserve_budget). A text service that goes away
-    before it answers is replaced by another: nothing of its answer was seen, so it starts again."""
+    The request's token budget is reserved first (reserve_budget). A text service lost before it
+    answers is replaced by another (facade/resumable.py)."""
     clients = http.app[CLIENTS]
-    deadline = Deadline(clients.timeout_s)
-    lost = 0
-    while True:
-        try:
-            result = await clients.text_streams.generate(request, deadline.left())
-            break
-        except LinkLost as err:
-            lost += 1
-            if lost > MAX_RESUMES or deadline.passed():
-                RESUMES.labels(request.model, "failed").inc()
-                raise from_grpc(err, "text", default_param=input_param) from err
-            RESUMES.labels(request.model, "restarted").inc()
-            log.info("text service lost before it answered a %s generation; asking another", request.model)
-        except grpc.aio.AioRpcError as err:
-            raise from_grpc(err, "text", default_param=input_param) from err
+    try:
+        result = await resumable.generate(clients.text_streams, request, clients.timeout_s)
+    except grpc.aio.AioRpcError as err:
+        raise from_grpc(err, "text", default_param=input_param) from err
     call_of(http).record_usage(result.usage.prompt_tokens, result.usage.completion_tokens,
                                cached_tokens=cached_of(result.usage))
     return result
-
-
-# How often one generation may lose its text service and go on through another
-MAX_RESUMES = 3
-RESUMES = Counter("hubmesh_text_stream_resumes", "Generations whose text service went away before they ended, by outcome "
-                  "(resumed through another from what was relayed, restarted with nothing relayed yet, failed)",
-                  ["model", "outcome"])
 
 
 def _message(read: pb.GenerateStreamResponse | object) -> pb.GenerateStreamResponse | None:
@@ -140,83 +118,19 @@ def _message(read: pb.GenerateStreamResponse | object) -> pb.GenerateStreamRespo
     return read if isinstance(read, pb.GenerateStreamResponse) else None
 
 
-class Deadline:
-    """A generation's deadline, across the text services it may pass through."""
-
-    def __init__(self, timeout_s: float | None) -> None:
-        self._at = None if timeout_s is None else time.monotonic() + timeout_s
-
-    def left(self) -> float | None:
-        return None if self._at is None else max(0.0, self._at - time.monotonic())
-
-    def passed(self) -> bool:
-        return self._at is not None and time.monotonic() >= self._at
-
-
-class Relayed:
-    """What a generation stream has produced so far, read from its messages (`progress`, deltas):
-    what another text service resumes it from (GenerateRequest.resume). A stream whose text came
-    without progress (tool calls, structured output: the deltas are not the model's text) cannot be."""
-
-    def __init__(self, n: int) -> None:
-        self._texts: list[list[str]] = [[] for _ in range(n)]
-        self._ids: list[list[int]] = [[] for _ in range(n)]
-        self._tokens = [0] * n
-        self._finished = [False] * n
-        self.prompt_tokens = 0
-        self.resumable = True
-
-    @property
-    def tokens(self) -> int:
-        return sum(self._tokens)
-
-    def see(self, message: pb.GenerateStreamResponse) -> None:
-        if message.HasField("prompt_tokens"):
-            self.prompt_tokens = message.prompt_tokens
-        n = len(self._tokens)
-        for progress in message.progress:
-            if progress.index >= n:
-                self.resumable = False
-                return
-            self._tokens[progress.index] += progress.tokens
-            self._ids[progress.index].extend(progress.token_ids)
-        for delta in message.deltas:
-            if delta.index >= n or delta.tool_calls or (delta.text and not message.progress):
-                self.resumable = False
-                return
-            if delta.text:
-                self._texts[delta.index].append(delta.text)
-            if delta.finish_reason:
-                self._finished[delta.index] = True
-
-    def resume(self) -> pb.Resume:
-        return pb.Resume(prompt_tokens=self.prompt_tokens, choices=[
-            pb.ResumedChoice(text="".join(texts), token_ids=ids, tokens=tokens, finished=finished)
-            for texts, ids, tokens, finished in zip(self._texts, self._ids, self._tokens, self._finished, strict=True)])
-
-
 class GenerationStream:
     """A GenerateStream call whose first message (or error) is read before any HTTP byte is sent,
     so that errors such as an unknown model still get their own HTTP status. The request's token
     budget is reserved first (await reserve_budget(http, request) before making one: every
     reservation of a request before any of its calls starts, so that a refusal leaves none running).
-
-    A text service that goes away mid-stream (its link lost: killed, or the connection cut) does not
-    end the stream: the generation goes on through another text service from what this one relayed
-    (Relayed; the service continues it token-exactly where the model reports token ids,
-    services/text/migration.py), at most MAX_RESUMES times and within the request's deadline."""
+    A text service lost mid-stream does not end it: it goes on through another (facade/resumable.py)."""
 
     def __init__(self, http: web.Request, request: pb.GenerateRequest, input_param: str) -> None:
         clients = http.app[CLIENTS]
-        self._streams = clients.text_streams
-        self._deadline = Deadline(clients.timeout_s)
-        self._request = request
-        self._call = self._streams.open(request, clients.timeout_s)
+        self._call = resumable.ResumableStream(clients.text_streams, request, clients.timeout_s)
         self._input_param = input_param
         self._first: pb.GenerateStreamResponse | None = None
         self._started = False
-        self._relayed = Relayed(request.sampling.n if request.sampling.HasField("n") else 1)
-        self._lost = 0
 
     async def start(self) -> None:
         """Reads the first message (or error); once: a stream already started stays as it is."""
@@ -224,7 +138,7 @@ class GenerationStream:
             return
         self._started = True
         try:
-            self._first = await self._read()
+            self._first = _message(await self._call.read())
         except grpc.aio.AioRpcError as err:
             raise from_grpc(err, "text", default_param=self._input_param) from err
 
@@ -234,38 +148,9 @@ class GenerationStream:
         try:
             while message is not None:
                 yield message
-                message = await self._read()
+                message = _message(await self._call.read())
         except grpc.aio.AioRpcError as err:
             raise from_grpc(err, "text", default_param=self._input_param) from err
-
-    async def _read(self) -> pb.GenerateStreamResponse | None:
-        """The generation's next message (None after the last), through another text service when
-        the link to this one is lost."""
-        while True:
-            try:
-                message = _message(await self._call.read())
-            except LinkLost:
-                self._lost += 1
-                model = self._request.model
-                if not self._relayed.resumable or self._lost > MAX_RESUMES or self._deadline.passed():
-                    RESUMES.labels(model, "failed").inc()
-                    raise
-                await asyncio.sleep(0)  # the other links of a lost service notice it first
-                request = self._request
-                if self._relayed.tokens:
-                    request = pb.GenerateRequest()
-                    request.CopyFrom(self._request)
-                    request.resume.CopyFrom(self._relayed.resume())
-                    if request.HasField("token_budget"):  # what was produced is spent
-                        request.token_budget = max(1, request.token_budget - self._relayed.tokens)
-                RESUMES.labels(model, "resumed" if self._relayed.tokens else "restarted").inc()
-                log.info("text service lost mid-stream after %d tokens of a %s generation; going on through another",
-                         self._relayed.tokens, model)
-                self._call = self._streams.open(request, self._deadline.left())
-                continue
-            if message is not None:
-                self._relayed.see(message)
-            return message
 
     def cancel(self) -> None:
         """Stops the generation upstream (client gone, or done early)."""
