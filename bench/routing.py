@@ -60,7 +60,7 @@ from facade.text_streams import TextStreams
 from hubmesh.text.v1 import text_generation_pb2 as pb
 from hubmesh.text.v1 import text_generation_pb2_grpc as pb_grpc
 from local import processes
-from local.stack import MODALITIES, LocalStack, StackConfig
+from local.stack import MODALITIES, LocalStack, StackConfig, prometheus_sum
 from services.common.grpc_options import CHANNEL_OPTIONS
 from services.common.internal_auth import SECRET_METADATA_KEY
 
@@ -851,7 +851,7 @@ def chaos(seed: int = 7, services: int = 4, duration_s: float = 45.0, bus_kill_a
             tasks = [asyncio.create_task(event(bus_kill_at, "bus SIGKILLed", bus.kill)),
                      asyncio.create_task(event(bus_back_at, "bus started again", bus.start)),
                      asyncio.create_task(event(service_kill_at, f"text service {last} {signal_name}ed",
-                                               lambda: _kill_service(stack, last, signal_name))),
+                                               lambda: _kill_service(stack, last, signal_name, metrics))),
                      asyncio.create_task(event(service_back_at, f"text service {last} started again", restart))]
             outcomes = await drive([target], stack.config.internal_secret, workload, as_facade=True)
             await asyncio.gather(*tasks)
@@ -875,10 +875,17 @@ def _resumes() -> dict[str, int]:
     return moved
 
 
-def _kill_service(stack: LocalStack, name: str, signal_name: str = "SIGKILL") -> None:
+def _kill_service(stack: LocalStack, name: str, signal_name: str = "SIGKILL", metrics_port: int | None = None) -> None:
+    """Stops text service `name`; with its `metrics_port`, at a moment it has generations in flight
+    (within 5 s), so that the streams open on it are part of the run."""
     import os
     import signal
 
+    if metrics_port is not None:
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline and not prometheus_sum(
+                f"http://127.0.0.1:{metrics_port}/metrics", "hubmesh_replica_in_flight"):
+            time.sleep(0.02)
     proc = stack.services.pop(name)
     os.killpg(proc.pid, getattr(signal, signal_name))
     proc.wait(timeout=30)

@@ -14,6 +14,10 @@ the choice they continue, so the servicer (and its tool-call parser) sees one st
   the continuation's prompt is the prompt followed by the text produced so far (re-tokenised, so the
   boundary may shift by a token; a stop sequence spanning it is not seen); a structured-output
   request is not continued this way (the grammar would start again), it ends as before.
+
+The same continuation serves a generation whose *text service* was lost: the façade sends the request
+again, to another text service, with `resume` (what it relayed: text, ids, token counts per choice),
+which becomes the Progress a continuation starts from (`resumed`; facade/resumable.py).
 """
 
 from __future__ import annotations
