@@ -11,6 +11,7 @@ import grpc
 from aiohttp import web
 from grpc_health.v1 import health_pb2_grpc
 
+from facade.api.mesh.instances import Instances
 from facade.errors import from_grpc
 from facade.settings import Settings
 from facade.text_streams import TextStreams
@@ -56,8 +57,11 @@ class Clients:
     health: dict[str, health_pb2_grpc.HealthStub]
     timeout_s: float
     internal_secret: str = ""
-    # each modality service's Mesh (its replicas and counters: GET /v1/mesh), on the same channels
+    # each modality service's Mesh (its replicas and counters: GET /v1/mesh), on the same channels,
+    # and on a channel per process behind each target (`targets`), where a service has several
     mesh: dict[str, mesh_pb2_grpc.MeshStub] = field(default_factory=dict)
+    targets: dict[str, str] = field(default_factory=dict)
+    mesh_instances: Instances = field(default_factory=Instances)
 
     @functools.cached_property
     def metadata(self) -> tuple[tuple[str, str], ...]:
@@ -79,13 +83,11 @@ def clients_ctx(settings: Settings):
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         # OpenTelemetry client spans and traceparent to the services, when tracing is on
         interceptors = client_interceptors() if tracing_enabled() else []
+        targets = {"text": settings.text_target, "embeddings": settings.embeddings_target,
+                   "images": settings.images_target}
         channels = {
             name: grpc.aio.insecure_channel(target, options=FACADE_CHANNEL_OPTIONS, interceptors=interceptors)
-            for name, target in (
-                ("text", settings.text_target),
-                ("embeddings", settings.embeddings_target),
-                ("images", settings.images_target),
-            )
+            for name, target in targets.items()
         }
         text = text_grpc.TextGenerationStub(channels["text"])
         metadata = service_metadata(settings.internal_secret)
@@ -98,9 +100,11 @@ def clients_ctx(settings: Settings):
             timeout_s=settings.request_timeout_s,
             internal_secret=settings.internal_secret,
             mesh={name: mesh_pb2_grpc.MeshStub(channel) for name, channel in channels.items()},
+            targets=targets,
         )
         yield
         await app[CLIENTS].text_streams.close()
+        await app[CLIENTS].mesh_instances.close()
         for channel in channels.values():
             await channel.close(grace=None)
 

@@ -616,6 +616,7 @@ class MeshService(TypedDict):
     service: str  # text, embeddings, images
     available: bool
     error: NotRequired[str]  # why it could not be asked (available: false)
+    address: NotRequired[str]  # the process asked, where the service has several (each listed)
     instance: NotRequired[str]  # which service process answered: host, pid, listen address
     uptime_s: NotRequired[float]
     models: NotRequired[list[str]]

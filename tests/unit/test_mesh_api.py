@@ -14,6 +14,7 @@ import grpc
 import jwt
 import pytest
 
+from facade.api.mesh.instances import addresses
 from facade.app import create_app
 from facade.clients import service_metadata
 from facade.settings import Settings
@@ -168,3 +169,37 @@ async def test_get_mesh_needs_the_admin_scope_and_is_documented(facade):
             assert body["error"]["type"] in ("invalid_request_error", "permission_error", "authentication_error")
     reply = await facade.post("/v1/mesh", headers={"Authorization": f"Bearer {KEY}"})
     assert reply.status == 405 and "error" in await reply.json()
+
+
+async def test_a_service_with_several_processes_is_listed_once_per_process(aiohttp_client):
+    """Two text services behind one `ipv4:a,b` target (as make run's HUBMESH_TEXT_SERVICES=2): each is
+    asked on its own channel, whatever the round robin would pick; one gone is listed as such."""
+    def register(name: str):
+        def register_text(server):
+            text_grpc.add_TextGenerationServicer_to_server(TextGenerationServicer(FakeTextBackend(), CATALOG), server)
+            mesh_pb2_grpc.add_MeshServicer_to_server(MeshServicer("text", replica_set(), name), server)
+        return register_text
+
+    async with serving(register("first")) as first, serving(register("second")) as second:
+        gone = f"127.0.0.1:{free_ports(1)[0]}"
+        app = create_app(Settings(api_keys=(KEY,), jwt_secret=SECRET, text_target=f"ipv4:{first},{second},{gone}"))
+        client = await aiohttp_client(app)
+        for _ in range(2):  # the channels per address are kept between calls
+            reply = await client.get("/v1/mesh", headers={"Authorization": f"Bearer {KEY}"})
+            assert reply.status == 200, await reply.text()
+            text = {s["address"]: s for s in (await reply.json())["services"] if s["service"] == "text"}
+            assert set(text) == {first, second, gone}
+            assert text[first]["instance"].endswith("first") and text[second]["instance"].endswith("second")
+            assert text[gone]["available"] is False and text[gone]["error"].startswith("UNAVAILABLE")
+
+
+@pytest.mark.parametrize(("target", "expected"), [
+    ("ipv4:127.0.0.1:2,127.0.0.1:1", ["127.0.0.1:1", "127.0.0.1:2"]),
+    ("localhost:50051", ["127.0.0.1:50051"]),
+    ("dns:///127.0.0.1:7", ["127.0.0.1:7"]),
+    ("unix:/tmp/text.sock", ["unix:/tmp/text.sock"]),
+    ("no-such-host.invalid:50051", ["no-such-host.invalid:50051"]),
+])
+async def test_the_addresses_behind_a_target(target, expected):
+    found = await addresses(target)
+    assert found == expected or (target == "localhost:50051" and "127.0.0.1:50051" in found), found

@@ -4,7 +4,8 @@ replica set's latest events, from the services' own state and counters (hubmesh.
 services/common/mesh.py). For the operator (the `admin` scope) and the console's Mesh page.
 
 The services are asked at once, each within MESH_TIMEOUT_S: one that cannot be reached is listed as
-`available: false` with why, never as a failure of the whole answer."""
+`available: false` with why, never as a failure of the whole answer. A service with several
+processes (text services scaled out) is listed once per process, each with its `address`."""
 
 from __future__ import annotations
 
@@ -54,24 +55,42 @@ def service_view(name: str, state: mesh_pb2.MeshState) -> MeshService:
     }
 
 
-async def describe(clients: Clients, name: str) -> MeshService:
-    """One service's view, or why it is unavailable."""
-    stub = clients.mesh.get(name)
-    if stub is None:
-        return {"service": name, "available": False, "error": "no channel to this service"}
+async def describe(clients: Clients, name: str, stub, address: str | None = None) -> MeshService:
+    """One service's view (the process at `address`, or the channel's next), or why it is unavailable."""
     try:
         state = await stub.Describe(mesh_pb2.DescribeRequest(), timeout=min(MESH_TIMEOUT_S, clients.timeout_s),
                                     metadata=clients.metadata)
     except grpc.aio.AioRpcError as err:
-        log.warning("mesh: the %s service did not answer: %s %s", name, err.code().name, err.details())
-        return {"service": name, "available": False,
-                "error": f"{err.code().name}: {err.details() or 'the service did not answer'}"}
-    return service_view(name, state)
+        log.warning("mesh: the %s service%s did not answer: %s %s", name, f" at {address}" if address else "",
+                    err.code().name, err.details())
+        view: MeshService = {"service": name, "available": False,
+                             "error": f"{err.code().name}: {err.details() or 'the service did not answer'}"}
+    else:
+        view = service_view(name, state)
+    if address:
+        view["address"] = address
+    return view
+
+
+async def describe_each(clients: Clients, name: str) -> tuple[list[MeshService], set[str]]:
+    """Each process of service `name`: every address behind its target asked on its own channel
+    (facade/api/mesh/instances.py); one address: the façade's own channel. And the addresses used."""
+    stub = clients.mesh.get(name)
+    if stub is None:
+        return [{"service": name, "available": False, "error": "no channel to this service"}], set()
+    target = clients.targets.get(name)
+    each = await clients.mesh_instances.stubs(target) if target else {}
+    if len(each) <= 1:
+        return [await describe(clients, name, stub)], set()
+    views = await asyncio.gather(*(describe(clients, name, one, address) for address, one in each.items()))
+    return list(views), set(each)
 
 
 async def get_mesh(request: web.Request) -> web.Response:
-    """Every modality service's view of its replicas, asked now."""
+    """Every modality service's view of its replicas, asked now: each process of a service with several."""
     clients = request.app[CLIENTS]
-    services = await asyncio.gather(*(describe(clients, name) for name in clients.mesh))
-    body: Mesh = {"object": "mesh", "services": list(services), "at": time.time()}
+    answers = await asyncio.gather(*(describe_each(clients, name) for name in clients.mesh))
+    await clients.mesh_instances.forget(set().union(*(used for _, used in answers)))
+    services = [view for views, _ in answers for view in views]
+    body: Mesh = {"object": "mesh", "services": services, "at": time.time()}
     return json_response(body)

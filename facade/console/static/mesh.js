@@ -29,7 +29,7 @@ function service(view) {
   const card = h("section", undefined, "card service");
   card.dataset.service = view.service;
   card.dataset.available = String(view.available);
-  const title = h("h2", view.service);
+  const title = h("h2", view.address ? `${view.service} · ${view.address}` : view.service);
   title.append(badge(view.available ? "available" : "unavailable"));
   card.append(title);
   if (!view.available) {
