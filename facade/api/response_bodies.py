@@ -607,7 +607,7 @@ class MeshRouting(TypedDict):
 class MeshEvent(TypedDict):
     at: float  # unix seconds
     address: str
-    event: str  # ejected, admitted, quarantined, removed
+    event: str  # ejected, admitted, quarantined, removed; "migration (…)", "stall (phase)" of a generation
 
 
 class MeshService(TypedDict):

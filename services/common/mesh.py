@@ -87,8 +87,14 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
             cached_tokens=counters.total("hubmesh_prompt_cached_tokens_total"),
             migrations=counters.by("hubmesh_text_migrations_total", "outcome"),
             stalls=counters.by("hubmesh_text_stalls_total", "phase"),
-            events=list(self.events),
+            events=self._events(),
         )
+
+    def _events(self) -> list[mesh_pb2.ReplicaEvent]:
+        """The replica set's changes of state and what happened to generations there (its notes:
+        migrations, stalls), in time, the latest MAX_EVENTS."""
+        notes = [mesh_pb2.ReplicaEvent(at=at, address=address, event=event) for at, address, event in self.replicas.notes]
+        return sorted([*self.events, *notes], key=lambda e: e.at)[-MAX_EVENTS:]
 
     @staticmethod
     def _replica(replica: Replica, counters: Counters) -> mesh_pb2.ReplicaState:

@@ -23,6 +23,7 @@ Triton's vLLM backend gives them (`vllm:num_requests_running`, ...): off every r
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import socket
@@ -39,6 +40,7 @@ from services.common.grpc_options import TRITON_CHANNEL_OPTIONS
 from services.common.metrics import CANARIES, EJECTIONS, REPLICA_IN_FLIGHT, REPLICA_QUARANTINED, REPLICA_READY
 
 log = logging.getLogger(__name__)
+MAX_NOTES = 50
 
 DNS_SCHEME = "dns:///"
 
@@ -194,6 +196,9 @@ class ReplicaSet:
             if not target.discover:
                 self._add(target.host, target.port, target.metrics_port)
         self.listeners: list = []  # callables (replica, event) for "ejected"/"admitted"/"removed"
+        # what happened to generations there (a migration off it, a stall): (unix time, address, event),
+        # the latest MAX_NOTES, for the mesh's events (services/common/mesh.py)
+        self.notes: collections.deque[tuple[float, str, str]] = collections.deque(maxlen=MAX_NOTES)
 
     @classmethod
     def from_url(cls, url: str, **options) -> ReplicaSet:
@@ -387,6 +392,11 @@ class ReplicaSet:
             log.info("Triton replica %s discovered", replica.address)
         self._replicas[replica.address] = replica
         return replica
+
+    def note(self, replica: Replica, event: str) -> None:
+        """Something that happened to a generation on `replica` (not a change of its state: no
+        listener hears it)."""
+        self.notes.append((time.time(), replica.address, event))
 
     def _notify(self, replica: Replica, event: str) -> None:
         for listener in self.listeners:

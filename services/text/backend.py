@@ -148,6 +148,7 @@ class TritonTextBackend(TritonBackend):
                 migrations += 1
                 lost_at = time.monotonic()
                 self._note_migration(model, decision, progress, migrations)
+                self.replicas.note(decision.replica, f"migration ({progress.tokens} tokens moved elsewhere)")
                 segment = migration.continuation(first, progress, unfinished, prompt, sampling)
             finally:
                 self.stalls.unwatch(watch)
@@ -179,6 +180,7 @@ class TritonTextBackend(TritonBackend):
         """A call stalled on `decision`'s replica: counted, quarantined, on the span and the access log."""
         address = decision.replica.address
         STALLS.labels(address, stall.phase).inc()
+        self.replicas.note(decision.replica, f"stall ({stall.phase})")
         self.replicas.quarantine(decision.replica, stall.describe(address))
         notes = CALL_NOTES.get()
         if notes is not None:

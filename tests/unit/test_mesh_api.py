@@ -22,7 +22,7 @@ from hubmesh.common.v1 import mesh_pb2, mesh_pb2_grpc
 from hubmesh.text.v1 import text_generation_pb2_grpc as text_grpc
 from local.processes import free_ports
 from services.common.internal_auth import RequireSecret
-from services.common.mesh import MeshServicer, replica_state
+from services.common.mesh import MAX_EVENTS, MeshServicer, replica_state
 from services.common.metrics import CACHED_TOKENS, MIGRATIONS, ROUTE_DECISIONS, STALLS, count_tokens
 from services.common.replicas import ReplicaSet, parse_targets
 from services.text.servicer import TextGenerationServicer
@@ -203,3 +203,17 @@ async def test_a_service_with_several_processes_is_listed_once_per_process(aioht
 async def test_the_addresses_behind_a_target(target, expected):
     found = await addresses(target)
     assert found == expected or (target == "localhost:50051" and "127.0.0.1:50051" in found), found
+
+
+def test_migrations_and_stalls_are_listed_among_the_events_in_time():
+    replicas = replica_set()
+    mesh = MeshServicer("text", replicas)
+    ready, ejected, quarantined, unprobed = states(replicas)
+    by_address = {r.address: r for r in replicas.replicas}
+    replicas.note(by_address[ejected], "migration (12 tokens moved elsewhere)")
+    replicas.note(by_address[quarantined], "stall (first_token)")
+    events = [(e.address, e.event) for e in mesh.describe().events]
+    assert events[-2:] == [(ejected, "migration (12 tokens moved elsewhere)"), (quarantined, "stall (first_token)")]
+    assert (ejected, "ejected") in events and len(events) <= MAX_EVENTS
+    ats = [e.at for e in mesh.describe().events]
+    assert ats == sorted(ats)
