@@ -75,6 +75,20 @@ async def sse(http: aiohttp.ClientSession, stack: LocalStack, path: str, body: d
     return events
 
 
+def completion_outcome(events: list) -> tuple[str, dict | None, list, bool]:
+    """What a client makes of a completions stream: (text, usage, error events, ended with [DONE])."""
+    text, usage, errors = "", None, []
+    for event in events:
+        if event == "[DONE]":
+            continue
+        if "error" in event:
+            errors.append(event["error"])
+            continue
+        usage = event.get("usage") or usage
+        text += "".join(choice["text"] for choice in event["choices"])
+    return text, usage, errors, bool(events) and events[-1] == "[DONE]"
+
+
 def assembled(events: list) -> dict:
     """What a client makes of a chat stream: content, tool calls, finish reasons, usage, errors."""
     content, calls, finish, usage, errors = "", {}, None, None, []

@@ -17,7 +17,7 @@ import pytest
 from bench.routing import reload_sim
 from local.stack import LocalStack
 from tests.e2e.migration_support import (
-    migration_ms, percentiles, record, service_metric, serving_replica, sse, text_stack,
+    completion_outcome, migration_ms, percentiles, record, service_metric, serving_replica, sse, text_stack,
 )
 
 pytestmark = pytest.mark.e2e
@@ -48,14 +48,7 @@ def completion(i: int) -> dict:
 
 
 def completion_text(events: list) -> tuple[str, list]:
-    text, errors = "", []
-    for event in events:
-        if event == "[DONE]":
-            continue
-        if "error" in event:
-            errors.append(event["error"])
-            continue
-        text += "".join(choice["text"] for choice in event["choices"])
+    text, _, errors, _ = completion_outcome(events)
     return text, errors
 
 

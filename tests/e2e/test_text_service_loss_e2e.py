@@ -19,7 +19,7 @@ import pytest
 from bench.routing import reload_sim
 from local.stack import ROOT, LocalStack, StackConfig, prometheus_sum
 from tests.e2e.conftest import wait_for
-from tests.e2e.migration_support import KEY, TEXT_ONLY, record, sse
+from tests.e2e.migration_support import KEY, TEXT_ONLY, completion_outcome, record, sse
 
 pytestmark = pytest.mark.e2e
 SIM = "hubmesh/sim-llama-3-8b"
@@ -52,20 +52,6 @@ def body(i: int) -> dict:
     return {"model": SIM, "prompt": f"Stream {i}: " + "tell me about the sea " * (10 + i % 5),
             "max_tokens": 50 + i % 20, "temperature": 0.8, "seed": 100 + i,
             "stream_options": {"include_usage": True}}
-
-
-def outcome(events: list) -> tuple[str, dict | None, list, bool]:
-    """(text, usage, error events, ended with [DONE])."""
-    text, usage, errors = "", None, []
-    for event in events:
-        if event == "[DONE]":
-            continue
-        if "error" in event:
-            errors.append(event["error"])
-            continue
-        usage = event.get("usage") or usage
-        text += "".join(choice["text"] for choice in event["choices"])
-    return text, usage, errors, bool(events) and events[-1] == "[DONE]"
 
 
 def resumes(stack: LocalStack, outcome_label: str) -> float:
@@ -113,8 +99,8 @@ async def streams_with_fault(stack: LocalStack, fault) -> tuple[list, list, floa
 
 def assert_same(reference: list, disturbed: list) -> None:
     for i, (ref, got) in enumerate(zip(reference, disturbed, strict=True)):
-        ref_text, ref_usage, ref_errors, ref_done = outcome(ref)
-        text, usage, errors, done = outcome(got)
+        ref_text, ref_usage, ref_errors, ref_done = completion_outcome(ref)
+        text, usage, errors, done = completion_outcome(got)
         assert ref_done and not ref_errors, (i, ref_errors)
         assert done and not errors, (i, errors)
         assert text == ref_text, (i, text, ref_text)
