@@ -201,3 +201,24 @@ async def test_the_service_reports_progress_and_goes_on_from_a_resume():
                 pass
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "free-text" in refused.value.details()
+
+
+async def test_a_unary_generation_whose_service_is_lost_is_asked_of_the_other(two_services):
+    client, services = two_services
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "count"}], "max_tokens": TOKENS}
+    answer = asyncio.ensure_future(client.post("/v1/chat/completions", json=body, headers=bearer()))
+    started = [asyncio.ensure_future(s.backend.started.wait()) for s in services]
+    done, pending = await asyncio.wait(started, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+    assert done, "no service started the generation"
+    carrier = next(s for s, task in zip(services, started, strict=True) if task in done)
+    await carrier.stop()
+    carrier.backend.hold.set()  # the other service's generation (a fresh one: nothing was seen) runs through
+    response = await answer
+    body = await response.json()
+    assert response.status == 200, body
+    assert body["choices"][0]["message"]["content"] == "".join(f" w{k}" for k in range(TOKENS))
+    assert body["usage"]["completion_tokens"] == TOKENS
+    metrics = await (await client.get("/metrics")).text()
+    assert f'hubmesh_text_stream_resumes_total{{model="{MODEL}",outcome="restarted"}}' in metrics
