@@ -43,7 +43,8 @@ from bench.stalls import TRITON_MODEL, reload_sim
 from bench.stats import percentile
 from facade.auth.tokens import issue_local_token
 from local import processes
-from local.stack import MODALITIES, LocalStack, StackConfig, prometheus_sum
+from local.prometheus import metric_sum
+from local.stack import MODALITIES, LocalStack, StackConfig
 
 MODEL = "hubmesh/sim-llama-3-8b"
 TEXT_ONLY = tuple(m for m in MODALITIES if m.name == "text")
@@ -203,9 +204,9 @@ class Stack:
 
     def admission_counters(self) -> dict[str, float]:
         url = f"http://127.0.0.1:{self.stack.config.ports['text']['metrics']}/metrics"
-        counters = {f"admitted_{how}": prometheus_sum(url, "hubmesh_admission_admitted_total", how=how)
+        counters = {f"admitted_{how}": metric_sum(url, "hubmesh_admission_admitted_total", how=how)
                     for how in ("at_once", "borrowed", "after_wait")}
-        counters.update({f"refused_{reason}": prometheus_sum(url, "hubmesh_admission_refused_total", reason=reason)
+        counters.update({f"refused_{reason}": metric_sum(url, "hubmesh_admission_refused_total", reason=reason)
                          for reason in ("at_capacity", "over_share", "wait_timeout")})
         return {k: int(v) for k, v in counters.items()}
 

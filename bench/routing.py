@@ -60,7 +60,8 @@ from facade.text_streams import TextStreams
 from hubmesh.text.v1 import text_generation_pb2 as pb
 from hubmesh.text.v1 import text_generation_pb2_grpc as pb_grpc
 from local import processes
-from local.stack import MODALITIES, LocalStack, StackConfig, prometheus_sum
+from local.prometheus import metric_sum
+from local.stack import MODALITIES, LocalStack, StackConfig
 from services.common.grpc_options import CHANNEL_OPTIONS
 from services.common.internal_auth import SECRET_METADATA_KEY
 
@@ -883,7 +884,7 @@ def _kill_service(stack: LocalStack, name: str, signal_name: str = "SIGKILL", me
 
     if metrics_port is not None:
         deadline = time.monotonic() + 5.0
-        while time.monotonic() < deadline and not prometheus_sum(
+        while time.monotonic() < deadline and not metric_sum(
                 f"http://127.0.0.1:{metrics_port}/metrics", "hubmesh_replica_in_flight"):
             time.sleep(0.02)
     proc = stack.services.pop(name)

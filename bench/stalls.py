@@ -44,7 +44,8 @@ from pathlib import Path
 import aiohttp
 
 from local import processes
-from local.stack import MODALITIES, ROOT, LocalStack, StackConfig, prometheus_sum
+from local.prometheus import metric_sum
+from local.stack import MODALITIES, ROOT, LocalStack, StackConfig
 from local.triton import TritonServer
 
 KEY = "stall-key"
@@ -171,7 +172,7 @@ class StallStack:
         return f"{host_of(triton)}:{triton.grpc_port}"
 
     def metric(self, name: str, **labels: str) -> float:
-        return prometheus_sum(f"http://127.0.0.1:{self.stack.config.ports['text']['metrics']}/metrics", name, **labels)
+        return metric_sum(f"http://127.0.0.1:{self.stack.config.ports['text']['metrics']}/metrics", name, **labels)
 
     def metrics_text(self) -> str:
         url = f"http://127.0.0.1:{self.stack.config.ports['text']['metrics']}/metrics"
@@ -180,7 +181,7 @@ class StallStack:
 
     def triton_metric(self, replica: int, name: str) -> float:
         triton = self.tritons[replica]
-        return prometheus_sum(f"http://{host_of(triton)}:{triton.metrics_port}/metrics", name)
+        return metric_sum(f"http://{host_of(triton)}:{triton.metrics_port}/metrics", name)
 
     def busiest(self) -> int:
         in_flight = [self.metric("hubmesh_replica_in_flight", replica=self.address(i)) for i in range(3)]

@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from facade.settings import generate_secret
 from facade.store.database import redact
 from local import processes
 from local.nats import Bus, choose_bus, describe_bus
+from local.prometheus import metric_sum
 from local.supervisor import Unit
 from local.triton import ROOT, TritonServer
 
@@ -218,19 +218,6 @@ def triton_tracing_args(otlp_endpoint: str, service_name: str) -> list[str]:
 def triton_name(modality: str, replica: int) -> str:
     """triton-text for replica 0 (as with one Triton per modality), triton-text-1, -2, ... for the others."""
     return f"triton-{modality}" + (f"-{replica}" if replica else "")
-
-
-def prometheus_sum(url: str, name: str, **labels: str) -> float:
-    """Sum of every sample of metric `name` (with these label values) on a Prometheus endpoint."""
-    with urllib.request.urlopen(url, timeout=5) as response:
-        text = response.read().decode()
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        if all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 def grpc_serving(target: str, service: str) -> bool:
@@ -430,7 +417,7 @@ class LocalStack:
         """Sum of a Prometheus metric on a Triton's metrics port (the models' own counters live there);
         replica=None sums it over every replica of the modality."""
         replicas = self.replicas[modality] if replica is None else [self.replicas[modality][replica]]
-        return sum(prometheus_sum(f"http://127.0.0.1:{t.metrics_port}/metrics", name, **labels) for t in replicas)
+        return sum(metric_sum(f"http://127.0.0.1:{t.metrics_port}/metrics", name, **labels) for t in replicas)
 
     def units(self) -> list[Unit]:
         """Every process of the stack as `make run` supervises it: Tritons and services are started

@@ -8,7 +8,8 @@ import json
 import aiohttp
 
 from bench.stats import percentile
-from local.stack import MODALITIES, ROOT, LocalStack, StackConfig, prometheus_sum
+from local.prometheus import metric_sum
+from local.stack import MODALITIES, ROOT, LocalStack, StackConfig
 from tests.e2e.figures import record as figures_record
 
 KEY = "migration-key"
@@ -34,7 +35,7 @@ def text_stack(tmp_path_factory, name: str, replicas: int, sim: bool) -> LocalSt
 
 
 def service_metric(stack: LocalStack, name: str, **labels: str) -> float:
-    return prometheus_sum(f"http://127.0.0.1:{stack.config.ports['text']['metrics']}/metrics", name, **labels)
+    return metric_sum(f"http://127.0.0.1:{stack.config.ports['text']['metrics']}/metrics", name, **labels)
 
 
 def migration_ms(stack: LocalStack) -> list[float]:

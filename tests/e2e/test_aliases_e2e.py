@@ -12,7 +12,8 @@ import json
 import pytest
 from openai import OpenAI
 
-from local.stack import MODALITIES, ROOT, LocalStack, StackConfig, prometheus_sum
+from local.prometheus import metric_sum
+from local.stack import MODALITIES, ROOT, LocalStack, StackConfig
 from tests.e2e.conftest import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -78,7 +79,7 @@ def served(client: OpenAI) -> str:
 
 
 def fallbacks(stack: LocalStack) -> float:
-    return prometheus_sum(f"{stack.config.base_url.removesuffix('/v1')}/metrics", "hubmesh_alias_fallbacks_total",
+    return metric_sum(f"{stack.config.base_url.removesuffix('/v1')}/metrics", "hubmesh_alias_fallbacks_total",
                           alias=ALIAS, model=LARGE)
 
 

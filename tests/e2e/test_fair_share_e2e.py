@@ -18,7 +18,8 @@ import aiohttp
 import pytest
 
 from facade.auth.tokens import issue_local_token
-from local.stack import ROOT, LocalStack, StackConfig, prometheus_sum
+from local.prometheus import metric_sum
+from local.stack import ROOT, LocalStack, StackConfig
 from tests.e2e.migration_support import TEXT_ONLY
 
 pytestmark = pytest.mark.e2e
@@ -44,7 +45,7 @@ def stack(tmp_path_factory):
 
 
 def admission(stack: LocalStack, name: str, **labels: str) -> float:
-    return prometheus_sum(f"http://127.0.0.1:{stack.config.ports['text']['metrics']}/metrics", name, **labels)
+    return metric_sum(f"http://127.0.0.1:{stack.config.ports['text']['metrics']}/metrics", name, **labels)
 
 
 async def until(predicate, what: str, timeout_s: float = 60.0) -> None:

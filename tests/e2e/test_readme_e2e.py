@@ -14,7 +14,8 @@ import urllib.request
 import pytest
 from openai import OpenAI
 
-from local.stack import ROOT, prometheus_sum
+from local.prometheus import metric_sum
+from local.stack import ROOT
 from tests.e2e.make_run import DEFAULT_BASE_URL, MakeRun, clean_environment, stack_ports
 
 pytestmark = pytest.mark.e2e
@@ -127,13 +128,13 @@ def test_a_killed_triton_is_started_again_while_its_stream_goes_on(make_run):
 
     def kill_the_busy_replica():
         busy = [name for name, port in replicas.items()
-                if prometheus_sum(metrics, "hubmesh_replica_in_flight", replica=f"127.0.0.1:{port}") > 0]
+                if metric_sum(metrics, "hubmesh_replica_in_flight", replica=f"127.0.0.1:{port}") > 0]
         assert len(busy) == 1, busy
         killed.append(busy[0])
         subprocess.run(["kill", "-KILL", str(run.pids[busy[0]])], check=True)  # the server, as a user would
 
     assert _stream(client, after=kill_the_busy_replica) == uninterrupted  # token for token, on the other one
-    assert prometheus_sum(metrics, "hubmesh_text_migrations_total", outcome="moved") >= 1
+    assert metric_sum(metrics, "hubmesh_text_migrations_total", outcome="moved") >= 1
     (name,) = killed
     run.wait_for(rf"{name} exited \(killed by SIGKILL\); starting it again", 30)
     run.wait_for(rf"{name} is ready again", 300)

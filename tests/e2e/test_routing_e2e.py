@@ -9,7 +9,8 @@ import urllib.request
 import aiohttp
 import pytest
 
-from local.stack import MODALITIES, ROOT, LocalStack, StackConfig, prometheus_sum
+from local.prometheus import metric_sum
+from local.stack import MODALITIES, ROOT, LocalStack, StackConfig
 from tests.e2e.conftest import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -48,7 +49,7 @@ def body(tenant: int, question: int, max_tokens: int = 8) -> dict:
 
 
 def service_metric(stack: LocalStack, name: str, **labels: str) -> float:
-    return prometheus_sum(f"http://127.0.0.1:{stack.config.ports['text']['metrics']}/metrics", name, **labels)
+    return metric_sum(f"http://127.0.0.1:{stack.config.ports['text']['metrics']}/metrics", name, **labels)
 
 
 def replica_address(stack: LocalStack, index: int) -> str:

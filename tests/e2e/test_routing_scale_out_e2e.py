@@ -14,7 +14,8 @@ import pytest
 
 from hubmesh.text.v1 import text_generation_pb2 as pb
 from hubmesh.text.v1 import text_generation_pb2_grpc as pb_grpc
-from local.stack import MODALITIES, ROOT, LocalStack, StackConfig, prometheus_sum
+from local.prometheus import metric_sum
+from local.stack import MODALITIES, ROOT, LocalStack, StackConfig
 from services.common.internal_auth import SECRET_METADATA_KEY
 from tests.e2e.conftest import wait_for
 
@@ -51,7 +52,7 @@ def stack(tmp_path_factory):
 
 def metric(stack: LocalStack, service: int, name: str, **labels: str) -> float:
     port = stack.config.text_ports()[service][1]
-    return prometheus_sum(f"http://127.0.0.1:{port}/metrics", name, **labels)
+    return metric_sum(f"http://127.0.0.1:{port}/metrics", name, **labels)
 
 
 def views_live(stack: LocalStack) -> bool:

@@ -17,7 +17,8 @@ import grpc
 import pytest
 
 from bench.routing import reload_sim
-from local.stack import ROOT, LocalStack, StackConfig, prometheus_sum
+from local.prometheus import metric_sum
+from local.stack import ROOT, LocalStack, StackConfig
 from tests.e2e.conftest import wait_for
 from tests.e2e.migration_support import KEY, TEXT_ONLY, completion_outcome, record, sse
 
@@ -55,7 +56,7 @@ def body(i: int) -> dict:
 
 
 def resumes(stack: LocalStack, outcome_label: str) -> float:
-    return prometheus_sum(f"http://127.0.0.1:{stack.config.http_port}/metrics",
+    return metric_sum(f"http://127.0.0.1:{stack.config.http_port}/metrics",
                           "hubmesh_text_stream_resumes_total", outcome=outcome_label)
 
 
@@ -69,7 +70,7 @@ def serving(stack: LocalStack, index: int) -> bool:
 
 def busiest_service(stack: LocalStack) -> int:
     """The text service with the most generations in flight."""
-    in_flight = [prometheus_sum(f"http://127.0.0.1:{metrics}/metrics", "hubmesh_requests_in_flight")
+    in_flight = [metric_sum(f"http://127.0.0.1:{metrics}/metrics", "hubmesh_requests_in_flight")
                  for _, metrics in stack.config.text_ports()]
     return max(range(SERVICES), key=lambda i: in_flight[i])
 
