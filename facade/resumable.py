@@ -116,9 +116,14 @@ class ResumableStream:
                     RESUMES.labels(model, "failed").inc()
                     raise
                 await asyncio.sleep(0)  # the other links of a lost service notice it first
-                RESUMES.labels(model, "resumed" if self._relayed.tokens else "restarted").inc()
-                log.info("text service lost mid-stream after %d tokens of a %s generation; going on through another",
-                         self._relayed.tokens, model)
+                if self._relayed.tokens:
+                    RESUMES.labels(model, "resumed").inc()
+                    log.info("text service lost after %d tokens of a %s generation; going on through another",
+                             self._relayed.tokens, model)
+                else:
+                    RESUMES.labels(model, "restarted").inc()
+                    log.info("text service lost before the first token of a %s generation; starting it on another",
+                             model)
                 self._stream = self._streams.open(self._next_request(), self._deadline.left())
                 continue
             if isinstance(message, pb.GenerateStreamResponse):
