@@ -105,8 +105,9 @@ ROUTES: tuple[Route, ...] = (
     # the downloads behind `url`: a credential, or a signed link alone (auth_middleware's allow)
     Route("GET", images.FILES_PREFIX + "{image_id}", images.download_image, family="images",
           operation="image_generation"),
-    # the usage ledger's totals, every subject's: the operator's (a hubmesh extension; no GenAI operation)
-    Route("GET", "/v1/usage", usage.get_usage, family="admin", summary="Usage totals per subject, user, model, day",
+    # the usage ledger's totals (a hubmesh extension; no GenAI operation, no scope): an admin reads
+    # every subject's, any other caller its own and its keys' (facade/api/usage/handler.py)
+    Route("GET", "/v1/usage", usage.get_usage, summary="Usage totals per subject, user, model, day",
           query=UsageQuery, response=UsageList),
     # each modality service's Triton replicas and counters, asked over gRPC (a hubmesh extension)
     Route("GET", "/v1/mesh", mesh.get_mesh, family="admin", summary="The modality services' Triton replicas",

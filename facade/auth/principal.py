@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from facade.limits.policy import LimitClaims
 
 # the scopes: one per endpoint family; "keys" manages the caller's own keys (facade/api/keys); "admin"
-# is the operator's (GET /v1/usage: every subject's use; every owner's keys)
+# is the operator's (GET /v1/usage of every subject, not only the caller's own; every owner's keys)
 FAMILIES = ("models", "chat", "completions", "embeddings", "images", "responses", "keys", "admin")
 
 

@@ -263,11 +263,13 @@ class UsageLedger:
     # -- reading ------------------------------------------------------------------------------------
 
     async def query(self, group_by: Sequence[str], start: float, end: float, *, subject: str | None = None,
-                    user: str | None = None, model: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+                    user: str | None = None, model: str | None = None, limit: int = 1000,
+                    subjects: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """Totals of the records that arrived in [start, end), one dict per group (the group's
         values under its names in `group_by`, then TOTALS), ordered by the groups; filtered on
-        subject, user and model when given; at most `limit` groups. It reads what is written: call
-        flush() first to count this process's pending records. StoreError when the database fails."""
+        subject, user and model when given, and on `subjects` (any of them) when given; at most
+        `limit` groups. It reads what is written: call flush() first to count this process's pending
+        records. StoreError when the database fails."""
         if not group_by or set(group_by) - set(GROUPS):
             raise ValueError(f"group_by: one or more of {', '.join(GROUPS)}")
         db = await self._database()
@@ -278,6 +280,12 @@ class UsageLedger:
             if value is not None:
                 args.append(storable(value))
                 where.append(f"{column} = ${len(args)}")
+        if subjects is not None:
+            if not subjects:
+                return []
+            first = len(args) + 1
+            args.extend(storable(value) for value in subjects)
+            where.append(f"subject IN ({', '.join(f'${n}' for n in range(first, len(args) + 1))})")
         args.append(int(limit))
         rows = await db.fetch(
             f"SELECT {columns}, {_TOTALS_SQL} FROM usage_records WHERE {' AND '.join(where)} "

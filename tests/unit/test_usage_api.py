@@ -287,15 +287,34 @@ async def test_bad_parameters_are_400_naming_them(ledger_client, query, param):
     assert error["type"] == "invalid_request_error" and error["param"] == param and error["message"]
 
 
-async def test_only_the_admin_scope(ledger_client):
+async def test_the_admin_reads_every_subjects_usage_anyone_else_its_own_and_its_keys(ledger_client):
     client = ledger_client
-    for scope in ("chat", "models chat completions embeddings images responses"):
-        reply = await client.get("/v1/usage", headers=bearer("carol", scope))
-        assert reply.status == 403 and "'admin' scope" in (await reply.json())["error"]["message"]
+
+    async def subjects(headers: dict, query: str = "") -> list[str]:
+        reply = await client.get(f"/v1/usage?group_by=subject&start=2024-06-01{query}", headers=headers)
+        assert reply.status == 200, await reply.text()
+        return [row["subject"] for row in (await reply.json())["data"]]
+
     assert (await client.get("/v1/usage")).status == 401
     local = {"Authorization": f"Bearer {issue_local_token(SECRET)}"}  # make run's token: every family
     for headers in (admin(), AUTH, local, bearer("ops", "hubmesh:admin")):  # an API key: the operator's
-        assert (await client.get("/v1/usage", headers=headers)).status == 200
+        assert await subjects(headers) == ["", "jwt:alice", "jwt:bob"]
+    assert await subjects(bearer("alice", "chat")) == ["jwt:alice"]
+    assert await subjects(bearer("carol", "models chat completions embeddings images responses")) == []
+    assert await subjects(bearer("alice", "chat"), "&subject=jwt:alice") == ["jwt:alice"]
+    reply = await client.get("/v1/usage?subject=jwt:bob", headers=bearer("alice", "chat"))
+    error = (await reply.json())["error"]
+    assert reply.status == 403 and "'admin' scope" in error["message"] and error["param"] == "subject"
+    # a key alice issues: its use is hers to read, and the key reads its owner's too
+    reply = await client.post("/v1/keys", json={"name": "ci", "scopes": ["chat"]}, headers=bearer("alice", "chat keys"))
+    assert reply.status == 200, await reply.text()
+    key = await reply.json()
+    client.app[USAGE_LEDGER].record(UsageRecord(1_717_300_000.0, f"hubkey:{key['id']}", "", MODEL,
+                                                "/v1/chat/completions", "POST", 200, 2, 1))
+    mine = ["jwt:alice", f"hubkey:{key['id']}"]
+    assert sorted(await subjects(bearer("alice", "chat"))) == sorted(mine)
+    assert sorted(await subjects({"Authorization": f"Bearer {key['key']}"})) == sorted(mine)
+    assert await subjects(bearer("bob", "chat")) == ["jwt:bob"]
 
 
 async def test_an_unreachable_database_is_503_and_the_records_wait(stack):
@@ -307,7 +326,7 @@ async def test_an_unreachable_database_is_503_and_the_records_wait(stack):
     assert reply.status == 503 and reply.headers["Retry-After"]
     error = (await reply.json())["error"]
     assert error["code"] == "store_unavailable" and "pw" not in error["message"]
-    assert client.app[USAGE_LEDGER].pending == 2  # the chat and the refused query, kept for later
+    assert client.app[USAGE_LEDGER].pending == 1  # the chat, kept for later (reading the ledger is not billed)
 
 
 # -- Prometheus ------------------------------------------------------------------------------------

@@ -1,5 +1,7 @@
-"""GET /v1/usage: the usage ledger's totals (facade/store/usage.py), for the operator (the `admin`
-scope) and the platform team that bills from them. A hubmesh extension: OpenAI's API has none."""
+"""GET /v1/usage: the usage ledger's totals (facade/store/usage.py). The operator (the `admin`
+scope) and the platform team that bills from them read every subject's; any other caller its own:
+its subject's, and its keys' (the hub keys its manager owns: facade/api/keys), as the console shows
+a tenant. A hubmesh extension: OpenAI's API has none."""
 
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ from aiohttp import web
 from facade.api.response_bodies import UsageList, UsageTotals
 from facade.api.usage.protocol import DEFAULT_WINDOW_S, UsageQuery
 from facade.api.validation import parse_query
+from facade.auth.hub_keys import KEY_REGISTRY, SUBJECT_PREFIX
+from facade.call import call_of
 from facade.errors import OpenAIError, invalid
 from facade.jsonio import json_response
 from facade.store import StoreError
@@ -35,12 +39,13 @@ async def get_usage(request: web.Request) -> web.Response:
     if start >= end:
         raise invalid("'start' must be before 'end'.", param="start")
     ledger = request.app[USAGE_LEDGER]
+    subjects = await _readable_subjects(request, query.subject)
     try:
         # what this replica has not written yet (it reads its own writes); shielded: a caller that
         # goes away does not cut a write short
         await asyncio.shield(ledger.flush())
         rows = await ledger.query(query.group_by, start, end, subject=query.subject, user=query.user,
-                                  model=query.model, limit=query.limit + 1)
+                                  model=query.model, limit=query.limit + 1, subjects=subjects)
     except StoreError as err:
         log.error("usage ledger: %s", err)
         raise _unavailable() from None
@@ -50,3 +55,23 @@ async def get_usage(request: web.Request) -> web.Response:
     usage: UsageList = {"object": "list", "data": data, "has_more": len(rows) > query.limit,
                         "start": start, "end": end}
     return json_response(usage)
+
+
+async def _readable_subjects(request: web.Request, asked: str | None) -> list[str] | None:
+    """The subjects the caller may read (None: every one, for an admin): its own subject, its
+    manager's and every key that manager owns; 403 when it asks for another."""
+    principal = call_of(request).principal
+    if principal is None or principal.is_admin:
+        return None
+    own = {principal.subject, principal.manager}
+    try:
+        keys = await (await request.app[KEY_REGISTRY].store()).list(owner=principal.manager)
+    except StoreError as err:
+        log.error("usage: the keys' store: %s", err)
+        raise _unavailable() from None
+    own.update(SUBJECT_PREFIX + key.id for key in keys)
+    if asked is not None and asked not in own:
+        raise OpenAIError(403, "This credential may read only its own usage (its subject's and its keys'); "
+                          "reading another subject's needs the 'admin' scope.", type="permission_error",
+                          code="insufficient_scope", param="subject")
+    return sorted(own)

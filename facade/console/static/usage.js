@@ -54,7 +54,7 @@ export async function load() {
       group_by: `${period},${split}`, start, end, model: form.model.value.trim(),
       subject: form.subject.value.trim(), limit: 10000 } });
   } catch (err) {
-    if (mine === asked) showError(error, err.status === 403 ? `${err.message} (usage needs a key with the admin scope)` : err.message);
+    if (mine === asked) showError(error, err.status === 403 ? `${err.message} (another subject's usage needs a key with the admin scope)` : err.message);
     return;
   }
   if (mine !== asked) return;
