@@ -56,7 +56,9 @@ def test_the_console_in_a_real_browser(stack, client):
     run = uuid.uuid4().hex[:8]
 
     # requests of a key of its own, so that the usage page's figures for it are exactly these
-    caller = admin.post("/keys", json={"name": f"console-usage-{run}", "scopes": ["models", "chat"]})
+    # (the key of a team of its own: signed in with it, the console shows that team's usage only)
+    caller = admin.post("/keys", json={"name": f"console-usage-{run}", "scopes": ["models", "chat"],
+                                       "owner": f"team-{run}"})
     assert caller.status_code == 200, caller.text
     caller = caller.json()
     tenant = OpenAI(base_url=base, api_key=caller["key"], max_retries=0, timeout=120)
@@ -71,7 +73,8 @@ def test_the_console_in_a_real_browser(stack, client):
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/root"),
         "NODE_PATH": str(NODE_MODULES),  # playwright-core, where `make console-node` put it
         "CONSOLE_URL": base.removesuffix("/v1") + "/console", "ADMIN_KEY": KEY, "MODEL": MODEL,
-        "USAGE_SUBJECT": caller["subject"], "USAGE_REQUESTS": str(CHAT_REQUESTS), "KEY_NAME": key_name,
+        "USAGE_SUBJECT": caller["subject"], "USAGE_REQUESTS": str(CHAT_REQUESTS), "TENANT_KEY": caller["key"],
+        "KEY_NAME": key_name,
         "SCREENSHOTS": str(SCREENSHOTS), "CHROMIUM": CHROMIUM,
     }
     done = subprocess.run([node, str(DRIVER)], env=env, capture_output=True, text=True, timeout=DRIVER_TIMEOUT_S,
@@ -79,8 +82,10 @@ def test_the_console_in_a_real_browser(stack, client):
     assert done.returncode == 0, f"the browser run failed:\n{done.stderr[-6000:]}\n{done.stdout[-2000:]}"
     result = json.loads(done.stdout.strip().splitlines()[-1])
 
-    # usage: the page showed this test's requests
+    # usage: the page showed this test's requests to the admin, and to the tenant signed in with its own
+    # key those and its sign-in's GET /v1/models, nobody else's
     assert result["usage_requests"] == CHAT_REQUESTS
+    assert result["tenant_requests"] == CHAT_REQUESTS + 1
     # keys: the key made, regenerated and revoked in the UI is refused through the API (its first secret
     # and its regenerated one), and gone from the list
     key_id = result["key_id"]

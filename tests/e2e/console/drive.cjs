@@ -3,8 +3,9 @@
 // response or a condition of the page, never a fixed time. Prints one JSON line: what the test checks next.
 //
 // Environment: CONSOLE_URL (http://host:port/console), ADMIN_KEY, USAGE_SUBJECT and USAGE_REQUESTS (a
-// subject the test just made chat requests with, and how many), KEY_NAME (the key to create and revoke),
-// MODEL, SCREENSHOTS (the folder for <page>.png), CHROMIUM (default /usr/bin/chromium).
+// subject the test just made chat requests with, and how many), TENANT_KEY (that subject's key: signed in
+// with it, the console shows only its own usage), KEY_NAME (the key to create and revoke), MODEL,
+// SCREENSHOTS (the folder for <page>.png), CHROMIUM (default /usr/bin/chromium).
 
 "use strict";
 
@@ -21,6 +22,7 @@ const CONSOLE_URL = env("CONSOLE_URL");
 const ADMIN_KEY = env("ADMIN_KEY");
 const USAGE_SUBJECT = env("USAGE_SUBJECT");
 const USAGE_REQUESTS = Number(env("USAGE_REQUESTS"));
+const TENANT_KEY = env("TENANT_KEY");
 const KEY_NAME = env("KEY_NAME");
 const MODEL = env("MODEL");
 const SCREENSHOTS = env("SCREENSHOTS");
@@ -194,7 +196,23 @@ async function main() {
     await page.locator("#signin-key").waitFor();
     check(await page.evaluate(() => sessionStorage.getItem("hubmesh.console.key")) === null, "the key outlived sign-out");
 
-    check(!urls.some((u) => [ADMIN_KEY, ...result.secrets].some((k) => u.includes(k))), "a key appeared in a URL");
+    // -- a tenant signs in with its own key: its usage, nobody else's ----------------------------------
+    await page.goto(`${CONSOLE_URL}#usage`);
+    await page.locator("#signin-key").waitFor();
+    const tenantUsage = usageAnswer({ group_by: "day,model" });
+    await page.fill("#signin-key", TENANT_KEY);
+    await page.click("#signin-form button[type=submit]");
+    await tenantUsage;
+    const shown = () => page.evaluate(() => document.querySelector("#usage-summary .stat[data-stat=requests] b")?.textContent);
+    await page.waitForFunction(() => document.querySelector("#usage-summary .stat[data-stat=requests] b"));
+    result.tenant_requests = Number(await shown());
+    // its chat requests, and the GET /v1/models that signing in made with its key
+    check(result.tenant_requests === USAGE_REQUESTS + 1,
+      `signed in with its own key, the tenant sees ${result.tenant_requests} requests, not its ${USAGE_REQUESTS} + 1`);
+    await page.click("#sign-out");
+    await page.locator("#signin-key").waitFor();
+
+    check(!urls.some((u) => [ADMIN_KEY, TENANT_KEY, ...result.secrets].some((k) => u.includes(k))), "a key appeared in a URL");
     check(!problems.length, problems.join("\n"));
     result.requests_seen = urls.length;
   } finally {
