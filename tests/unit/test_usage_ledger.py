@@ -297,3 +297,12 @@ async def test_totals_per_hour_on_either_database(filled):
         ("2024-05-31T23:00Z", "m1", 3), ("2024-05-31T23:00Z", "m2", 1),
         ("2024-06-01T00:00Z", "img", 1), ("2024-06-01T00:00Z", "m1", 1), ("2024-06-01T01:00Z", "", 1)]
     assert utc_hour(int(T0 // 3600)) == "2024-05-31T23:00Z"
+
+
+async def test_a_set_of_subjects_on_either_database(filled):
+    """What a caller that is not an admin reads: its own subjects only (GET /v1/usage)."""
+    rows = await filled.query(["subject"], T0, T0 + 10_000, subjects=["key:ops", "jwt:nobody", ""])
+    assert [(r["subject"], r["requests"]) for r in rows] == [("", 1), ("key:ops", 1)]
+    assert await filled.query(["subject"], T0, T0 + 10_000, subjects=[]) == []
+    both = await filled.query(["subject"], T0, T0 + 10_000, subject="jwt:alice", subjects=["jwt:alice", "key:ops"])
+    assert [(r["subject"], r["requests"]) for r in both] == [("jwt:alice", 4)]
