@@ -8,6 +8,7 @@ Tritons are never called: their states are set as the probes and the stall detec
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import grpc
@@ -19,14 +20,16 @@ from facade.app import create_app
 from facade.clients import service_metadata
 from facade.settings import Settings
 from hubmesh.common.v1 import mesh_pb2, mesh_pb2_grpc
+from hubmesh.text.v1 import text_generation_pb2 as text_pb2
 from hubmesh.text.v1 import text_generation_pb2_grpc as text_grpc
 from local.processes import free_ports
+from services.common.interceptors import AdmissionInterceptor
 from services.common.internal_auth import RequireSecret
 from services.common.mesh import MAX_EVENTS, MeshServicer, replica_state
 from services.common.metrics import CACHED_TOKENS, MIGRATIONS, ROUTE_DECISIONS, STALLS, count_tokens
 from services.common.replicas import ReplicaSet, parse_targets
 from services.text.servicer import TextGenerationServicer
-from tests.fakes import FakeTextBackend
+from tests.fakes import FakeTextBackend, chunk
 from tests.unit.openapi_check import Conformance
 from tests.unit.text_service_fixture import CATALOG, serving
 
@@ -217,3 +220,35 @@ def test_migrations_and_stalls_are_listed_among_the_events_in_time():
     assert (ejected, "ejected") in events and len(events) <= MAX_EVENTS
     ats = [e.at for e in mesh.describe().events]
     assert ats == sorted(ats)
+
+
+async def test_a_full_service_still_describes_itself():
+    """Admission at its limit refuses a generation, never the operator's Describe."""
+    backend = FakeTextBackend([chunk(["held"])], hang_after=0)  # holds its slot until cancelled
+    text = TextGenerationServicer(backend, CATALOG)
+    mesh = MeshServicer("text", replica_set())
+
+    def register(server):
+        text_grpc.add_TextGenerationServicer_to_server(text, server)
+        mesh_pb2_grpc.add_MeshServicer_to_server(mesh, server)
+
+    request = text_pb2.GenerateRequest(model=next(iter(CATALOG)), prompt="hold")
+    async with serving(register, interceptors=[AdmissionInterceptor(1, policy="first_come")]) as target, \
+            grpc.aio.insecure_channel(target) as channel:
+        stub = text_grpc.TextGenerationStub(channel)
+        held = stub.GenerateStream(request)
+        held_task = asyncio.ensure_future(held.read())
+        await asyncio.wait_for(_until(lambda: len(backend.calls) == 1), 10)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            async for _ in stub.GenerateStream(request):
+                pass
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        state = await mesh_pb2_grpc.MeshStub(channel).Describe(mesh_pb2.DescribeRequest(), timeout=5)
+        assert state.service == "text"
+        held.cancel()
+        held_task.cancel()
+
+
+async def _until(condition) -> None:
+    while not condition():
+        await asyncio.sleep(0.01)
