@@ -216,12 +216,12 @@ class _Link:
             self._wake.set()
             if self.streams:
                 if error is None or error.code() == grpc.StatusCode.CANCELLED:
-                    lost = LinkLost(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(),
-                                    details="the text service ended the stream")
+                    code, details = grpc.StatusCode.UNAVAILABLE, "the text service ended the stream"
                 else:
                     log.warning("GenerateMany link failed with %d streams open: %s %s", len(self.streams),
                                 error.code(), error.details())
-                    lost = LinkLost(error.code(), grpc.aio.Metadata(), grpc.aio.Metadata(), details=error.details())
+                    code, details = error.code(), error.details()
+                lost = LinkLost(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details)
                 for stream in self.streams.values():
                     stream._end(lost)
                 self.streams.clear()

@@ -25,7 +25,8 @@ class FakeTextBackend:
     async def is_ready(self, model: str) -> bool:
         return self.ready
 
-    async def generate(self, model: str, prompt: str, sampling: dict[str, Any], stream: bool) -> AsyncIterator[GenerationChunk]:
+    async def generate(self, model: str, prompt: str, sampling: dict[str, Any], stream: bool,
+                       resume: Any = None) -> AsyncIterator[GenerationChunk]:
         self.calls.append({"model": model, "prompt": prompt, "sampling": sampling, "stream": stream})
         completed = False
         try:

@@ -148,7 +148,6 @@ class TritonTextBackend(TritonBackend):
                 migrations += 1
                 lost_at = time.monotonic()
                 self._note_migration(model, decision, progress, migrations)
-                self.replicas.note(decision.replica, f"migration ({progress.tokens} tokens moved elsewhere)")
                 segment = migration.continuation(first, progress, unfinished, prompt, sampling)
             finally:
                 self.stalls.unwatch(watch)
@@ -224,9 +223,11 @@ class TritonTextBackend(TritonBackend):
         if notes is not None:
             notes.setdefault("migration_ms", []).append(round(seconds * 1000, 1))
 
-    @staticmethod
-    def _note_migration(model: str, decision, progress, migrations: int) -> None:
+    def _note_migration(self, model: str, decision, progress, migrations: int) -> None:
+        """A generation moved off `decision`'s replica: counted, among the replica set's notes (the
+        mesh's events), on the access log and the span."""
         MIGRATIONS.labels(model, "moved").inc()
+        self.replicas.note(decision.replica, f"migration ({progress.tokens} tokens moved elsewhere)")
         notes = CALL_NOTES.get()
         if notes is not None:
             notes["migrations"] = migrations

@@ -136,11 +136,10 @@ class TextGenerationServicer(CatalogServicer[ModelEntry], pb_grpc.TextGeneration
         """The model's responses (after `resume`'s, for a resumed generation); within the request's
         token budget when it has one (streamed from the model then, so that each choice can be
         stopped at its share)."""
-        more = {"resume": resume} if resume is not None else {}
         if not request.HasField("token_budget"):
-            return self._backend.generate(entry.triton_model, prompt, sampling, stream=stream, **more)
+            return self._backend.generate(entry.triton_model, prompt, sampling, stream=stream, resume=resume)
         clamped = budget.clamp_sampling(sampling, request.token_budget)
-        chunks = self._backend.generate(entry.triton_model, prompt, clamped, stream=True, **more)
+        chunks = self._backend.generate(entry.triton_model, prompt, clamped, stream=True, resume=resume)
         return budget.within_budget(chunks, request.token_budget, clamped.n)
 
     @abort_on_service_error

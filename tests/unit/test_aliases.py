@@ -59,7 +59,7 @@ class ByModel:
     async def is_ready(self, model: str) -> bool:
         return True
 
-    def generate(self, model, prompt, sampling, stream):
+    def generate(self, model, prompt, sampling, stream, resume=None):
         return self.backends[model].generate(model, prompt, sampling, stream)
 
     async def close(self) -> None:
@@ -69,7 +69,7 @@ class ByModel:
 class FailsAfter(FakeTextBackend):
     """Writes its chunks, then fails: a model lost after the stream started."""
 
-    async def generate(self, model, prompt, sampling, stream):
+    async def generate(self, model, prompt, sampling, stream, resume=None):
         self.calls.append({"model": model})
         for c in self.chunks:
             yield c

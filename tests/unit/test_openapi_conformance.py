@@ -23,7 +23,7 @@ CALL = '{"name": "get_weather", "arguments": {"city": "Paris"}}'
 class FailsMidStream(FakeTextBackend):
     """Sends its chunks, then Triton goes away: the error travels in-band."""
 
-    async def generate(self, model, prompt, sampling, stream):
+    async def generate(self, model, prompt, sampling, stream, resume=None):
         async for piece in super().generate(model, prompt, sampling, stream):
             yield piece
         raise BackendUnavailable("Triton is unreachable")

@@ -64,7 +64,7 @@ def replies(*texts: str) -> FakeTextBackend:
     """A backend that answers each request with the next of `texts` (then the last one again)."""
 
     class Scripted(FakeTextBackend):
-        async def generate(self, model, prompt, sampling, stream):
+        async def generate(self, model, prompt, sampling, stream, resume=None):
             text = texts[min(len(self.calls), len(texts) - 1)]
             self.chunks = [chunk([text], ["stop"], n_in=7, n_out=[3])]
             async for piece in super().generate(model, prompt, sampling, stream):
@@ -365,7 +365,7 @@ async def test_stream_cut_by_the_budget_ends_incomplete(make_client):
 
 
 class FailsMidStream(FakeTextBackend):
-    async def generate(self, model, prompt, sampling, stream):
+    async def generate(self, model, prompt, sampling, stream, resume=None):
         self.calls.append({"prompt": prompt})
         yield GenerationChunk(texts=["Hel"], finish_reasons=[None], num_input_tokens=3, num_output_tokens=[1])
         raise BackendUnavailable("the model server went away")

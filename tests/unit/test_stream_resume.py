@@ -104,6 +104,16 @@ async def two_services(aiohttp_client, tmp_path):
                 await service.stop()
 
 
+async def carrying(services: list[Service]) -> Service:
+    """The service whose backend started the generation."""
+    started = [asyncio.ensure_future(s.backend.started.wait()) for s in services]
+    done, pending = await asyncio.wait(started, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+    assert done, "no service started the generation"
+    return next(s for s, task in zip(services, started, strict=True) if task in done)
+
+
 def data(raw: str) -> list:
     return [line[6:] if line == "data: [DONE]" else json.loads(line[6:])
             for line in raw.splitlines() if line.startswith("data: ")]
@@ -115,17 +125,12 @@ async def test_a_stream_goes_on_through_the_other_service_when_its_own_is_lost(t
             "stream": True, "stream_options": {"include_usage": True}}
     response = await client.post("/v1/chat/completions", json=body, headers=bearer())
     assert response.status == 200
-    started = [asyncio.ensure_future(s.backend.started.wait()) for s in services]
-    done, pending = await asyncio.wait(started, timeout=10, return_when=asyncio.FIRST_COMPLETED)
-    for task in pending:
-        task.cancel()
-    assert done, "no service started the generation"
-    carrier = next(s for s, task in zip(services, started, strict=True) if task in done)
+    carrier = await carrying(services)
     other = next(s for s in services if s is not carrier)
     await carrier.stop()  # the service is lost with the stream open on it
     events = data(await response.text())
     assert events[-1] == "[DONE]"
-    chunks = [e for e in events[:-1]]
+    chunks = events[:-1]
     assert not [e for e in chunks if "error" in e], chunks
     text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c.get("choices"))
     assert text == "".join(f" w{k}" for k in range(TOKENS))
@@ -207,12 +212,7 @@ async def test_a_unary_generation_whose_service_is_lost_is_asked_of_the_other(tw
     client, services = two_services
     body = {"model": MODEL, "messages": [{"role": "user", "content": "count"}], "max_tokens": TOKENS}
     answer = asyncio.ensure_future(client.post("/v1/chat/completions", json=body, headers=bearer()))
-    started = [asyncio.ensure_future(s.backend.started.wait()) for s in services]
-    done, pending = await asyncio.wait(started, timeout=10, return_when=asyncio.FIRST_COMPLETED)
-    for task in pending:
-        task.cancel()
-    assert done, "no service started the generation"
-    carrier = next(s for s, task in zip(services, started, strict=True) if task in done)
+    carrier = await carrying(services)
     await carrier.stop()
     carrier.backend.hold.set()  # the other service's generation (a fresh one: nothing was seen) runs through
     response = await answer

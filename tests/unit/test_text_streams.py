@@ -27,7 +27,7 @@ class ScriptedBackend:
     async def is_ready(self, model: str) -> bool:
         return True
 
-    async def generate(self, model, prompt, sampling, stream):
+    async def generate(self, model, prompt, sampling, stream, resume=None):
         if prompt == "hang":
             try:
                 yield chunk(["first"])

@@ -57,7 +57,7 @@ class Scripted(FakeTextBackend):
         self.gate: asyncio.Event | None = None  # when set: each generation waits for it
         self.arrived: asyncio.Queue[str] = asyncio.Queue()  # the prompts of generations waiting at the gate
 
-    async def generate(self, model, prompt, sampling, stream):
+    async def generate(self, model, prompt, sampling, stream, resume=None):
         if self.gate is not None:
             self.arrived.put_nowait(prompt)
             await self.gate.wait()
