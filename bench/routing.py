@@ -820,6 +820,7 @@ def chaos(seed: int = 7, services: int = 4, duration_s: float = 45.0, bus_kill_a
     ports += [(spare[2 * i], spare[2 * i + 1]) for i in range(services - 1)]
     bus = NatsServer(config.run_dir, name="nats-chaos")
     events: list[tuple[str, float]] = []
+    moved_before = _resumes()
     try:
         bus.start()
         stack.start_tritons(wait_s=180)
@@ -862,11 +863,12 @@ def chaos(seed: int = 7, services: int = 4, duration_s: float = 45.0, bus_kill_a
     finally:
         stack.stop()
         bus.stop()
-    return {**chaos_curve(outcomes, t0, events, duration_s), "streams_moved": _resumes()}
+    moved = {outcome: n - moved_before.get(outcome, 0) for outcome, n in _resumes().items()}
+    return {**chaos_curve(outcomes, t0, events, duration_s), "streams_moved": {k: n for k, n in moved.items() if n}}
 
 
 def _resumes() -> dict[str, int]:
-    """The streams this process's façade links moved to another text service, by outcome."""
+    """The streams this process's façade links have moved to another text service so far, by outcome."""
     moved: dict[str, int] = {}
     for metric in RESUMES.collect():
         for sample in metric.samples:
